@@ -1,0 +1,60 @@
+// The `data` section of an experiment.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/config.h"
+
+namespace qd {
+
+enum class DatasetKind { kFashionMnist, kMnist };
+
+struct AugmentConfig {
+  bool random_crop = false;  // zero-pad by crop_padding, then crop back to the input size
+  int crop_padding = 2;
+  bool hflip = false;  // horizontal flip with probability 1/2
+
+  bool any() const { return random_crop || hflip; }
+
+  template <class V>
+  void visit(V& v) {
+    v.field("random_crop", random_crop, "random crop of the zero-padded image (train only)");
+    v.field("crop_padding", crop_padding, "zero padding on each side before the random crop, pixels",
+            Range<int>{1, 16});
+    v.field("hflip", hflip, "random horizontal flip with probability 1/2 (train only)");
+  }
+};
+
+struct DataConfig {
+  DatasetKind dataset = DatasetKind::kFashionMnist;
+  std::string root = "/usr/share/datasets/fashion-mnist";
+  int batch_size = 128;       // per process; a data-parallel step sees batch_size * world_size
+  int eval_batch_size = 1000;
+  int64_t train_subset = 0;   // use only the first N training samples (0: all); for quick runs
+  int64_t test_subset = 0;    // likewise for the test set
+  std::vector<double> mean;   // per-channel normalization; empty: computed from the training set
+  std::vector<double> std;
+  AugmentConfig augment;
+
+  template <class V>
+  void visit(V& v) {
+    v.field("dataset", dataset, "which IDX dataset layout to read",
+            Choices<DatasetKind>{{{"fashion_mnist", DatasetKind::kFashionMnist}, {"mnist", DatasetKind::kMnist}}});
+    v.field("root", root, "folder holding the train-/t10k- IDX files (.gz or raw)");
+    v.field("batch_size", batch_size, "training batch per process", Range<int>{1, 65536});
+    v.field("eval_batch_size", eval_batch_size, "evaluation batch per process", Range<int>{1, 65536});
+    v.field("train_subset", train_subset, "use only the first N training samples (0: all)",
+            Range<int64_t>{0, int64_t{1} << 40});
+    v.field("test_subset", test_subset, "use only the first N test samples (0: all)",
+            Range<int64_t>{0, int64_t{1} << 40});
+    v.field("mean", mean, "per-channel mean of [0,1] pixels, folded into the model (empty: measured)");
+    v.field("std", std, "per-channel std of [0,1] pixels, folded into the model (empty: measured)",
+            Range<double>{0.0, 1e6, true, false});
+    v.check(mean.size() == std.size(), "std", "data.mean and data.std must have the same length");
+    v.section("augment", augment);
+  }
+};
+
+}  // namespace qd

@@ -1,0 +1,50 @@
+#include "models/model.h"
+
+namespace qd {
+
+InputNormImpl::InputNormImpl(const InputSpec& spec) {
+  std::vector<float> m(spec.mean.begin(), spec.mean.end()), s;
+  for (double v : spec.std) s.push_back(static_cast<float>(1.0 / v));
+  mean = register_buffer("mean", torch::tensor(m).view({1, -1, 1, 1}));
+  inv_std = register_buffer("inv_std", torch::tensor(s).view({1, -1, 1, 1}));
+}
+
+torch::Tensor InputNormImpl::forward(const torch::Tensor& x) { return (x - mean) * inv_std; }
+
+ConvBnReluImpl::ConvBnReluImpl(int64_t in, int64_t out, int64_t kernel, int64_t stride, bool relu)
+    : relu_(relu) {
+  conv = register_module("conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, kernel)
+                                                       .stride(stride)
+                                                       .padding(kernel / 2)
+                                                       .bias(false)));
+  bn = register_module("bn", torch::nn::BatchNorm2d(out));
+  // He init for conv followed by ReLU.
+  torch::nn::init::kaiming_normal_(conv->weight, 0.0, torch::kFanOut, torch::kReLU);
+}
+
+torch::Tensor ConvBnReluImpl::forward(const torch::Tensor& x) {
+  torch::Tensor y = bn(conv(x));
+  return relu_ ? torch::relu(y) : y;
+}
+
+int64_t count_params(const torch::nn::Module& m) {
+  int64_t n = 0;
+  for (const auto& p : m.parameters()) n += p.numel();
+  return n;
+}
+
+int64_t count_nonzero_params(const torch::nn::Module& m) {
+  int64_t n = 0;
+  for (const auto& p : m.parameters()) n += p.count_nonzero().item<int64_t>();
+  return n;
+}
+
+void to_channels_last(torch::nn::Module& m) {
+  torch::NoGradGuard no_grad;
+  for (auto& p : m.parameters())
+    if (p.dim() == 4) p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
+  for (auto& b : m.buffers())
+    if (b.dim() == 4) b.set_data(b.contiguous(torch::MemoryFormat::ChannelsLast));
+}
+
+}  // namespace qd

@@ -1,0 +1,43 @@
+#include "models/zoo.h"
+
+namespace qd {
+
+BasicBlockImpl::BasicBlockImpl(int64_t in, int64_t out, int64_t stride) {
+  conv1 = register_module("conv1", ConvBnRelu(in, out, 3, stride, true));
+  conv2 = register_module("conv2", ConvBnRelu(out, out, 3, 1, false));
+  if (stride != 1 || in != out) shortcut = register_module("shortcut", ConvBnRelu(in, out, 1, stride, false));
+  // Zero-init the last BN gamma: each block starts as identity, which helps deep nets train.
+  torch::NoGradGuard g;
+  conv2->bn->weight.zero_();
+}
+
+torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
+  torch::Tensor identity = shortcut ? shortcut(x) : x;
+  return torch::relu(conv2(conv1(x)) + identity);
+}
+
+ResNet::ResNet(const ModelConfig& cfg, const InputSpec& in) {
+  norm_ = register_module("norm", InputNorm(in));
+  const int n = (cfg.depth - 2) / 6;
+  stem_ = register_module("stem", ConvBnRelu(in.channels, cfg.width));
+  int64_t c = cfg.width;
+  for (int stage = 0; stage < 3; ++stage) {
+    const int64_t out = int64_t{cfg.width} << stage;
+    for (int i = 0; i < n; ++i) {
+      const int64_t stride = (stage > 0 && i == 0) ? 2 : 1;
+      blocks_.push_back(register_module(
+          "stage" + std::to_string(stage + 1) + "_block" + std::to_string(i), BasicBlock(c, out, stride)));
+      c = out;
+    }
+  }
+  drop_ = register_module("dropout", torch::nn::Dropout(cfg.dropout));
+  fc_ = register_module("fc", torch::nn::Linear(c, in.num_classes));
+}
+
+torch::Tensor ResNet::forward(torch::Tensor x) {
+  x = stem_(norm_(x));
+  for (auto& b : blocks_) x = b(x);
+  return fc_(drop_(x.mean({2, 3})));  // [B, 4w] -> [B, classes]
+}
+
+}  // namespace qd

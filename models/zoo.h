@@ -1,0 +1,69 @@
+// The model zoo: MLP, ConvNet (VGG-style conv-BN-ReLU blocks) and a small CIFAR-style ResNet.
+#pragma once
+
+#include <memory>
+
+#include "models/model.h"
+#include "models/model_config.h"
+
+namespace qd {
+
+// flatten -> [Linear -> BatchNorm1d -> ReLU] x depth -> dropout -> Linear
+class Mlp : public Model {
+ public:
+  Mlp(const ModelConfig& cfg, const InputSpec& in);
+  torch::Tensor forward(torch::Tensor x) override;
+  std::string kind() const override { return "mlp"; }
+
+ private:
+  InputNorm norm_{nullptr};
+  std::vector<torch::nn::Linear> fcs_;
+  std::vector<torch::nn::BatchNorm1d> bns_;
+  torch::nn::Dropout drop_{nullptr};
+  torch::nn::Linear classifier_{nullptr};
+};
+
+// [ConvBnRelu x blocks_per_stage -> maxpool 2x2] ... (channels double per stage) -> head -> Linear
+class ConvNet : public Model {
+ public:
+  ConvNet(const ModelConfig& cfg, const InputSpec& in);
+  torch::Tensor forward(torch::Tensor x) override;
+  std::string kind() const override { return "convnet"; }
+
+ private:
+  InputNorm norm_{nullptr};
+  std::vector<ConvBnRelu> blocks_;
+  std::vector<bool> pool_after_;  // per block
+  HeadKind head_;
+  torch::nn::Dropout drop_{nullptr};
+  torch::nn::Linear classifier_{nullptr};
+};
+
+// conv3x3 -> BN -> ReLU -> x + F(x), F = conv3x3-BN-ReLU-conv3x3-BN; projection shortcut
+// (1x1 conv + BN) where the shape changes.
+class BasicBlockImpl : public torch::nn::Module {
+ public:
+  BasicBlockImpl(int64_t in, int64_t out, int64_t stride);
+  torch::Tensor forward(const torch::Tensor& x);
+  ConvBnRelu conv1{nullptr}, conv2{nullptr};
+  ConvBnRelu shortcut{nullptr};  // null for identity
+};
+TORCH_MODULE(BasicBlock);
+
+// CIFAR-style ResNet-(6n+2) for 28x28: stem, 3 stages of n blocks at width w, 2w, 4w with
+// strides 1, 2, 2 (28 -> 14 -> 7), global average pool, Linear.
+class ResNet : public Model {
+ public:
+  ResNet(const ModelConfig& cfg, const InputSpec& in);
+  torch::Tensor forward(torch::Tensor x) override;
+  std::string kind() const override { return "resnet"; }
+
+ private:
+  InputNorm norm_{nullptr};
+  ConvBnRelu stem_{nullptr};
+  std::vector<BasicBlock> blocks_;
+  torch::nn::Dropout drop_{nullptr};
+  torch::nn::Linear fc_{nullptr};
+};
+
+}  // namespace qd

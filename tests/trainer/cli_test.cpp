@@ -1,0 +1,117 @@
+// The qdistill executable: exit codes, one-line messages, and nothing clobbered on bad input.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "common/atomic_file.h"
+#include "tests/test_util.h"
+
+namespace qd {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct ProcResult {
+  int code;
+  std::string output;  // stdout + stderr
+};
+
+ProcResult qdistill(const std::string& args) {
+  const std::string cmd = std::string(QD_BINARY_DIR) + "/qdistill " + args + " 2>&1";
+  ProcResult r{-1, ""};
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) return r;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
+  const int status = ::pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+std::string write_config(const test::TempDir& dir, const std::string& body) {
+  const std::string path = dir.file("exp.yaml");
+  write_file_atomic(path, "experiment:\n  name: cli\n  output_dir: " + dir.path().string() + "/runs\n" + body);
+  return path;
+}
+
+const char* kTiny =
+    "model: {name: mlp, width: 8, depth: 1}\n"
+    "data: {train_subset: 256, test_subset: 100, batch_size: 64}\n"
+    "trainer: {epochs: 1, threads: 1}\n";
+
+TEST(Cli, HelpTeachesAndExitsZero) {
+  const ProcResult r = qdistill("--help");
+  EXPECT_EQ(r.code, 0);
+  EXPECT_NE(r.output.find("qdistill train configs/fmnist_teacher.yaml"), std::string::npos);
+  EXPECT_NE(r.output.find("Exit codes"), std::string::npos);
+}
+
+TEST(Cli, BadArgumentsExitTwo) {
+  EXPECT_EQ(qdistill("").code, 2);
+  EXPECT_EQ(qdistill("frobnicate").code, 2);
+  EXPECT_EQ(qdistill("train").code, 2);
+}
+
+TEST(Cli, ConfigErrorExitsTwoWithOneLineAndNoRunDir) {
+  test::TempDir dir;
+  const std::string cfg = write_config(dir, std::string(kTiny) + "optimizer:\n  lr: fast\n");
+  const ProcResult r = qdistill("train " + cfg);
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_EQ(r.output, "qdistill: error: " + cfg + ":8: optimizer.lr: expected a number in (0.0, 100.0], got 'fast'\n");
+  EXPECT_FALSE(fs::exists(dir.path() / "runs")) << "bad input must not leave a run directory";
+}
+
+TEST(Cli, BadOverrideExitsTwo) {
+  test::TempDir dir;
+  const ProcResult r = qdistill("train " + write_config(dir, kTiny) + " --set trainer.epochs=many");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.output.find("--set trainer.epochs=many: trainer.epochs: expected an integer"), std::string::npos) << r.output;
+}
+
+TEST(Cli, MissingDataExitsTwoNamingTheFolder) {
+  test::TempDir dir;
+  const ProcResult r = qdistill("train " + write_config(dir, kTiny) + " --set data.root=/nonexistent/fm");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.output.find("/nonexistent/fm: dataset folder not found; set data.root"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir.path() / "runs"));
+}
+
+TEST(Cli, TrainWritesRunDirThenRefusesToClobberThenResumesAndEvals) {
+  test::TempDir dir;
+  const std::string cfg = write_config(dir, kTiny);
+  ProcResult r = qdistill("train " + cfg);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const fs::path run = dir.path() / "runs" / "cli";
+  for (const char* f : {"config.resolved.yaml", "metrics.jsonl", "summary.json", "checkpoints/last.pt", "checkpoints/best.pt"})
+    EXPECT_TRUE(fs::exists(run / f)) << f;
+  const auto summary = nlohmann::json::parse(read_file((run / "summary.json").string()));
+  for (const char* k : {"name", "role", "world_size", "epochs", "test_accuracy", "params", "nonzero_params",
+                        "fp32_bytes", "train_samples_per_second", "wall_seconds"})
+    EXPECT_TRUE(summary.contains(k)) << k;
+  EXPECT_EQ(summary["params"], 784 * 8 + 8 + 16 + 8 * 10 + 10);
+
+  const std::string before = read_file((run / "checkpoints/last.pt").string());
+  r = qdistill("train " + cfg);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.output.find("already holds a run"), std::string::npos) << r.output;
+  EXPECT_EQ(read_file((run / "checkpoints/last.pt").string()), before) << "checkpoint untouched";
+
+  r = qdistill("train " + cfg + " --resume --set trainer.epochs=2");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(nlohmann::json::parse(read_file((run / "summary.json").string()))["epochs"], 2);
+
+  r = qdistill("eval " + run.string() + " --json");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const auto ev = nlohmann::json::parse(r.output.substr(r.output.find('{')));
+  EXPECT_GT(ev["test_accuracy"].template get<double>(), 30.0);
+
+  EXPECT_EQ(qdistill("eval " + dir.path().string() + "/nope").code, 2);
+}
+
+}  // namespace
+}  // namespace qd

@@ -1,0 +1,201 @@
+// The trainer on real Fashion-MNIST subsets: it learns, it is deterministic, it resumes
+// bit-exactly, and an interrupted checkpoint write never destroys the previous checkpoint.
+#include "trainer/trainer.h"
+
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "common/atomic_file.h"
+#include "common/error.h"
+#include <fstream>
+#include "trainer/checkpoint.h"
+#include "trainer/experiment.h"
+#include "tests/test_util.h"
+
+namespace qd {
+namespace {
+
+namespace fs = std::filesystem;
+
+ExperimentConfig small_config(const std::string& out_dir) {
+  ExperimentConfig c = parse_experiment_config(
+      "experiment: {name: t}\nmodel: {name: convnet, width: 4, depth: 2, dropout: 0.2}\n", "test.yaml");
+  c.experiment.output_dir = out_dir;
+  c.data.train_subset = 512;
+  c.data.test_subset = 200;
+  c.data.batch_size = 64;
+  c.data.augment.random_crop = true;
+  c.data.augment.hflip = true;
+  c.trainer.epochs = 2;
+  c.trainer.progress = false;
+  c.trainer.threads = 2;
+  c.schedule.warmup_epochs = 0.5;
+  return c;
+}
+
+const DataBundle& fmnist(int64_t train_subset, int64_t test_subset) {
+  static std::map<std::pair<int64_t, int64_t>, DataBundle> cache;
+  auto key = std::make_pair(train_subset, test_subset);
+  if (!cache.count(key)) {
+    DataConfig d;
+    d.train_subset = train_subset;
+    d.test_subset = test_subset;
+    if (!fs::exists(d.root + "/train-images-idx3-ubyte.gz"))
+      throw std::runtime_error(d.root + " is missing: run scripts/setup.sh (installs dataset-fashion-mnist)");
+    cache[key] = load_data(d);
+  }
+  return cache.at(key);
+}
+
+std::vector<torch::Tensor> state_of(torch::nn::Module& m) {
+  std::vector<torch::Tensor> out;
+  for (auto& p : m.parameters()) out.push_back(p.detach().clone());
+  for (auto& b : m.buffers()) out.push_back(b.detach().clone());
+  return out;
+}
+
+void expect_bit_identical(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i], b[i])) << "tensor " << i << " differs";
+}
+
+std::vector<torch::Tensor> train_fresh(const ExperimentConfig& c, const std::string& run_dir) {
+  set_threads(c.trainer.threads);
+  const DataBundle& data = fmnist(c.data.train_subset, c.data.test_subset);
+  auto model = build_model(c, data);
+  Trainer t(c, model, data, run_dir);
+  t.fit();
+  return state_of(*model);
+}
+
+TEST(Trainer, OverfitsATinySubset) {
+  ExperimentConfig c = parse_experiment_config(
+      "experiment: {name: t}\nmodel: {name: convnet, width: 16, depth: 2, head: flatten}\n", "test.yaml");
+  c.data.train_subset = 256;
+  c.data.batch_size = 32;
+  c.trainer.epochs = 25;
+  c.trainer.progress = false;
+  c.optimizer.lr = 0.05;
+  c.optimizer.weight_decay = 0.0;
+  const DataBundle& data = fmnist(256, 200);
+  auto model = build_model(c, data);
+  Trainer t(c, model, data, "");
+  t.fit();
+  const EvalResult train = evaluate(*model, data.train, 256, torch::kCPU, true);
+  EXPECT_GE(train.accuracy, 95.0) << "train loss " << train.loss;
+}
+
+TEST(Trainer, SameSeedSameWeights) {
+  test::TempDir dir;
+  ExperimentConfig c = small_config(dir.path().string());
+  c.trainer.epochs = 1;
+  const auto a = train_fresh(c, "");
+  const auto b = train_fresh(c, "");
+  expect_bit_identical(a, b);
+  c.experiment.seed = 1;
+  const auto other = train_fresh(c, "");
+  EXPECT_FALSE(torch::equal(a[0], other[0])) << "a different seed must give different weights";
+}
+
+// Simulates a job killed after epoch `after` (after its checkpoint was written).
+class KillAfterEpoch : public TrainHook {
+ public:
+  explicit KillAfterEpoch(int64_t after) : after_(after) {}
+  std::string name() const override { return "kill"; }
+  void on_epoch_begin(TrainState& s) override {
+    if (s.epoch == after_) throw std::runtime_error("killed");
+  }
+
+ private:
+  int64_t after_;
+};
+
+TEST(Trainer, ResumeIsBitIdentical) {
+  test::TempDir dir;
+  ExperimentConfig c = small_config(dir.path().string());
+  const auto straight = train_fresh(c, dir.file("straight"));
+
+  const DataBundle& data = fmnist(c.data.train_subset, c.data.test_subset);
+  {
+    auto model = build_model(c, data);
+    Trainer t(c, model, data, dir.file("resumed"));
+    t.add_hook(std::make_shared<KillAfterEpoch>(1));
+    EXPECT_THROW(t.fit(), std::runtime_error);
+  }
+  torch::manual_seed(12345);  // disturb the global RNG: the checkpoint must restore it
+  ExperimentConfig r = c;
+  r.trainer.resume = true;
+  auto model = build_model(r, data);
+  Trainer t(r, model, data, dir.file("resumed"));
+  const TrainResult res = t.fit();
+  EXPECT_EQ(res.epochs_completed, 2);
+  expect_bit_identical(straight, state_of(*model));
+
+  // metrics.jsonl holds exactly one epoch record per epoch after the resume.
+  std::ifstream in(dir.file("resumed") + "/metrics.jsonl");
+  int epochs = 0;
+  for (std::string line; std::getline(in, line);) epochs += nlohmann::json::parse(line)["type"] == "epoch";
+  EXPECT_EQ(epochs, 2);
+}
+
+TEST(Checkpoint, InterruptedWriteLeavesPreviousLoadable) {
+  test::TempDir dir;
+  ExperimentConfig c = small_config(dir.path().string());
+  const DataBundle& data = fmnist(c.data.train_subset, c.data.test_subset);
+  auto a = build_model(c, data);
+  const std::string path = dir.file("last.pt");
+  CheckpointMeta meta;
+  meta.epoch = 1;
+  save_checkpoint(path, *a, nullptr, meta, {});
+  const auto a_state = state_of(*a);
+
+  ExperimentConfig c2 = c;
+  c2.experiment.seed = 99;
+  auto b = build_model(c2, data);  // different weights
+  meta.epoch = 2;
+  // In-process failure right before the rename: the temp file goes, last.pt stays.
+  EXPECT_THROW(save_checkpoint(path, *b, nullptr, meta, {}, [] { throw std::runtime_error("disk gone"); }),
+               std::runtime_error);
+  // A process killed right before the rename: its temp file stays behind, last.pt stays.
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    save_checkpoint(path, *b, nullptr, meta, {}, [] { ::_exit(0); });
+    ::_exit(1);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  EXPECT_TRUE(fs::exists(path + ".tmp." + std::to_string(pid))) << "the killed writer's temp file";
+
+  auto loaded = build_model(c2, data);
+  const CheckpointMeta m = load_checkpoint(path, *loaded, nullptr, {});
+  EXPECT_EQ(m.epoch, 1);
+  expect_bit_identical(a_state, state_of(*loaded));
+}
+
+TEST(Checkpoint, CorruptOrMismatchedIsAUserError) {
+  test::TempDir dir;
+  ExperimentConfig c = small_config(dir.path().string());
+  const DataBundle& data = fmnist(c.data.train_subset, c.data.test_subset);
+  auto m = build_model(c, data);
+  save_checkpoint(dir.file("ok.pt"), *m, nullptr, CheckpointMeta{}, {});
+  std::string bytes = read_file(dir.file("ok.pt"));
+  write_file_atomic(dir.file("bad.pt"), bytes.substr(0, bytes.size() / 2));
+  try {
+    load_checkpoint(dir.file("bad.pt"), *m, nullptr, {});
+    FAIL();
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("bad.pt: cannot load checkpoint"), std::string::npos) << e.what();
+  }
+  ExperimentConfig wide = c;
+  wide.model.width = 8;
+  auto other = build_model(wide, data);
+  EXPECT_THROW(load_checkpoint(dir.file("ok.pt"), *other, nullptr, {}), UserError);
+}
+
+}  // namespace
+}  // namespace qd

@@ -1,0 +1,36 @@
+// Training checkpoints: model, optimizer, progress counters, RNG state and hook state in one
+// LibTorch archive, written atomically (temporary file, fsync, rename).
+#pragma once
+
+#include <torch/torch.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/train_hook.h"
+
+namespace qd {
+
+struct CheckpointMeta {
+  int64_t epoch = 0;        // epochs completed
+  int64_t global_step = 0;  // optimizer steps completed
+  double test_accuracy = 0.0;
+  double best_accuracy = 0.0;
+};
+
+// Serializes to bytes (for the atomic write) and writes `path` atomically.
+void save_checkpoint(const std::string& path, const torch::nn::Module& model,
+                     const torch::optim::Optimizer* optimizer, const CheckpointMeta& meta,
+                     const std::vector<std::shared_ptr<TrainHook>>& hooks,
+                     const std::function<void()>& before_commit = {});  // test seam: runs before the rename
+
+// Loads what save_checkpoint wrote; the model (and optimizer, if given) must have the same
+// structure. Restores the CPU RNG state. Throws UserError naming the file when it is missing,
+// corrupt or from a different architecture.
+CheckpointMeta load_checkpoint(const std::string& path, torch::nn::Module& model,
+                               torch::optim::Optimizer* optimizer,
+                               const std::vector<std::shared_ptr<TrainHook>>& hooks);
+
+}  // namespace qd

@@ -1,0 +1,38 @@
+#include "trainer/experiment_config.h"
+
+#include <filesystem>
+
+namespace qd {
+
+namespace {
+ExperimentConfig read(ConfigDoc doc, const std::vector<std::string>& overrides) {
+  for (const auto& o : overrides) doc.set(o);
+  ExperimentConfig cfg;
+  ConfigReader::read(doc, cfg);
+  return cfg;
+}
+}  // namespace
+
+std::string ExperimentConfig::run_dir() const {
+  return (std::filesystem::path(experiment.output_dir) / experiment.name).string();
+}
+
+ExperimentConfig load_experiment_config(const std::string& path, const std::vector<std::string>& overrides) {
+  return read(ConfigDoc::from_file(path), overrides);
+}
+
+ExperimentConfig parse_experiment_config(const std::string& yaml, const std::string& name,
+                                         const std::vector<std::string>& overrides) {
+  return read(ConfigDoc::from_string(yaml, name), overrides);
+}
+
+std::string to_yaml(ExperimentConfig cfg) { return ConfigWriter::write(cfg); }
+
+std::vector<ConfigKeyDoc> list_config_keys() {
+  ExperimentConfig defaults;
+  ConfigLister lister;
+  defaults.visit(lister);
+  return lister.keys();
+}
+
+}  // namespace qd

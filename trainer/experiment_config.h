@@ -1,0 +1,141 @@
+// The whole experiment: every module's section, parsed from YAML + --set overrides.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/config.h"
+#include "data/data_config.h"
+#include "models/model_config.h"
+
+namespace qd {
+
+enum class Role { kTeacher, kStudent };
+enum class DeviceKind { kCpu, kCuda };
+enum class OptimizerKind { kSgd, kAdamW };
+enum class ScheduleKind { kConstant, kCosine, kStep };
+
+struct ExperimentSection {
+  std::string name;
+  std::string output_dir = "runs";
+  int64_t seed = 0;
+  Role role = Role::kTeacher;
+  bool overwrite = false;  // allow a fresh run over an existing run directory
+
+  template <class V>
+  void visit(V& v) {
+    v.field("name", name, "run name; the run directory is <output_dir>/<name>", kRequired);
+    v.field("output_dir", output_dir, "parent folder of run directories");
+    v.field("seed", seed, "seed for initialization, shuffling and augmentation", Range<int64_t>{0, int64_t{1} << 62});
+    v.field("role", role, "what this run produces (recorded in summary.json)",
+            Choices<Role>{{{"teacher", Role::kTeacher}, {"student", Role::kStudent}}});
+    v.field("overwrite", overwrite, "start afresh even if the run directory holds checkpoints");
+    v.check(!name.empty() && name.find('/') == std::string::npos && name != "." && name != "..", "name",
+            "expected a non-empty name without '/'");
+  }
+};
+
+struct OptimizerConfig {
+  OptimizerKind name = OptimizerKind::kSgd;
+  double lr = 0.1;  // peak learning rate (after warm-up)
+  double momentum = 0.9;
+  bool nesterov = true;
+  double weight_decay = 5e-4;
+  bool decay_norm_and_bias = false;  // apply weight decay to BatchNorm and bias parameters too
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+
+  template <class V>
+  void visit(V& v) {
+    v.field("name", name, "optimizer",
+            Choices<OptimizerKind>{{{"sgd", OptimizerKind::kSgd}, {"adamw", OptimizerKind::kAdamW}}});
+    v.field("lr", lr, "peak learning rate (reached after warm-up)", Range<double>{0.0, 100.0, true, false});
+    v.field("momentum", momentum, "sgd momentum", Range<double>{0.0, 1.0, false, true});
+    v.field("nesterov", nesterov, "sgd Nesterov momentum (needs momentum > 0)");
+    v.field("weight_decay", weight_decay, "L2 (sgd) or decoupled (adamw) weight decay", Range<double>{0.0, 1.0});
+    v.field("decay_norm_and_bias", decay_norm_and_bias, "also decay BatchNorm weights and biases");
+    v.field("beta1", beta1, "adamw beta1", Range<double>{0.0, 1.0, false, true});
+    v.field("beta2", beta2, "adamw beta2", Range<double>{0.0, 1.0, false, true});
+    v.field("eps", eps, "adamw epsilon", Range<double>{0.0, 1.0, true, false});
+    v.check(!(name == OptimizerKind::kSgd && nesterov && momentum <= 0.0), "nesterov",
+            "Nesterov momentum needs optimizer.momentum > 0; set nesterov: false or give a momentum");
+  }
+};
+
+struct ScheduleConfig {
+  ScheduleKind name = ScheduleKind::kCosine;
+  double warmup_epochs = 0.0;        // linear warm-up from warmup_start_factor * lr to lr
+  double warmup_start_factor = 0.1;
+  double min_lr = 0.0;               // cosine: the final learning rate
+  std::vector<int> milestones;       // step: epochs at which lr is multiplied by gamma
+  double gamma = 0.1;
+
+  template <class V>
+  void visit(V& v) {
+    v.field("name", name, "learning-rate schedule after warm-up",
+            Choices<ScheduleKind>{{{"constant", ScheduleKind::kConstant}, {"cosine", ScheduleKind::kCosine}, {"step", ScheduleKind::kStep}}});
+    v.field("warmup_epochs", warmup_epochs, "linear warm-up length in epochs (fractions allowed)", Range<double>{0.0, 1e6});
+    v.field("warmup_start_factor", warmup_start_factor, "warm-up starts at this fraction of lr", Range<double>{0.0, 1.0});
+    v.field("min_lr", min_lr, "cosine: learning rate at the end", Range<double>{0.0, 100.0});
+    v.field("milestones", milestones, "step: epochs at which lr is multiplied by gamma", Range<int>{1, 1000000});
+    v.field("gamma", gamma, "step: multiplicative factor at each milestone", Range<double>{0.0, 1.0, true, false});
+    v.check(name != ScheduleKind::kStep || !milestones.empty(), "milestones",
+            "the step schedule needs milestones, for example [10, 20]");
+  }
+};
+
+struct TrainerConfig {
+  int epochs = 10;
+  DeviceKind device = DeviceKind::kCpu;
+  int threads = 0;  // intra-op threads; 0: all cores
+  bool channels_last = true;
+  double label_smoothing = 0.0;
+  double grad_clip_norm = 0.0;  // 0: off
+  int log_every = 50;           // steps between metrics.jsonl step records
+  bool resume = false;
+  bool progress = true;
+
+  template <class V>
+  void visit(V& v) {
+    v.field("epochs", epochs, "passes over the training set", Range<int>{1, 100000});
+    v.field("device", device, "where to train",
+            Choices<DeviceKind>{{{"cpu", DeviceKind::kCpu}, {"cuda", DeviceKind::kCuda}}});
+    v.field("threads", threads, "intra-op CPU threads per process (0: all cores)", Range<int>{0, 1024});
+    v.field("channels_last", channels_last, "NHWC activations for conv layers (faster on CPU)");
+    v.field("label_smoothing", label_smoothing, "cross-entropy label smoothing", Range<double>{0.0, 1.0, false, true});
+    v.field("grad_clip_norm", grad_clip_norm, "clip the global gradient norm to this (0: off)", Range<double>{0.0, 1e9});
+    v.field("log_every", log_every, "steps between step records in metrics.jsonl", Range<int>{1, 1000000});
+    v.field("resume", resume, "continue from checkpoints/last.pt if the run directory has one");
+    v.field("progress", progress, "show a progress bar (plain lines when not a terminal)");
+  }
+};
+
+struct ExperimentConfig {
+  ExperimentSection experiment;
+  DataConfig data;
+  ModelConfig model;
+  OptimizerConfig optimizer;
+  ScheduleConfig schedule;
+  TrainerConfig trainer;
+
+  template <class V>
+  void visit(V& v) {
+    v.section("experiment", experiment, kRequired);
+    v.section("data", data);
+    v.section("model", model, kRequired);
+    v.section("optimizer", optimizer);
+    v.section("schedule", schedule);
+    v.section("trainer", trainer);
+  }
+
+  std::string run_dir() const;  // <output_dir>/<name>
+};
+
+// Reads `path`, applies `overrides` ("key.path=value") and validates. Throws ConfigError.
+ExperimentConfig load_experiment_config(const std::string& path, const std::vector<std::string>& overrides = {});
+ExperimentConfig parse_experiment_config(const std::string& yaml, const std::string& name,
+                                         const std::vector<std::string>& overrides = {});
+std::string to_yaml(ExperimentConfig cfg);
+std::vector<ConfigKeyDoc> list_config_keys();
+
+}  // namespace qd

@@ -1,0 +1,74 @@
+#include "trainer/optim.h"
+
+#include <cmath>
+
+namespace qd {
+
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerConfig& cfg, torch::nn::Module& model) {
+  std::vector<torch::Tensor> decay, no_decay;
+  for (auto& p : model.parameters()) {
+    if (!p.requires_grad()) continue;
+    (cfg.decay_norm_and_bias || p.dim() >= 2 ? decay : no_decay).push_back(p);
+  }
+  if (cfg.name == OptimizerKind::kSgd) {
+    auto opts = [&](double wd) {
+      return std::make_unique<torch::optim::SGDOptions>(torch::optim::SGDOptions(cfg.lr)
+                                                            .momentum(cfg.momentum)
+                                                            .nesterov(cfg.nesterov)
+                                                            .weight_decay(wd));
+    };
+    std::vector<torch::optim::OptimizerParamGroup> groups;
+    groups.emplace_back(decay, opts(cfg.weight_decay));
+    if (!no_decay.empty()) groups.emplace_back(no_decay, opts(0.0));
+    return std::make_unique<torch::optim::SGD>(groups, torch::optim::SGDOptions(cfg.lr));
+  }
+  auto opts = [&](double wd) {
+    return std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(cfg.lr)
+                                                            .betas({cfg.beta1, cfg.beta2})
+                                                            .eps(cfg.eps)
+                                                            .weight_decay(wd));
+  };
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(decay, opts(cfg.weight_decay));
+  if (!no_decay.empty()) groups.emplace_back(no_decay, opts(0.0));
+  return std::make_unique<torch::optim::AdamW>(groups, torch::optim::AdamWOptions(cfg.lr));
+}
+
+LrSchedule::LrSchedule(const OptimizerConfig& opt, const ScheduleConfig& cfg, int64_t steps_per_epoch, int64_t epochs)
+    : cfg_(cfg),
+      base_lr_(opt.lr),
+      steps_per_epoch_(std::max<int64_t>(1, steps_per_epoch)),
+      total_steps_(std::max<int64_t>(1, steps_per_epoch * epochs)),
+      warmup_steps_(static_cast<int64_t>(std::llround(cfg.warmup_epochs * steps_per_epoch))) {
+  warmup_steps_ = std::min(warmup_steps_, total_steps_);
+}
+
+double LrSchedule::lr_at(int64_t step) const {
+  if (step < warmup_steps_) {
+    const double f = cfg_.warmup_start_factor;
+    return base_lr_ * (f + (1.0 - f) * static_cast<double>(step + 1) / warmup_steps_);
+  }
+  switch (cfg_.name) {
+    case ScheduleKind::kConstant:
+      return base_lr_;
+    case ScheduleKind::kCosine: {
+      const double span = static_cast<double>(std::max<int64_t>(1, total_steps_ - warmup_steps_));
+      const double t = std::min(1.0, (step - warmup_steps_) / span);
+      return cfg_.min_lr + (base_lr_ - cfg_.min_lr) * 0.5 * (1.0 + std::cos(M_PI * t));
+    }
+    case ScheduleKind::kStep: {
+      const int64_t epoch = step / steps_per_epoch_;
+      double lr = base_lr_;
+      for (int m : cfg_.milestones)
+        if (epoch >= m) lr *= cfg_.gamma;
+      return lr;
+    }
+  }
+  return base_lr_;
+}
+
+void set_lr(torch::optim::Optimizer& opt, double lr) {
+  for (auto& group : opt.param_groups()) group.options().set_lr(lr);
+}
+
+}  // namespace qd
