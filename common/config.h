@@ -63,10 +63,16 @@ class ConfigDoc {
   // taken from `node` (the value, or its enclosing mapping when the key is missing).
   std::string where(const std::string& key_path, const YAML::Node& node) const;
 
+  // Where every key that was read came from ("FILE:LINE" / "--set ..."), for checks made later
+  // than parsing (a layer name that only the built model can validate, say).
+  void record(const std::string& key_path, const YAML::Node& node) const { locations_[key_path] = where(key_path, node); }
+  const std::map<std::string, std::string>& locations() const { return locations_; }
+
  private:
   std::string name_;
   YAML::Node root_;
   std::map<std::string, std::string> overrides_;  // key path -> "--set key=value"
+  mutable std::map<std::string, std::string> locations_;
 };
 
 [[noreturn]] void throw_config_error(const std::string& where, const std::string& key_path,
@@ -182,6 +188,7 @@ class ConfigReader {
         fail(path, node_, concat("missing required key; expected ", expectation<T>(constraints...)));
       return;  // the default stays
     }
+    doc_->record(path, key_node(key));
     T parsed{};
     if (!parse(n, parsed, constraints...))
       fail(path, key_node(key), concat("expected ", expectation<T>(constraints...), ", got ",

@@ -8,8 +8,11 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <vector>
 
 namespace qd {
+
+class Communicator;  // parallel/communicator.h; common/ only passes it along
 
 // What a hook sees. The trainer fills it; hooks may read everything and write the fields
 // marked as theirs.
@@ -17,6 +20,7 @@ struct TrainState {
   torch::nn::Module* model = nullptr;            // the network being trained (student)
   torch::optim::Optimizer* optimizer = nullptr;
   torch::Device device = torch::kCPU;
+  Communicator* comm = nullptr;  // never null inside Trainer::fit (Local for one process)
   int rank = 0, world_size = 1;
 
   int64_t epoch = 0;            // 0-based epoch in progress
@@ -26,6 +30,7 @@ struct TrainState {
   int64_t global_step = 0;      // optimizer steps taken before this one
 
   // Current step (valid from on_step_begin to on_after_optimizer_step).
+  std::vector<int64_t> sample_indices;  // [B] training-set indices of this micro-batch
   torch::Tensor inputs;   // [B, C, H, W] float in [0, 1], augmented, on `device`
   torch::Tensor targets;  // [B] int64
   torch::Tensor logits;   // [B, classes], set after the forward pass
@@ -41,9 +46,15 @@ class TrainHook {
   virtual ~TrainHook() = default;
   // Stable name: the key of this hook's state in checkpoints.
   virtual std::string name() const = 0;
+  // Trainable parameters the hook owns (e.g. feature-KD adapters). Asked after on_train_begin;
+  // they join the optimizer and the gradient all-reduce.
+  virtual std::vector<torch::Tensor> parameters() { return {}; }
+  // Before the optimizer exists and before a checkpoint is resumed (which restores hook state).
   virtual void on_train_begin(TrainState&) {}
   virtual void on_epoch_begin(TrainState&) {}
   virtual void on_step_begin(TrainState&) {}
+  // on_step_begin and on_loss run once per micro-batch (trainer.accumulate_steps), the others
+  // once per optimizer step.
   // After the forward pass and the task loss: add distillation terms to state.loss here.
   virtual void on_loss(TrainState&) {}
   // After backward, before the optimizer step (gradient all-reduce, gradient masks).

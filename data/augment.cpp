@@ -2,33 +2,41 @@
 
 #include <random>
 
+#include "data/sampler.h"
+
 namespace qd {
 
-torch::Tensor augment_batch(const torch::Tensor& x, const AugmentConfig& cfg, uint64_t seed) {
+int64_t augment_view(const AugmentConfig& cfg, uint64_t seed, int64_t epoch, int64_t index) {
+  if (cfg.views <= 0) return -1;
+  return static_cast<int64_t>(mix_seed(mix_seed(seed ^ 0x5bd1e995ULL, static_cast<uint64_t>(epoch)),
+                                       static_cast<uint64_t>(index)) %
+                              static_cast<uint64_t>(cfg.views));
+}
+
+uint64_t augment_view_seed(uint64_t seed, int64_t index, int64_t view) {
+  return mix_seed(mix_seed(seed, static_cast<uint64_t>(index)), static_cast<uint64_t>(view) + 0x9e37ULL);
+}
+
+uint64_t augment_seed(const AugmentConfig& cfg, uint64_t seed, int64_t epoch, int64_t index) {
+  if (cfg.views > 0) return augment_view_seed(seed, index, augment_view(cfg, seed, epoch, index));
+  return mix_seed(mix_seed(seed, static_cast<uint64_t>(epoch)), static_cast<uint64_t>(index));
+}
+
+torch::Tensor augment_batch(const torch::Tensor& x, const AugmentConfig& cfg, const std::vector<uint64_t>& seeds) {
   if (!cfg.any()) return x;
   const int64_t b = x.size(0), h = x.size(2), w = x.size(3);
-  std::mt19937_64 rng(seed);
-  torch::Tensor out = x;
-  if (cfg.random_crop) {
-    const int64_t p = cfg.crop_padding;
-    torch::Tensor padded = torch::constant_pad_nd(x, {p, p, p, p}, 0.0);  // [B, C, H+2p, W+2p]
-    out = torch::empty_like(x);
-    const uint64_t span = static_cast<uint64_t>(2 * p + 1);
-    for (int64_t i = 0; i < b; ++i) {
-      const int64_t dy = static_cast<int64_t>(rng() % span);
-      const int64_t dx = static_cast<int64_t>(rng() % span);
-      out[i].copy_(padded[i].narrow(1, dy, h).narrow(2, dx, w));
-    }
-  }
-  if (cfg.hflip) {
-    std::vector<int64_t> flip;
-    for (int64_t i = 0; i < b; ++i)
-      if (rng() & 1) flip.push_back(i);
-    if (!flip.empty()) {
-      torch::Tensor idx = torch::tensor(flip, torch::kInt64);
-      if (out.data_ptr() == x.data_ptr()) out = x.clone();
-      out.index_copy_(0, idx, out.index_select(0, idx).flip({3}));
-    }
+  TORCH_CHECK(static_cast<int64_t>(seeds.size()) == b, "augment_batch: one seed per sample");
+  const int64_t p = cfg.random_crop ? cfg.crop_padding : 0;
+  torch::Tensor padded = p > 0 ? torch::constant_pad_nd(x, {p, p, p, p}, 0.0) : x;  // [B, C, H+2p, W+2p]
+  torch::Tensor out = torch::empty_like(x);
+  const uint64_t span = static_cast<uint64_t>(2 * p + 1);
+  for (int64_t i = 0; i < b; ++i) {
+    std::mt19937_64 rng(seeds[static_cast<size_t>(i)]);
+    const int64_t dy = p > 0 ? static_cast<int64_t>(rng() % span) : 0;
+    const int64_t dx = p > 0 ? static_cast<int64_t>(rng() % span) : 0;
+    const bool flip = cfg.hflip && (rng() & 1);
+    torch::Tensor crop = padded[i].narrow(1, dy, h).narrow(2, dx, w);
+    out[i].copy_(flip ? crop.flip({2}) : crop);
   }
   return out;
 }

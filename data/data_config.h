@@ -15,6 +15,7 @@ struct AugmentConfig {
   bool random_crop = false;  // zero-pad by crop_padding, then crop back to the input size
   int crop_padding = 2;
   bool hflip = false;  // horizontal flip with probability 1/2
+  int views = 0;       // > 0: each sample has only this many fixed views (see augment.h)
 
   bool any() const { return random_crop || hflip; }
 
@@ -24,6 +25,10 @@ struct AugmentConfig {
     v.field("crop_padding", crop_padding, "zero padding on each side before the random crop, pixels",
             Range<int>{1, 16});
     v.field("hflip", hflip, "random horizontal flip with probability 1/2 (train only)");
+    v.field("views", views,
+            "0: a fresh random view of each sample every epoch; K > 0: each sample has K fixed views, one "
+            "drawn per epoch (lets distillation cache the teacher's outputs for every view)",
+            Range<int>{0, 1024});
   }
 };
 

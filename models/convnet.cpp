@@ -23,13 +23,23 @@ ConvNet::ConvNet(const ModelConfig& cfg, const InputSpec& in) : head_(cfg.head) 
 }
 
 torch::Tensor ConvNet::forward(torch::Tensor x) {
+  begin_capture();
   x = norm_(x);
   for (size_t i = 0; i < blocks_.size(); ++i) {
     x = blocks_[i](x);
+    capture("block" + std::to_string(i), x);  // [B, C, H, W] before the pool
     if (pool_after_[i]) x = torch::max_pool2d(x, 2);
   }
   x = head_ == HeadKind::kGap ? x.mean({2, 3}) : x.flatten(1);  // [B, features]
+  capture("features", x);
   return classifier_(drop_(x));
+}
+
+std::vector<std::string> ConvNet::feature_names() const {
+  std::vector<std::string> names;
+  for (size_t i = 0; i < blocks_.size(); ++i) names.push_back("block" + std::to_string(i));
+  names.push_back("features");
+  return names;
 }
 
 }  // namespace qd

@@ -17,7 +17,7 @@ ConvBnReluImpl::ConvBnReluImpl(int64_t in, int64_t out, int64_t kernel, int64_t 
                                                        .stride(stride)
                                                        .padding(kernel / 2)
                                                        .bias(false)));
-  bn = register_module("bn", torch::nn::BatchNorm2d(out));
+  bn = register_module("bn", BatchNorm(out));
   // He init for conv followed by ReLU.
   torch::nn::init::kaiming_normal_(conv->weight, 0.0, torch::kFanOut, torch::kReLU);
 }

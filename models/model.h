@@ -3,8 +3,11 @@
 
 #include <torch/torch.h>
 
+#include <map>
 #include <string>
 #include <vector>
+
+#include "models/batchnorm.h"
 
 namespace qd {
 
@@ -18,10 +21,29 @@ struct InputSpec {
 // Every zoo model takes float pixels in [0, 1], [B, C, H, W], and returns logits [B, classes].
 // Normalization is the model's first layer, so checkpoints and exported files need no
 // preprocessing knowledge.
+//
+// Feature capture (for hint distillation): set_capture({"block3"}) makes forward() keep the
+// output of those layers in captured() until the next forward. feature_names() lists what can
+// be captured, in forward order; "features" is always the classifier's input.
 class Model : public torch::nn::Module {
  public:
   virtual torch::Tensor forward(torch::Tensor x) = 0;
   virtual std::string kind() const = 0;
+  virtual std::vector<std::string> feature_names() const = 0;
+
+  void set_capture(std::vector<std::string> names) { capture_ = std::move(names); }
+  const std::map<std::string, torch::Tensor>& captured() const { return captured_; }
+
+ protected:
+  void begin_capture() { captured_.clear(); }
+  void capture(const std::string& name, const torch::Tensor& t) {
+    for (const auto& n : capture_)
+      if (n == name) captured_[name] = t;
+  }
+
+ private:
+  std::vector<std::string> capture_;
+  std::map<std::string, torch::Tensor> captured_;
 };
 
 // (x - mean) / std with per-channel constants stored as buffers (saved with the weights).
@@ -39,7 +61,7 @@ class ConvBnReluImpl : public torch::nn::Module {
   ConvBnReluImpl(int64_t in, int64_t out, int64_t kernel = 3, int64_t stride = 1, bool relu = true);
   torch::Tensor forward(const torch::Tensor& x);
   torch::nn::Conv2d conv{nullptr};
-  torch::nn::BatchNorm2d bn{nullptr};
+  BatchNorm bn{nullptr};
   bool relu_;
 };
 TORCH_MODULE(ConvBnRelu);

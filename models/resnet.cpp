@@ -25,8 +25,8 @@ ResNet::ResNet(const ModelConfig& cfg, const InputSpec& in) {
     const int64_t out = int64_t{cfg.width} << stage;
     for (int i = 0; i < n; ++i) {
       const int64_t stride = (stage > 0 && i == 0) ? 2 : 1;
-      blocks_.push_back(register_module(
-          "stage" + std::to_string(stage + 1) + "_block" + std::to_string(i), BasicBlock(c, out, stride)));
+      block_names_.push_back("stage" + std::to_string(stage + 1) + "_block" + std::to_string(i));
+      blocks_.push_back(register_module(block_names_.back(), BasicBlock(c, out, stride)));
       c = out;
     }
   }
@@ -35,9 +35,23 @@ ResNet::ResNet(const ModelConfig& cfg, const InputSpec& in) {
 }
 
 torch::Tensor ResNet::forward(torch::Tensor x) {
+  begin_capture();
   x = stem_(norm_(x));
-  for (auto& b : blocks_) x = b(x);
-  return fc_(drop_(x.mean({2, 3})));  // [B, 4w] -> [B, classes]
+  capture("stem", x);
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    x = blocks_[i](x);
+    capture(block_names_[i], x);
+  }
+  x = x.mean({2, 3});  // [B, 4w]
+  capture("features", x);
+  return fc_(drop_(x));  // [B, classes]
+}
+
+std::vector<std::string> ResNet::feature_names() const {
+  std::vector<std::string> names{"stem"};
+  names.insert(names.end(), block_names_.begin(), block_names_.end());
+  names.push_back("features");
+  return names;
 }
 
 }  // namespace qd

@@ -7,6 +7,8 @@
 #include <iostream>
 
 #include "common/error.h"
+#include "models/registry.h"
+#include "parallel/launch.h"
 #include "trainer/experiment.h"
 #include "trainer/experiment_config.h"
 
@@ -23,6 +25,8 @@ constexpr const char* kDescription =
     "  qdistill train configs/fmnist_teacher.yaml --resume        # continue from checkpoints/last.pt\n"
     "  qdistill eval runs/fmnist_teacher                          # accuracy of the best checkpoint\n"
     "  qdistill keys                                              # every config key, its default and meaning\n"
+    "  qdistill layers configs/fmnist_student_kd.yaml             # layer names for feature distillation\n"
+    "  mpirun -np 4 qdistill train CONFIG --set trainer.threads=1 # data parallel (see README)\n"
     "\n"
     "Exit codes: 0 success, 2 bad input (config, data, arguments), 1 anything else.";
 
@@ -37,6 +41,33 @@ void print_keys() {
     std::printf("  %-*s  %s\n  %-*s  default %s; %s\n", static_cast<int>(width), k.path.c_str(), k.help.c_str(),
                 static_cast<int>(width), "", k.default_value.c_str(), k.expected.c_str());
   }
+}
+
+// One clear line, then the exit code. Under mpirun with several ranks the message names the
+// rank and MPI_Abort takes every rank down, so no peer waits forever in a collective.
+int fail(int code, const std::string& message) {
+  const LaunchInfo li = detect_launch();
+  if (li.under_mpirun && li.world_size > 1) abort_job(code, message);
+  std::fprintf(stderr, "qdistill: error: %s\n", message.c_str());
+  return code;
+}
+
+int print_layers(const TrainCommand& cmd) {
+  const ExperimentConfig cfg = load_experiment_config(cmd.config_path, cmd.overrides);
+  auto model = make_model(cfg.model, InputSpec{});
+  model->eval();
+  torch::NoGradGuard g;
+  model->set_capture(model->feature_names());
+  model->forward(torch::zeros({1, 1, 28, 28}));
+  std::printf("%s (%lld parameters), feature layers in forward order:\n", model->kind().c_str(),
+              static_cast<long long>(count_params(*model)));
+  for (const auto& name : model->feature_names()) {
+    const auto shape = model->captured().at(name).sizes().slice(1);
+    std::string s;
+    for (size_t i = 0; i < shape.size(); ++i) s += (i ? " x " : "") + std::to_string(shape[i]);
+    std::printf("  %-16s [%s]\n", name.c_str(), s.c_str());
+  }
+  return 0;
 }
 
 }  // namespace
@@ -64,6 +95,11 @@ int run_cli(int argc, char** argv) {
 
   CLI::App* keys_cmd = app.add_subcommand("keys", "list every config key with its default and meaning");
 
+  TrainCommand layers;
+  CLI::App* layers_cmd = app.add_subcommand("layers", "list a config's model layers (names for distill.hint_*)");
+  layers_cmd->add_option("config", layers.config_path, "experiment YAML")->required();
+  layers_cmd->add_option("--set", layers.overrides, "override a config key (repeatable)")->take_all();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -75,15 +111,13 @@ int run_cli(int argc, char** argv) {
     if (train_cmd->parsed()) return run_train(train);
     if (eval_cmd->parsed()) return run_eval(eval);
     if (keys_cmd->parsed()) return print_keys(), 0;
+    if (layers_cmd->parsed()) return print_layers(layers);
   } catch (const qd::Error& e) {
-    std::fprintf(stderr, "qdistill: error: %s\n", e.what());
-    return exit_code_for(e);
+    return fail(exit_code_for(e), e.what());
   } catch (const c10::Error& e) {
-    std::fprintf(stderr, "qdistill: internal error: %s\n", e.what_without_backtrace());
-    return 1;
+    return fail(1, std::string("internal error: ") + e.what_without_backtrace());
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "qdistill: error: %s\n", e.what());
-    return 1;
+    return fail(1, e.what());
   }
   return 1;
 }

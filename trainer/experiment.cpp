@@ -1,5 +1,6 @@
 #include "trainer/experiment.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -9,8 +10,11 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "common/progress.h"
+#include "distill/distill_hook.h"
 #include "models/registry.h"
-#include "trainer/checkpoint.h"
+#include "parallel/communicator.h"
+#include "parallel/launch.h"
+#include "common/checkpoint.h"
 #include "trainer/trainer.h"
 
 namespace qd {
@@ -39,6 +43,41 @@ void set_threads(int threads) {
 }
 
 namespace {
+
+void check_layers(const ExperimentConfig& cfg, const std::string& key, const std::vector<std::string>& names,
+                  const Model& model, const std::string& who) {
+  const std::vector<std::string> valid = model.feature_names();
+  for (const auto& n : names) {
+    if (std::find(valid.begin(), valid.end(), n) != valid.end()) continue;
+    std::string list;
+    for (size_t i = 0; i < valid.size(); ++i) list += (i ? ", " : "") + valid[i];
+    cfg.fail(key, concat("'", n, "' is not a layer of the ", who, " (", model.kind(), "); valid layers: ", list));
+  }
+}
+
+std::shared_ptr<DistillHook> make_distill_hook(const ExperimentConfig& cfg, const Model& student, const DataBundle& data,
+                                               torch::Device device) {
+  check_layers(cfg, "distill.hint_student", cfg.distill.hint_student, student, "student");
+  Teacher teacher;
+  try {
+    teacher = load_teacher(cfg.distill, input_spec(data), cfg.data.dataset, device, cfg.trainer.channels_last);
+  } catch (const UserError& e) {
+    cfg.fail("distill.teacher", e.what());
+  }
+  check_layers(cfg, "distill.hint_teacher", cfg.distill.hint_teacher, *teacher.model, "teacher");
+  log_info("distill: teacher ", teacher.checkpoint, " (", teacher.model->kind(), ", ", count_params(*teacher.model),
+           " parameters), alpha ", cfg.distill.alpha, ", T ", cfg.distill.temperature);
+  DistillHookOptions o;
+  o.cfg = cfg.distill;
+  o.augment = cfg.data.augment;
+  o.seed = static_cast<uint64_t>(cfg.experiment.seed);
+  o.label_smoothing = cfg.trainer.label_smoothing;
+  o.batch_size = cfg.data.eval_batch_size;
+  o.cache_dir = cfg.distill.cache_dir.empty() ? (fs::path(cfg.experiment.output_dir) / "teacher_cache").string()
+                                              : cfg.distill.cache_dir;
+  o.channels_last = cfg.trainer.channels_last;
+  return std::make_shared<DistillHook>(o, std::move(teacher), data.train);
+}
 
 // Refuses to clobber a run the user did not ask to continue or replace; never loses a checkpoint.
 void prepare_run_dir(const ExperimentConfig& cfg) {
@@ -73,20 +112,35 @@ int run_train(const TrainCommand& cmd) {
   set_threads(cfg.trainer.threads);
 
   // Everything that can fail on bad input runs before the run directory is touched.
+  const LaunchInfo launch = detect_launch();
+  set_log_enabled(launch.rank == 0);
   const DataBundle data = load_data(cfg.data);
   std::shared_ptr<Model> model = build_model(cfg, data);
   const int64_t params = count_params(*model);
+  const torch::Device device = select_device(cfg.trainer, launch);
+  std::shared_ptr<Communicator> comm = make_communicator(cfg.parallel, device);
   log_info("experiment ", cfg.experiment.name, ": ", model->kind(), " with ", params, " parameters; ",
-           data.train.size(), " train / ", data.test.size(), " test samples; ", torch::get_num_threads(),
-           " threads");
-  Trainer trainer(cfg, model, data, cfg.run_dir());
+           data.train.size(), " train / ", data.test.size(), " test samples; ", comm->world_size(), " rank(s) (",
+           comm->backend(), "), ", torch::get_num_threads(), " thread(s) each, on ", device.str());
+  Trainer trainer(cfg, model, data, cfg.run_dir(), comm);
+  std::shared_ptr<DistillHook> distill;
+  if (cfg.distill.enabled()) {
+    distill = make_distill_hook(cfg, *model, data, device);
+    trainer.add_hook(distill);
+  }
 
-  prepare_run_dir(cfg);
-  // Record the normalization actually used (measured when the config left it empty).
-  cfg.data.mean = data.mean;
-  cfg.data.std = data.std;
-  write_file_atomic((fs::path(cfg.run_dir()) / "config.resolved.yaml").string(), to_yaml(cfg));
+  const bool writer = comm->rank() == 0;
+  if (writer) {
+    prepare_run_dir(cfg);
+    // Record the normalization actually used (measured when the config left it empty).
+    cfg.data.mean = data.mean;
+    cfg.data.std = data.std;
+    write_file_atomic((fs::path(cfg.run_dir()) / "config.resolved.yaml").string(), to_yaml(cfg));
+  }
+  // No rank trains until rank 0 has checked the run directory (it may refuse to clobber it).
+  comm->barrier();
   const TrainResult r = trainer.fit();
+  if (!writer) return 0;
 
   // Report the best checkpoint (what eval and export use).
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -94,7 +148,8 @@ int run_train(const TrainCommand& cmd) {
       {"name", cfg.experiment.name},
       {"role", cfg.experiment.role == Role::kTeacher ? "teacher" : "student"},
       {"model", model->kind()},
-      {"world_size", 1},
+      {"world_size", comm->world_size()},
+      {"backend", comm->backend()},
       {"epochs", r.epochs_completed},
       {"test_accuracy", r.best_accuracy},
       {"final_test_accuracy", r.final_accuracy},
@@ -106,6 +161,10 @@ int run_train(const TrainCommand& cmd) {
       {"wall_seconds", wall},
       {"threads", torch::get_num_threads()},
   };
+  if (distill) {
+    summary["teacher"] = cfg.distill.teacher;
+    summary["teacher_cache"] = distill->uses_cache();
+  }
   write_file_atomic((fs::path(cfg.run_dir()) / "summary.json").string(), summary.dump(2) + "\n");
   std::printf("%s: test accuracy %.2f%% (last epoch %.2f%%), %lld params, %.0f samples/s, wall %s\n  run directory: %s\n",
               cfg.experiment.name.c_str(), r.best_accuracy, r.final_accuracy, static_cast<long long>(params),

@@ -9,9 +9,15 @@ ExperimentConfig read(ConfigDoc doc, const std::vector<std::string>& overrides) 
   for (const auto& o : overrides) doc.set(o);
   ExperimentConfig cfg;
   ConfigReader::read(doc, cfg);
+  cfg.locations = doc.locations();
   return cfg;
 }
 }  // namespace
+
+void ExperimentConfig::fail(const std::string& key, const std::string& message) const {
+  auto it = locations.find(key);
+  throw_config_error(it != locations.end() ? it->second : "config", key, message);
+}
 
 std::string ExperimentConfig::run_dir() const {
   return (std::filesystem::path(experiment.output_dir) / experiment.name).string();

@@ -2,12 +2,15 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
 #include "common/config.h"
 #include "data/data_config.h"
+#include "distill/distill_config.h"
 #include "models/model_config.h"
+#include "parallel/parallel_config.h"
 
 namespace qd {
 
@@ -91,6 +94,7 @@ struct TrainerConfig {
   bool channels_last = true;
   double label_smoothing = 0.0;
   double grad_clip_norm = 0.0;  // 0: off
+  int accumulate_steps = 1;     // micro-batches per optimizer step (gradient accumulation)
   int log_every = 50;           // steps between metrics.jsonl step records
   bool resume = false;
   bool progress = true;
@@ -104,6 +108,8 @@ struct TrainerConfig {
     v.field("channels_last", channels_last, "NHWC activations for conv layers (faster on CPU)");
     v.field("label_smoothing", label_smoothing, "cross-entropy label smoothing", Range<double>{0.0, 1.0, false, true});
     v.field("grad_clip_norm", grad_clip_norm, "clip the global gradient norm to this (0: off)", Range<double>{0.0, 1e9});
+    v.field("accumulate_steps", accumulate_steps,
+            "micro-batches of data.batch_size per optimizer step (gradient accumulation)", Range<int>{1, 4096});
     v.field("log_every", log_every, "steps between step records in metrics.jsonl", Range<int>{1, 1000000});
     v.field("resume", resume, "continue from checkpoints/last.pt if the run directory has one");
     v.field("progress", progress, "show a progress bar (plain lines when not a terminal)");
@@ -117,6 +123,8 @@ struct ExperimentConfig {
   OptimizerConfig optimizer;
   ScheduleConfig schedule;
   TrainerConfig trainer;
+  ParallelConfig parallel;
+  DistillConfig distill;
 
   template <class V>
   void visit(V& v) {
@@ -126,9 +134,16 @@ struct ExperimentConfig {
     v.section("optimizer", optimizer);
     v.section("schedule", schedule);
     v.section("trainer", trainer);
+    v.section("parallel", parallel);
+    v.section("distill", distill);
   }
 
   std::string run_dir() const;  // <output_dir>/<name>
+
+  // "FILE:LINE" (or "--set ...") of each key given explicitly; see ConfigDoc::locations().
+  std::map<std::string, std::string> locations;
+  // A ConfigError for a check made after parsing: "WHERE: key: message".
+  [[noreturn]] void fail(const std::string& key, const std::string& message) const;
 };
 
 // Reads `path`, applies `overrides` ("key.path=value") and validates. Throws ConfigError.

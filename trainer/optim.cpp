@@ -4,9 +4,9 @@
 
 namespace qd {
 
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerConfig& cfg, torch::nn::Module& model) {
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerConfig& cfg, const std::vector<torch::Tensor>& params) {
   std::vector<torch::Tensor> decay, no_decay;
-  for (auto& p : model.parameters()) {
+  for (const auto& p : params) {
     if (!p.requires_grad()) continue;
     (cfg.decay_norm_and_bias || p.dim() >= 2 ? decay : no_decay).push_back(p);
   }

@@ -11,7 +11,7 @@ namespace qd {
 
 // SGD (momentum, Nesterov) or AdamW. Unless cfg.decay_norm_and_bias, parameters with fewer than
 // two dimensions (BatchNorm weights, biases) go in a second group without weight decay.
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerConfig& cfg, torch::nn::Module& model);
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerConfig& cfg, const std::vector<torch::Tensor>& params);
 
 // Learning rate as a pure function of the step, so resuming needs no scheduler state.
 class LrSchedule {

@@ -1,6 +1,7 @@
 #include "trainer/trainer.h"
 
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 
 #include "common/atomic_file.h"
@@ -9,7 +10,7 @@
 #include "common/progress.h"
 #include "data/augment.h"
 #include "data/sampler.h"
-#include "trainer/checkpoint.h"
+#include "common/checkpoint.h"
 
 namespace qd {
 
@@ -17,94 +18,164 @@ namespace fs = std::filesystem;
 namespace F = torch::nn::functional;
 
 namespace {
-torch::Device device_for(const TrainerConfig& t) {
-  if (t.device == DeviceKind::kCuda) {
-    QD_CHECK(torch::cuda::is_available(), UserError,
-             "trainer.device: cuda, but no CUDA device is visible (torch::cuda::is_available() is false); "
-             "use --set trainer.device=cpu or run on a GPU machine");
-    return torch::Device(torch::kCUDA, 0);
-  }
-  return torch::kCPU;
-}
-
 torch::Tensor prepare(torch::Tensor x, torch::Device device, bool channels_last) {
   x = x.to(device, /*non_blocking=*/true);
   return channels_last ? x.contiguous(torch::MemoryFormat::ChannelsLast) : x;
 }
+
+torch::Tensor scalar(torch::ScalarType t, torch::Device d) { return torch::zeros({}, torch::TensorOptions().dtype(t).device(d)); }
 }  // namespace
 
+torch::Device select_device(const TrainerConfig& cfg, const LaunchInfo& launch) {
+  if (cfg.device == DeviceKind::kCpu) return torch::kCPU;
+  QD_CHECK(torch::cuda::is_available(), UserError,
+           "trainer.device: cuda, but no CUDA device is visible (torch::cuda::is_available() is false); "
+           "use --set trainer.device=cpu or run on a GPU machine");
+  const int gpus = static_cast<int>(torch::cuda::device_count());
+  QD_CHECK(launch.local_size <= gpus, UserError, "mpirun started ", launch.local_size,
+           " ranks on this node but it has only ", gpus, " GPU(s); start at most ", gpus,
+           " ranks per node (mpirun -npernode ", gpus, ")");
+  return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(launch.local_rank));
+}
+
 EvalResult evaluate(Model& model, const ImageDataset& ds, int64_t batch_size, torch::Device device,
-                    bool channels_last) {
+                    bool channels_last, Communicator* comm) {
   torch::NoGradGuard no_grad;
   const bool was_training = model.is_training();
   model.eval();
-  torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(device));
-  torch::Tensor correct = torch::zeros({}, torch::TensorOptions().dtype(torch::kInt64).device(device));
-  for (int64_t begin = 0; begin < ds.size(); begin += batch_size) {
-    const int64_t end = std::min(ds.size(), begin + batch_size);
+  const int world = comm ? comm->world_size() : 1, rank = comm ? comm->rank() : 0;
+  const int64_t lo = ds.size() * rank / world, hi = ds.size() * (rank + 1) / world;  // this rank's shard
+  torch::Tensor loss_sum = scalar(torch::kFloat64, device);
+  torch::Tensor correct = scalar(torch::kFloat64, device);
+  for (int64_t begin = lo; begin < hi; begin += batch_size) {
+    const int64_t end = std::min(hi, begin + batch_size);
     Batch b = slice_batch(ds, begin, end);
     torch::Tensor x = prepare(b.inputs, device, channels_last);
     torch::Tensor y = b.targets.to(device);
     torch::Tensor logits = model.forward(x);  // [B, classes]
     loss_sum += F::cross_entropy(logits, y, F::CrossEntropyFuncOptions().reduction(torch::kSum)).to(torch::kFloat64);
-    correct += logits.argmax(1).eq(y).sum();
+    correct += logits.argmax(1).eq(y).sum().to(torch::kFloat64);
   }
+  torch::Tensor sums = torch::stack({loss_sum, correct});  // [2]
+  if (world > 1) all_reduce_now(*comm, sums);
+  sums = sums.cpu();
   model.train(was_training);
   EvalResult r;
   r.samples = ds.size();
-  r.loss = loss_sum.item<double>() / std::max<int64_t>(1, r.samples);
-  r.accuracy = 100.0 * static_cast<double>(correct.item<int64_t>()) / std::max<int64_t>(1, r.samples);
+  r.loss = sums[0].item<double>() / std::max<int64_t>(1, r.samples);
+  r.accuracy = 100.0 * sums[1].item<double>() / std::max<int64_t>(1, r.samples);
   return r;
 }
 
-Trainer::Trainer(ExperimentConfig cfg, std::shared_ptr<Model> model, const DataBundle& data, std::string run_dir)
+Trainer::Trainer(ExperimentConfig cfg, std::shared_ptr<Model> model, const DataBundle& data, std::string run_dir,
+                 std::shared_ptr<Communicator> comm)
     : cfg_(std::move(cfg)),
       model_(std::move(model)),
       data_(data),
       run_dir_(std::move(run_dir)),
-      device_(device_for(cfg_.trainer)) {
+      comm_(comm ? std::move(comm) : std::make_shared<LocalCommunicator>()),
+      device_(select_device(cfg_.trainer, comm_->world_size() > 1 ? mpi_runtime() : LaunchInfo{})) {
   model_->to(device_);
   if (cfg_.trainer.channels_last) to_channels_last(*model_);
-  optimizer_ = make_optimizer(cfg_.optimizer, *model_);
+  broadcast_parameters(model_->parameters(), model_->buffers());
+  if (comm_->world_size() > 1 && cfg_.parallel.sync_bn) {
+    std::shared_ptr<Communicator> c = comm_;
+    const int layers = set_batchnorm_all_reduce(*model_, [c](torch::Tensor& t) { all_reduce_now(*c, t); });
+    log_info("sync_bn: ", layers, " BatchNorm layers reduce batch statistics over ", c->world_size(), " ranks");
+  }
+}
+
+// Every rank starts from rank 0's values.
+void Trainer::broadcast_parameters(const std::vector<torch::Tensor>& params, const std::vector<torch::Tensor>& buffers) {
+  if (comm_->world_size() == 1) return;
+  torch::NoGradGuard no_grad;
+  for (const auto* list : {&params, &buffers}) {
+    for (const auto& t : *list) {
+      torch::Tensor flat = t.detach().contiguous();
+      comm_->broadcast(flat, 0);
+      if (flat.data_ptr() != t.data_ptr()) t.detach().copy_(flat);
+    }
+  }
+}
+
+// The optimizer and the gradient reducer cover the model and the hooks' own parameters, so
+// they are built once the hooks have set up (on_train_begin).
+void Trainer::build_optimizer() {
+  std::vector<torch::Tensor> params = model_->parameters();
+  std::vector<torch::Tensor> hook_params;
+  for (auto& h : hooks_)
+    for (auto& p : h->parameters()) hook_params.push_back(p);
+  broadcast_parameters(hook_params, {});
+  params.insert(params.end(), hook_params.begin(), hook_params.end());
+  optimizer_ = make_optimizer(cfg_.optimizer, params);
+  if (comm_->world_size() > 1) {
+    GradReducerOptions ro;
+    ro.bucket_bytes = static_cast<int64_t>(cfg_.parallel.bucket_mb * (1 << 20));
+    ro.first_bucket_bytes = static_cast<int64_t>(cfg_.parallel.first_bucket_mb * (1 << 20));
+    reducer_ = std::make_unique<GradReducer>(params, comm_, ro);
+  }
 }
 
 std::string Trainer::last_checkpoint() const { return (fs::path(run_dir_) / "checkpoints" / "last.pt").string(); }
 std::string Trainer::best_checkpoint() const { return (fs::path(run_dir_) / "checkpoints" / "best.pt").string(); }
 
+// Rank 0 reads last.pt and broadcasts its bytes, so ranks on other nodes need no shared
+// filesystem. Returns whether a checkpoint was loaded.
+bool Trainer::resume_from_checkpoint(TrainState& state) {
+  if (run_dir_.empty() || !cfg_.trainer.resume) return false;
+  std::string bytes;
+  torch::Tensor size = torch::zeros({1}, torch::kInt64);
+  if (comm_->rank() == 0 && fs::exists(last_checkpoint())) {
+    bytes = read_file(last_checkpoint());
+    size[0] = static_cast<int64_t>(bytes.size());
+  }
+  comm_->broadcast(size, 0);
+  const int64_t n = size[0].item<int64_t>();
+  if (n == 0) return false;
+  torch::Tensor buf = torch::empty({n}, torch::kUInt8);
+  if (comm_->rank() == 0) std::memcpy(buf.data_ptr(), bytes.data(), static_cast<size_t>(n));
+  comm_->broadcast(buf, 0);
+  const CheckpointMeta meta =
+      load_checkpoint_bytes(reinterpret_cast<const char*>(buf.data_ptr()), static_cast<size_t>(n), last_checkpoint(),
+                            *model_, optimizer_.get(), hooks_);
+  state.global_step = meta.global_step;
+  best_accuracy_ = meta.best_accuracy;
+  last_accuracy_ = meta.test_accuracy;
+  log_info("resuming from ", last_checkpoint(), " after epoch ", meta.epoch, " (step ", meta.global_step,
+           ", best test accuracy ", meta.best_accuracy, "%)");
+  state.epoch = meta.epoch;
+  return true;
+}
+
 TrainResult Trainer::fit() {
-  const int64_t batch = cfg_.data.batch_size;
-  ShardedSampler sampler(data_.train.size(), /*shuffle=*/true, static_cast<uint64_t>(cfg_.experiment.seed));
-  const int64_t steps_per_epoch = sampler.per_rank() / batch;  // drop the last partial batch
-  QD_CHECK(steps_per_epoch > 0, UserError, "data.batch_size: ", batch, " is larger than the training set (",
-           sampler.per_rank(), " samples); lower it or use more data");
+  const int64_t micro = cfg_.data.batch_size;
+  const int64_t accum = cfg_.trainer.accumulate_steps;
+  ShardedSampler sampler(data_.train.size(), /*shuffle=*/true, static_cast<uint64_t>(cfg_.experiment.seed),
+                         comm_->rank(), comm_->world_size());
+  const int64_t steps_per_epoch = sampler.per_rank() / (micro * accum);  // drop the last partial step
+  QD_CHECK(steps_per_epoch > 0, UserError, "data.batch_size ", micro, " x trainer.accumulate_steps ", accum,
+           " is larger than this rank's share of the training set (", sampler.per_rank(),
+           " samples); lower them or use more data");
 
   TrainState state;
   state.model = model_.get();
-  state.optimizer = optimizer_.get();
   state.device = device_;
+  state.comm = comm_.get();
+  state.rank = comm_->rank();
+  state.world_size = comm_->world_size();
   state.epochs = cfg_.trainer.epochs;
   state.steps_per_epoch = steps_per_epoch;
 
-  int64_t start_epoch = 0;
-  const bool writes = !run_dir_.empty();
-  bool resumed = false;
-  if (writes) fs::create_directories(fs::path(run_dir_) / "checkpoints");
-  if (writes && cfg_.trainer.resume && fs::exists(last_checkpoint())) {
-    const CheckpointMeta meta = load_checkpoint(last_checkpoint(), *model_, optimizer_.get(), hooks_);
-    if (cfg_.trainer.channels_last) to_channels_last(*model_);
-    start_epoch = meta.epoch;
-    state.global_step = meta.global_step;
-    best_accuracy_ = meta.best_accuracy;
-    resumed = true;
-    last_accuracy_ = meta.test_accuracy;
-    log_info("resuming from ", last_checkpoint(), " after epoch ", meta.epoch, " (step ", meta.global_step,
-             ", best test accuracy ", meta.best_accuracy, "%)");
-  }
-  if (writes) metrics_ = MetricsLog((fs::path(run_dir_) / "metrics.jsonl").string(), resumed, start_epoch);
-
   for (auto& h : hooks_) h->on_train_begin(state);
+  build_optimizer();
+  state.optimizer = optimizer_.get();
+
+  if (is_writer()) fs::create_directories(fs::path(run_dir_) / "checkpoints");
+  const bool resumed = resume_from_checkpoint(state);
+  const int64_t start_epoch = resumed ? state.epoch : 0;
+  if (is_writer()) metrics_ = MetricsLog((fs::path(run_dir_) / "metrics.jsonl").string(), resumed, start_epoch);
+
   TrainResult result;
-  result.best_accuracy = std::max(0.0, best_accuracy_);
   double samples_seen = 0.0, train_seconds = 0.0;
   for (int64_t epoch = start_epoch; epoch < cfg_.trainer.epochs; ++epoch) {
     state.epoch = epoch;
@@ -115,7 +186,11 @@ TrainResult Trainer::fit() {
     samples_seen += epoch_samples;
     train_seconds += epoch_seconds;
 
-    const EvalResult ev = evaluate(*model_, data_.test, cfg_.data.eval_batch_size, device_, cfg_.trainer.channels_last);
+    // BatchNorm running statistics are per rank; the model every rank evaluates (and rank 0
+    // saves) uses rank 0's, as DDP's broadcast_buffers does.
+    broadcast_parameters({}, model_->buffers());
+    const EvalResult ev =
+        evaluate(*model_, data_.test, cfg_.data.eval_batch_size, device_, cfg_.trainer.channels_last, comm_.get());
     for (auto& h : hooks_) h->on_epoch_end(state);
     const bool best = ev.accuracy > best_accuracy_;
     if (best) best_accuracy_ = ev.accuracy;
@@ -127,94 +202,115 @@ TrainResult Trainer::fit() {
                           {"test_accuracy", ev.accuracy},
                           {"best_test_accuracy", best_accuracy_},
                           {"train_samples_per_second", epoch_samples / std::max(1e-9, epoch_seconds)},
-                          {"epoch_seconds", epoch_seconds}};
+                          {"epoch_seconds", epoch_seconds},
+                          {"world_size", comm_->world_size()}};
     for (const auto& [k, v] : state.epoch_metrics) rec[k] = v;
     for (const auto& [k, v] : last_epoch_train_) rec[k] = v;
     metrics_.write(rec);
     log_info("epoch ", epoch + 1, "/", cfg_.trainer.epochs, ": train loss ", last_epoch_train_["train_loss"],
              ", train acc ", last_epoch_train_["train_accuracy"], "%, test loss ", ev.loss, ", test acc ",
              ev.accuracy, "%", best ? " (best)" : "");
-    if (writes) checkpoint(state, ev.accuracy, best);
+    if (is_writer()) checkpoint(state, ev.accuracy, best);
     result.final_accuracy = ev.accuracy;
     result.epochs_completed = epoch + 1;
   }
-  result.best_accuracy = std::max(0.0, best_accuracy_);
-  result.train_seconds = train_seconds;
-  result.samples_per_second = samples_seen / std::max(1e-9, train_seconds);
   if (result.epochs_completed == 0) {  // resumed a finished run: nothing left to train
     result.epochs_completed = start_epoch;
     result.final_accuracy = last_accuracy_;
   }
+  result.best_accuracy = std::max(0.0, best_accuracy_);
+  result.train_seconds = train_seconds;
+  result.samples_per_second = samples_seen / std::max(1e-9, train_seconds);
   return result;
 }
 
 void Trainer::train_epoch(TrainState& state, double& samples_seen, double& seconds) {
-  const int64_t batch = cfg_.data.batch_size;
+  const int64_t micro = cfg_.data.batch_size;
+  const int64_t accum = cfg_.trainer.accumulate_steps;
   const uint64_t seed = static_cast<uint64_t>(cfg_.experiment.seed);
-  ShardedSampler sampler(data_.train.size(), /*shuffle=*/true, seed, state.rank, state.world_size);
-  const std::vector<int64_t> indices = sampler.indices(state.epoch);
+  const std::vector<int64_t> indices =
+      ShardedSampler(data_.train.size(), /*shuffle=*/true, seed, state.rank, state.world_size).indices(state.epoch);
   const LrSchedule schedule(cfg_.optimizer, cfg_.schedule, state.steps_per_epoch, cfg_.trainer.epochs);
   const auto ce_options = F::CrossEntropyFuncOptions().label_smoothing(cfg_.trainer.label_smoothing);
+  const int64_t global_batch = micro * accum * state.world_size;
 
   model_->train();
-  ProgressBar bar(detail::concat("epoch ", state.epoch + 1, "/", state.epochs), state.steps_per_epoch,
+  ProgressBar bar(concat("epoch ", state.epoch + 1, "/", state.epochs), state.steps_per_epoch,
                   cfg_.trainer.progress && state.rank == 0, std::max<int64_t>(1, state.steps_per_epoch / 5));
-  torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(device_));
-  torch::Tensor correct = torch::zeros({}, torch::TensorOptions().dtype(torch::kInt64).device(device_));
-  std::map<std::string, torch::Tensor> window_terms;  // summed since the last step record
-  int64_t window_steps = 0;
+  torch::Tensor loss_sum = scalar(torch::kFloat64, device_);  // over this rank's samples
+  torch::Tensor correct = scalar(torch::kFloat64, device_);
+  std::map<std::string, torch::Tensor> window;  // loss terms summed since the last step record
+  int64_t window_micro = 0;
   const auto start = std::chrono::steady_clock::now();
   for (int64_t s = 0; s < state.steps_per_epoch; ++s) {
     state.step_in_epoch = s;
-    Batch b = gather_batch(data_.train, indices, s * batch, (s + 1) * batch);
-    const uint64_t aug_seed = mix_seed(mix_seed(seed, static_cast<uint64_t>(state.epoch)),
-                                       static_cast<uint64_t>(s * state.world_size + state.rank));
-    state.inputs = prepare(augment_batch(b.inputs, cfg_.data.augment, aug_seed), device_, cfg_.trainer.channels_last);
-    state.targets = b.targets.to(device_, /*non_blocking=*/true);
-    for (auto& h : hooks_) h->on_step_begin(state);
-
     const double lr = schedule.lr_at(state.global_step);
     set_lr(*optimizer_, lr);
-    state.logits = model_->forward(state.inputs);  // [B, classes]
-    state.loss = F::cross_entropy(state.logits, state.targets, ce_options);
-    state.loss_terms.clear();
-    state.loss_terms["ce"] = state.loss.detach();
-    for (auto& h : hooks_) h->on_loss(state);
+    if (reducer_) reducer_->zero_grad();
+    else optimizer_->zero_grad();
 
-    optimizer_->zero_grad();
-    state.loss.backward();
+    for (int64_t m = 0; m < accum; ++m) {
+      const int64_t first = (s * accum + m) * micro;
+      Batch b = gather_batch(data_.train, indices, first, first + micro);
+      state.sample_indices.assign(indices.begin() + first, indices.begin() + first + micro);
+      std::vector<uint64_t> seeds;
+      if (cfg_.data.augment.any())
+        for (int64_t idx : state.sample_indices) seeds.push_back(augment_seed(cfg_.data.augment, seed, state.epoch, idx));
+      state.inputs = prepare(augment_batch(b.inputs, cfg_.data.augment, seeds), device_, cfg_.trainer.channels_last);
+      state.targets = b.targets.to(device_, /*non_blocking=*/true);
+      for (auto& h : hooks_) h->on_step_begin(state);
+
+      state.logits = model_->forward(state.inputs);  // [B, classes]
+      state.loss = F::cross_entropy(state.logits, state.targets, ce_options);
+      state.loss_terms.clear();
+      state.loss_terms["ce"] = state.loss.detach();
+      for (auto& h : hooks_) h->on_loss(state);
+
+      if (reducer_) reducer_->prepare(/*sync=*/m == accum - 1);
+      (accum > 1 ? state.loss / static_cast<double>(accum) : state.loss).backward();
+
+      const torch::Tensor loss = state.loss.detach();
+      loss_sum += loss.to(torch::kFloat64) * static_cast<double>(micro);
+      correct += state.logits.detach().argmax(1).eq(state.targets).sum().to(torch::kFloat64);
+      window["loss"] = window.count("loss") ? window["loss"] + loss : loss;
+      for (const auto& [k, v] : state.loss_terms)
+        window["loss_" + k] = window.count("loss_" + k) ? window["loss_" + k] + v : v;
+      ++window_micro;
+    }
+    if (reducer_) reducer_->finalize();
     for (auto& h : hooks_) h->on_after_backward(state);
-    if (cfg_.trainer.grad_clip_norm > 0) torch::nn::utils::clip_grad_norm_(model_->parameters(), cfg_.trainer.grad_clip_norm);
+    if (cfg_.trainer.grad_clip_norm > 0) {
+      std::vector<torch::Tensor> all;
+      for (auto& g : optimizer_->param_groups()) all.insert(all.end(), g.params().begin(), g.params().end());
+      torch::nn::utils::clip_grad_norm_(all, cfg_.trainer.grad_clip_norm);
+    }
     optimizer_->step();
     ++state.global_step;
     for (auto& h : hooks_) h->on_after_optimizer_step(state);
 
-    const torch::Tensor loss = state.loss.detach();
-    loss_sum += loss.to(torch::kFloat64) * static_cast<double>(b.size());
-    correct += state.logits.detach().argmax(1).eq(state.targets).sum();
-    window_terms["loss"] = window_terms.count("loss") ? window_terms["loss"] + loss : loss;
-    for (const auto& [k, v] : state.loss_terms)
-      window_terms["loss_" + k] = window_terms.count("loss_" + k) ? window_terms["loss_" + k] + v : v;
-    ++window_steps;
     if (state.global_step % cfg_.trainer.log_every == 0) {
       nlohmann::json rec = {{"type", "step"}, {"epoch", state.epoch + 1}, {"step", state.global_step}, {"lr", lr}};
-      for (const auto& [k, v] : window_terms) rec[k] = v.item<double>() / window_steps;
+      for (const auto& [k, v] : window) rec[k] = v.item<double>() / window_micro;  // rank 0's view
       metrics_.write(rec);
-      window_terms.clear();
-      window_steps = 0;
+      window.clear();
+      window_micro = 0;
     }
     const int64_t done = s + 1;
     std::string extra;
-    if (done % 20 == 0 || done == state.steps_per_epoch)
-      extra = detail::concat("loss ", loss_sum.item<double>() / (done * batch));
-    bar.update(done, done * batch * state.world_size, extra);
+    if (state.rank == 0 && (done % 20 == 0 || done == state.steps_per_epoch))
+      extra = concat("loss ", loss_sum.item<double>() / (done * micro * accum));
+    bar.update(done, done * global_batch, extra);
   }
   seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const double n = static_cast<double>(state.steps_per_epoch * batch);
-  samples_seen = n * state.world_size;
-  last_epoch_train_["train_loss"] = loss_sum.item<double>() / n;
-  last_epoch_train_["train_accuracy"] = 100.0 * static_cast<double>(correct.item<int64_t>()) / n;
-  bar.finish(detail::concat("loss ", last_epoch_train_["train_loss"], " acc ", last_epoch_train_["train_accuracy"], "%"));
+  // Epoch train loss / accuracy over all ranks' samples.
+  torch::Tensor sums = torch::stack({loss_sum, correct});
+  if (state.world_size > 1) all_reduce_now(*comm_, sums);
+  sums = sums.cpu();
+  const double n = static_cast<double>(state.steps_per_epoch * global_batch);
+  samples_seen = n;
+  last_epoch_train_["train_loss"] = sums[0].item<double>() / n;
+  last_epoch_train_["train_accuracy"] = 100.0 * sums[1].item<double>() / n;
+  bar.finish(concat("loss ", last_epoch_train_["train_loss"], " acc ", last_epoch_train_["train_accuracy"], "%"));
 }
 
 void Trainer::checkpoint(const TrainState& state, double accuracy, bool best) {

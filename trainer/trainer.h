@@ -1,5 +1,9 @@
 // The training loop: data, forward, loss, backward, optimizer step, evaluation, checkpoints,
 // metrics, with TrainHooks at fixed points so distillation / QAT / pruning plug in.
+//
+// Data parallel: every rank runs this loop on its shard of each epoch (ShardedSampler); a
+// GradReducer all-reduces gradients in buckets during backward; evaluation is sharded and
+// reduced; only rank 0 writes the run directory.
 #pragma once
 
 #include <torch/torch.h>
@@ -12,6 +16,9 @@
 #include "common/train_hook.h"
 #include "data/mnist.h"
 #include "models/model.h"
+#include "parallel/communicator.h"
+#include "parallel/grad_reducer.h"
+#include "parallel/launch.h"
 #include "trainer/experiment_config.h"
 #include "trainer/metrics.h"
 #include "trainer/optim.h"
@@ -26,23 +33,33 @@ struct EvalResult {
 
 struct TrainResult {
   int64_t epochs_completed = 0;
-  double final_accuracy = 0.0;  // test accuracy after the last epoch, percent
-  double best_accuracy = 0.0;   // best test accuracy over epochs (best.pt), percent
-  double samples_per_second = 0.0;  // training throughput (all ranks), excluding evaluation
+  double final_accuracy = 0.0;      // test accuracy after the last epoch, percent
+  double best_accuracy = 0.0;       // best test accuracy over epochs (best.pt), percent
+  double samples_per_second = 0.0;  // training throughput of all ranks together, excluding evaluation
   double train_seconds = 0.0;
 };
 
+// Accuracy and mean loss on `ds`. With a communicator of world size N, each rank evaluates a
+// contiguous 1/N of the set and the sums are all-reduced: every rank gets the global result.
 EvalResult evaluate(Model& model, const ImageDataset& ds, int64_t batch_size, torch::Device device,
-                    bool channels_last);
+                    bool channels_last, Communicator* comm = nullptr);
+
+// The device this rank trains on: cuda:<node-local rank> for CUDA (checked against the GPUs
+// present), else CPU. Throws UserError for impossible requests.
+torch::Device select_device(const TrainerConfig& cfg, const LaunchInfo& launch);
 
 class Trainer {
  public:
-  // `run_dir` empty: nothing is written (tests). Otherwise checkpoints/ and metrics.jsonl go there.
-  Trainer(ExperimentConfig cfg, std::shared_ptr<Model> model, const DataBundle& data, std::string run_dir);
+  // `run_dir` empty: nothing is written (tests). Otherwise rank 0 writes checkpoints/ and
+  // metrics.jsonl there. `comm` null: a LocalCommunicator (one process).
+  Trainer(ExperimentConfig cfg, std::shared_ptr<Model> model, const DataBundle& data, std::string run_dir,
+          std::shared_ptr<Communicator> comm = nullptr);
 
   void add_hook(std::shared_ptr<TrainHook> hook) { hooks_.push_back(std::move(hook)); }
   Model& model() { return *model_; }
-  torch::optim::Optimizer& optimizer() { return *optimizer_; }
+  torch::optim::Optimizer* optimizer() { return optimizer_.get(); }  // built by fit()
+  Communicator& comm() { return *comm_; }
+  torch::Device device() const { return device_; }
 
   // Trains for trainer.epochs (continuing from last.pt when resume is set and one exists).
   TrainResult fit();
@@ -53,17 +70,23 @@ class Trainer {
  private:
   void train_epoch(TrainState& state, double& samples_seen, double& seconds);
   void checkpoint(const TrainState& state, double accuracy, bool best);
+  bool resume_from_checkpoint(TrainState& state);
+  void broadcast_parameters(const std::vector<torch::Tensor>& params, const std::vector<torch::Tensor>& buffers);
+  void build_optimizer();
+  bool is_writer() const { return !run_dir_.empty() && comm_->rank() == 0; }
 
   ExperimentConfig cfg_;
   std::shared_ptr<Model> model_;
   const DataBundle& data_;
   std::string run_dir_;
+  std::shared_ptr<Communicator> comm_;
   torch::Device device_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
+  std::unique_ptr<GradReducer> reducer_;  // only when world_size > 1
   std::vector<std::shared_ptr<TrainHook>> hooks_;
   MetricsLog metrics_;
   double best_accuracy_ = -1.0;
-  double last_accuracy_ = 0.0;  // of the checkpoint resumed from
+  double last_accuracy_ = 0.0;                      // of the checkpoint resumed from
   std::map<std::string, double> last_epoch_train_;  // train_loss, train_accuracy of the last epoch
 };
 

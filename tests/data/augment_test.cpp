@@ -2,23 +2,35 @@
 
 #include <gtest/gtest.h>
 
+#include <set>
+
 namespace qd {
 namespace {
 
-TEST(Augment, DisabledIsIdentity) {
-  torch::Tensor x = torch::rand({4, 1, 28, 28});
-  EXPECT_TRUE(torch::equal(augment_batch(x, AugmentConfig{}, 1), x));
+std::vector<uint64_t> seeds(int64_t n, uint64_t base) {
+  std::vector<uint64_t> s;
+  for (int64_t i = 0; i < n; ++i) s.push_back(base * 1000 + static_cast<uint64_t>(i));
+  return s;
 }
 
-TEST(Augment, DeterministicForSeedAndKeepsShape) {
+TEST(Augment, DisabledIsIdentity) {
+  torch::Tensor x = torch::rand({4, 1, 28, 28});
+  EXPECT_TRUE(torch::equal(augment_batch(x, AugmentConfig{}, {}), x));
+}
+
+TEST(Augment, DeterministicPerSampleSeedAndKeepsShape) {
   AugmentConfig cfg;
   cfg.random_crop = true;
   cfg.hflip = true;
   torch::Tensor x = torch::rand({16, 1, 28, 28});
-  torch::Tensor a = augment_batch(x, cfg, 5), b = augment_batch(x, cfg, 5), c = augment_batch(x, cfg, 6);
+  torch::Tensor a = augment_batch(x, cfg, seeds(16, 5)), b = augment_batch(x, cfg, seeds(16, 5));
+  torch::Tensor c = augment_batch(x, cfg, seeds(16, 6));
   EXPECT_EQ(a.sizes(), x.sizes());
   EXPECT_TRUE(torch::equal(a, b));
   EXPECT_FALSE(torch::equal(a, c));
+  // A sample's view depends on its own seed only, not on its batch neighbours.
+  torch::Tensor alone = augment_batch(x.narrow(0, 3, 1), cfg, {seeds(16, 5)[3]});
+  EXPECT_TRUE(torch::equal(alone[0], a[3]));
 }
 
 TEST(Augment, CropIsAShiftedWindowWithZeroFill) {
@@ -26,7 +38,7 @@ TEST(Augment, CropIsAShiftedWindowWithZeroFill) {
   cfg.random_crop = true;
   cfg.crop_padding = 2;
   torch::Tensor x = torch::rand({32, 1, 8, 8}) + 1.0f;  // strictly positive so padding shows as 0
-  torch::Tensor y = augment_batch(x, cfg, 3);
+  torch::Tensor y = augment_batch(x, cfg, seeds(32, 3));
   torch::Tensor padded = torch::constant_pad_nd(x, {2, 2, 2, 2}, 0.0);
   int shifted = 0;
   for (int64_t i = 0; i < 32; ++i) {
@@ -43,7 +55,7 @@ TEST(Augment, FlipMirrorsAboutHalfTheBatch) {
   AugmentConfig cfg;
   cfg.hflip = true;
   torch::Tensor x = torch::rand({200, 1, 6, 6});
-  torch::Tensor y = augment_batch(x, cfg, 11);
+  torch::Tensor y = augment_batch(x, cfg, seeds(200, 11));
   int flipped = 0;
   for (int64_t i = 0; i < 200; ++i) {
     const bool same = torch::equal(y[i], x[i]);
@@ -53,6 +65,25 @@ TEST(Augment, FlipMirrorsAboutHalfTheBatch) {
   }
   EXPECT_GT(flipped, 70);
   EXPECT_LT(flipped, 130);
+}
+
+TEST(Augment, FixedViewsRepeatAcrossEpochs) {
+  AugmentConfig cfg;
+  cfg.random_crop = true;
+  cfg.views = 3;
+  std::set<uint64_t> distinct;
+  std::set<int64_t> views;
+  for (int64_t epoch = 0; epoch < 40; ++epoch) {
+    distinct.insert(augment_seed(cfg, 7, epoch, 42));
+    views.insert(augment_view(cfg, 7, epoch, 42));
+    EXPECT_EQ(augment_seed(cfg, 7, epoch, 42), augment_view_seed(7, 42, augment_view(cfg, 7, epoch, 42)));
+  }
+  EXPECT_EQ(distinct.size(), 3u);
+  EXPECT_EQ(views, (std::set<int64_t>{0, 1, 2}));
+  cfg.views = 0;  // fresh views: (practically) a new seed every epoch
+  distinct.clear();
+  for (int64_t epoch = 0; epoch < 40; ++epoch) distinct.insert(augment_seed(cfg, 7, epoch, 42));
+  EXPECT_EQ(distinct.size(), 40u);
 }
 
 }  // namespace

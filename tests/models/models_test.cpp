@@ -90,3 +90,29 @@ TEST(Models, RegistryNames) {
 
 }  // namespace
 }  // namespace qd
+
+namespace qd {
+namespace {
+
+TEST(Models, FeatureCaptureNamesAndShapes) {
+  ModelConfig c;
+  c.name = ModelKind::kConvNet;
+  c.width = 4;
+  c.depth = 4;
+  InputSpec in;
+  auto m = make_model(c, in);
+  EXPECT_EQ(m->feature_names(), (std::vector<std::string>{"block0", "block1", "block2", "block3", "features"}));
+  m->set_capture({"block3", "features"});
+  m->forward(torch::rand({2, 1, 28, 28}));
+  ASSERT_EQ(m->captured().size(), 2u);
+  EXPECT_EQ(m->captured().at("block3").sizes(), (std::vector<int64_t>{2, 8, 14, 14}));
+  EXPECT_EQ(m->captured().at("features").sizes(), (std::vector<int64_t>{2, 8}));
+  c.name = ModelKind::kResNet;
+  c.depth = 8;
+  auto r = make_model(c, in);
+  EXPECT_EQ(r->feature_names(),
+            (std::vector<std::string>{"stem", "stage1_block0", "stage2_block0", "stage3_block0", "features"}));
+}
+
+}  // namespace
+}  // namespace qd

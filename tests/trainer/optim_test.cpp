@@ -60,7 +60,7 @@ TEST(Optimizer, NormAndBiasGetNoWeightDecayUnlessAsked) {
   mc.depth = 2;
   auto model = make_model(mc, InputSpec{});
   OptimizerConfig oc;
-  auto opt = make_optimizer(oc, *model);
+  auto opt = make_optimizer(oc, model->parameters());
   ASSERT_EQ(opt->param_groups().size(), 2u);
   auto& g0 = static_cast<torch::optim::SGDOptions&>(opt->param_groups()[0].options());
   auto& g1 = static_cast<torch::optim::SGDOptions&>(opt->param_groups()[1].options());
@@ -69,9 +69,9 @@ TEST(Optimizer, NormAndBiasGetNoWeightDecayUnlessAsked) {
   EXPECT_DOUBLE_EQ(g1.weight_decay(), 0.0);
   for (const auto& p : opt->param_groups()[1].params()) EXPECT_EQ(p.dim(), 1);
   oc.decay_norm_and_bias = true;
-  EXPECT_EQ(make_optimizer(oc, *model)->param_groups().size(), 1u);
+  EXPECT_EQ(make_optimizer(oc, model->parameters())->param_groups().size(), 1u);
   oc.name = OptimizerKind::kAdamW;
-  EXPECT_NE(dynamic_cast<torch::optim::AdamW*>(make_optimizer(oc, *model).get()), nullptr);
+  EXPECT_NE(dynamic_cast<torch::optim::AdamW*>(make_optimizer(oc, model->parameters()).get()), nullptr);
 }
 
 TEST(Optimizer, SetLrReachesEveryGroup) {
@@ -80,7 +80,7 @@ TEST(Optimizer, SetLrReachesEveryGroup) {
   mc.width = 4;
   mc.depth = 1;
   auto model = make_model(mc, InputSpec{});
-  auto opt = make_optimizer(OptimizerConfig{}, *model);
+  auto opt = make_optimizer(OptimizerConfig{}, model->parameters());
   set_lr(*opt, 0.0123);
   for (auto& g : opt->param_groups()) EXPECT_DOUBLE_EQ(g.options().get_lr(), 0.0123);
 }

@@ -11,7 +11,7 @@
 #include "common/atomic_file.h"
 #include "common/error.h"
 #include <fstream>
-#include "trainer/checkpoint.h"
+#include "common/checkpoint.h"
 #include "trainer/experiment.h"
 #include "tests/test_util.h"
 

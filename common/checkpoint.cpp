@@ -1,4 +1,4 @@
-#include "trainer/checkpoint.h"
+#include "common/checkpoint.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -100,10 +100,22 @@ CheckpointMeta load_checkpoint(const std::string& path, torch::nn::Module& model
                                torch::optim::Optimizer* optimizer,
                                const std::vector<std::shared_ptr<TrainHook>>& hooks) {
   QD_CHECK(std::filesystem::is_regular_file(path), UserError, path, ": checkpoint not found");
+  const std::string bytes = read_file(path);
+  return load_checkpoint_bytes(bytes.data(), bytes.size(), path, model, optimizer, hooks);
+}
+
+CheckpointMeta load_checkpoint_bytes(const char* data, size_t size, const std::string& path,
+                                     torch::nn::Module& model, torch::optim::Optimizer* optimizer,
+                                     const std::vector<std::shared_ptr<TrainHook>>& hooks) {
   CheckpointMeta meta;
+  std::optional<torch::Device> device;
+  for (const auto& p : model.parameters()) {
+    device = p.device();
+    break;
+  }
   try {
     torch::serialize::InputArchive archive;
-    archive.load_from(path);
+    archive.load_from(data, size, device);
     const int64_t version = read_int(archive, "format_version");
     QD_CHECK(version == kFormatVersion, UserError, "checkpoint format version ", version,
              " is not supported (expected ", kFormatVersion, ")");
@@ -124,7 +136,7 @@ CheckpointMeta load_checkpoint(const std::string& path, torch::nn::Module& model
     {
       auto gen = at::detail::getDefaultCPUGenerator();
       std::lock_guard<std::mutex> lock(gen.mutex());
-      gen.set_state(rng);
+      gen.set_state(rng.cpu());
     }
     for (const auto& h : hooks) {
       torch::serialize::InputArchive hook_archive;

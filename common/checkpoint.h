@@ -32,5 +32,9 @@ void save_checkpoint(const std::string& path, const torch::nn::Module& model,
 CheckpointMeta load_checkpoint(const std::string& path, torch::nn::Module& model,
                                torch::optim::Optimizer* optimizer,
                                const std::vector<std::shared_ptr<TrainHook>>& hooks);
+// The same from bytes already in memory (`name` is used in messages).
+CheckpointMeta load_checkpoint_bytes(const char* data, size_t size, const std::string& name,
+                                     torch::nn::Module& model, torch::optim::Optimizer* optimizer,
+                                     const std::vector<std::shared_ptr<TrainHook>>& hooks);
 
 }  // namespace qd
