@@ -114,7 +114,8 @@ TeacherCache TeacherCache::load_or_build(const TeacherCacheSpec& spec, Model& te
   teacher.eval();
   torch::Tensor table = torch::zeros({n, spec.views, classes}, torch::kFloat32);  // [N, V, K]
   const int64_t lo = n * rank / world, hi = n * (rank + 1) / world;
-  ProgressBar bar("teacher cache", (hi - lo + spec.batch_size - 1) / spec.batch_size * spec.views, rank == 0, 0);
+  const int64_t total = (hi - lo + spec.batch_size - 1) / spec.batch_size * spec.views;
+  ProgressBar bar("teacher cache", total, rank == 0, std::max<int64_t>(1, total / 5));
   int64_t done = 0;
   for (int64_t begin = lo; begin < hi; begin += spec.batch_size) {
     const int64_t end = std::min(hi, begin + spec.batch_size);

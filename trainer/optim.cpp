@@ -4,6 +4,19 @@
 
 namespace qd {
 
+namespace {
+// One group with weight decay, and (if any) one without; `options(wd)` makes a group's options.
+template <class Opt, class Options, class MakeOptions>
+std::unique_ptr<torch::optim::Optimizer> grouped(const std::vector<torch::Tensor>& decay,
+                                                 const std::vector<torch::Tensor>& no_decay, double wd,
+                                                 MakeOptions options) {
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(decay, std::make_unique<Options>(options(wd)));
+  if (!no_decay.empty()) groups.emplace_back(no_decay, std::make_unique<Options>(options(0.0)));
+  return std::make_unique<Opt>(groups, options(wd));
+}
+}  // namespace
+
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerConfig& cfg, const std::vector<torch::Tensor>& params) {
   std::vector<torch::Tensor> decay, no_decay;
   for (const auto& p : params) {
@@ -11,27 +24,13 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerConfig& c
     (cfg.decay_norm_and_bias || p.dim() >= 2 ? decay : no_decay).push_back(p);
   }
   if (cfg.name == OptimizerKind::kSgd) {
-    auto opts = [&](double wd) {
-      return std::make_unique<torch::optim::SGDOptions>(torch::optim::SGDOptions(cfg.lr)
-                                                            .momentum(cfg.momentum)
-                                                            .nesterov(cfg.nesterov)
-                                                            .weight_decay(wd));
-    };
-    std::vector<torch::optim::OptimizerParamGroup> groups;
-    groups.emplace_back(decay, opts(cfg.weight_decay));
-    if (!no_decay.empty()) groups.emplace_back(no_decay, opts(0.0));
-    return std::make_unique<torch::optim::SGD>(groups, torch::optim::SGDOptions(cfg.lr));
+    return grouped<torch::optim::SGD, torch::optim::SGDOptions>(decay, no_decay, cfg.weight_decay, [&](double wd) {
+      return torch::optim::SGDOptions(cfg.lr).momentum(cfg.momentum).nesterov(cfg.nesterov).weight_decay(wd);
+    });
   }
-  auto opts = [&](double wd) {
-    return std::make_unique<torch::optim::AdamWOptions>(torch::optim::AdamWOptions(cfg.lr)
-                                                            .betas({cfg.beta1, cfg.beta2})
-                                                            .eps(cfg.eps)
-                                                            .weight_decay(wd));
-  };
-  std::vector<torch::optim::OptimizerParamGroup> groups;
-  groups.emplace_back(decay, opts(cfg.weight_decay));
-  if (!no_decay.empty()) groups.emplace_back(no_decay, opts(0.0));
-  return std::make_unique<torch::optim::AdamW>(groups, torch::optim::AdamWOptions(cfg.lr));
+  return grouped<torch::optim::AdamW, torch::optim::AdamWOptions>(decay, no_decay, cfg.weight_decay, [&](double wd) {
+    return torch::optim::AdamWOptions(cfg.lr).betas({cfg.beta1, cfg.beta2}).eps(cfg.eps).weight_decay(wd);
+  });
 }
 
 LrSchedule::LrSchedule(const OptimizerConfig& opt, const ScheduleConfig& cfg, int64_t steps_per_epoch, int64_t epochs)

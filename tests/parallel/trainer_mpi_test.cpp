@@ -2,6 +2,12 @@
 // sharded evaluation equals a full evaluation, and the sampler gives disjoint shards.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "distill/teacher_cache.h"
+#include "models/registry.h"
 #include "parallel/mpi_communicator.h"
 #include "trainer/experiment.h"
 #include "trainer/trainer.h"
@@ -45,6 +51,47 @@ TEST(TrainerMpi, RanksEndWithIdenticalWeightsAndEvalIsSharded) {
   EXPECT_NEAR(sharded.accuracy, full.accuracy, 1e-9);
   EXPECT_NEAR(sharded.loss, full.loss, 1e-5);
   EXPECT_NEAR(r.final_accuracy, full.accuracy, 1e-9);
+}
+
+// Each rank computes the teacher logits of half the samples; the assembled table equals a
+// single-process build, every rank holds it, rank 0 writes it, and a second call reads it back.
+TEST(TeacherCacheMpi, SplitBuildEqualsSingleProcessBuild) {
+  auto c = comm();
+  DataConfig d;
+  d.train_subset = 300;
+  d.test_subset = 10;
+  const DataBundle data = load_data(d);
+  ModelConfig mc;
+  mc.name = ModelKind::kConvNet;
+  mc.width = 4;
+  mc.depth = 2;
+  torch::manual_seed(11);
+  auto teacher = make_model(mc, input_spec(data));
+  teacher->eval();
+  TeacherCacheSpec spec;
+  spec.views = 2;
+  spec.augment.random_crop = true;
+  spec.augment.views = 2;
+  spec.seed = 3;
+  spec.key = "mpi-test";
+  // Rank 0's temp path is the one that counts; every rank must use the same one.
+  torch::Tensor stamp = torch::tensor({static_cast<int64_t>(::getpid())});
+  c->broadcast(stamp, 0);
+  spec.path = (std::filesystem::temp_directory_path() / ("qd_cache_mpi_" + std::to_string(stamp.item<int64_t>()) + ".qdc")).string();
+
+  TeacherCache split = TeacherCache::load_or_build(spec, *teacher, data.train, torch::kCPU, c.get());
+  EXPECT_TRUE(split.built);
+  TeacherCacheSpec local_spec = spec;
+  local_spec.path = spec.path + ".local." + std::to_string(c->rank());
+  TeacherCache local = TeacherCache::load_or_build(local_spec, *teacher, data.train, torch::kCPU, nullptr);
+  EXPECT_TRUE(torch::equal(split.table, local.table));
+  c->barrier();
+  TeacherCache again = TeacherCache::load_or_build(spec, *teacher, data.train, torch::kCPU, c.get());
+  EXPECT_FALSE(again.built) << "rank 0 wrote the file; everyone reuses it";
+  EXPECT_TRUE(torch::equal(again.table, split.table));
+  c->barrier();
+  std::filesystem::remove(local_spec.path);
+  if (c->rank() == 0) std::filesystem::remove(spec.path);
 }
 
 }  // namespace
