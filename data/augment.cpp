@@ -18,7 +18,8 @@ uint64_t augment_view_seed(uint64_t seed, int64_t index, int64_t view) {
 }
 
 uint64_t augment_seed(const AugmentConfig& cfg, uint64_t seed, int64_t epoch, int64_t index) {
-  if (cfg.views > 0) return augment_view_seed(seed, index, augment_view(cfg, seed, epoch, index));
+  if (cfg.views > 0)
+    return augment_view_seed(static_cast<uint64_t>(cfg.view_seed), index, augment_view(cfg, seed, epoch, index));
   return mix_seed(mix_seed(seed, static_cast<uint64_t>(epoch)), static_cast<uint64_t>(index));
 }
 

@@ -19,9 +19,10 @@ namespace qd {
 
 // The seed of sample `index`'s view in `epoch`.
 uint64_t augment_seed(const AugmentConfig& cfg, uint64_t seed, int64_t epoch, int64_t index);
-// The seed of view `view` of sample `index` (the K-view scheme; view in [0, K)).
-uint64_t augment_view_seed(uint64_t seed, int64_t index, int64_t view);
-// Which of the K views sample `index` shows in `epoch`.
+// The seed of view `view` of sample `index` (the K-view scheme; view in [0, K)); `view_seed` is
+// cfg.view_seed, so the K views do not change with the experiment seed.
+uint64_t augment_view_seed(uint64_t view_seed, int64_t index, int64_t view);
+// Which of the K views sample `index` shows in `epoch` (this does follow the experiment seed).
 int64_t augment_view(const AugmentConfig& cfg, uint64_t seed, int64_t epoch, int64_t index);
 
 // x: [B, C, H, W] float; seeds: one per sample. Returns x itself when nothing is enabled.

@@ -16,6 +16,7 @@ struct AugmentConfig {
   int crop_padding = 2;
   bool hflip = false;  // horizontal flip with probability 1/2
   int views = 0;       // > 0: each sample has only this many fixed views (see augment.h)
+  int64_t view_seed = 0;  // which fixed views (independent of experiment.seed, so runs share them)
 
   bool any() const { return random_crop || hflip; }
 
@@ -29,6 +30,10 @@ struct AugmentConfig {
             "0: a fresh random view of each sample every epoch; K > 0: each sample has K fixed views, one "
             "drawn per epoch (lets distillation cache the teacher's outputs for every view)",
             Range<int>{0, 1024});
+    v.field("view_seed", view_seed,
+            "seed of the fixed views (views > 0); independent of experiment.seed so that runs with other "
+            "seeds see the same views and share one teacher cache",
+            Range<int64_t>{0, int64_t{1} << 62});
   }
 };
 

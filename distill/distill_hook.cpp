@@ -51,10 +51,10 @@ void DistillHook::on_train_begin(TrainState& state) {
     TeacherCacheSpec spec;
     spec.views = augmented ? opts_.augment.views : 1;
     spec.augment = opts_.augment;
-    spec.seed = opts_.seed;
+    spec.seed = static_cast<uint64_t>(opts_.augment.view_seed);
     spec.batch_size = opts_.batch_size;
     spec.channels_last = opts_.channels_last;
-    spec.key = teacher_cache_key(teacher_.fingerprint, train_, spec.views, opts_.augment, opts_.seed);
+    spec.key = teacher_cache_key(teacher_.fingerprint, train_, spec.views, opts_.augment, spec.seed);
     spec.path = (std::filesystem::path(opts_.cache_dir) /
                  ("teacher_" + fingerprint_bytes(spec.key.data(), spec.key.size()) + ".qdc"))
                     .string();

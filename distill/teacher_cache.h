@@ -31,7 +31,7 @@ struct TeacherCacheSpec {
   std::string key;         // must match the file's
   int64_t views = 1;       // V
   AugmentConfig augment;   // how view v of sample i is made (seed: augment_view_seed)
-  uint64_t seed = 0;
+  uint64_t seed = 0;       // data.augment.view_seed
   int64_t batch_size = 500;
   bool channels_last = true;
 };

@@ -76,10 +76,14 @@ TEST(Augment, FixedViewsRepeatAcrossEpochs) {
   for (int64_t epoch = 0; epoch < 40; ++epoch) {
     distinct.insert(augment_seed(cfg, 7, epoch, 42));
     views.insert(augment_view(cfg, 7, epoch, 42));
-    EXPECT_EQ(augment_seed(cfg, 7, epoch, 42), augment_view_seed(7, 42, augment_view(cfg, 7, epoch, 42)));
+    EXPECT_EQ(augment_seed(cfg, 7, epoch, 42), augment_view_seed(cfg.view_seed, 42, augment_view(cfg, 7, epoch, 42)));
   }
   EXPECT_EQ(distinct.size(), 3u);
   EXPECT_EQ(views, (std::set<int64_t>{0, 1, 2}));
+  // Another experiment seed draws views in another order, but from the same K views.
+  std::set<uint64_t> other_seed;
+  for (int64_t epoch = 0; epoch < 40; ++epoch) other_seed.insert(augment_seed(cfg, 8, epoch, 42));
+  EXPECT_EQ(other_seed, distinct);
   cfg.views = 0;  // fresh views: (practically) a new seed every epoch
   distinct.clear();
   for (int64_t epoch = 0; epoch < 40; ++epoch) distinct.insert(augment_seed(cfg, 7, epoch, 42));
