@@ -13,6 +13,9 @@ qd_python() {
   if [ -x "$QD_ROOT/.venv/bin/python" ]; then echo "$QD_ROOT/.venv/bin/python"; else echo "${PYTHON:-python3}"; fi
 }
 
+# ccache can only reuse compilations that use the LibTorch precompiled header with these.
+export CCACHE_SLOPPINESS="${CCACHE_SLOPPINESS:-pch_defines,time_macros,include_file_mtime,include_file_ctime}"
+
 qd_build() {
   local gen=()
   command -v ninja >/dev/null 2>&1 && gen=(-G Ninja)

@@ -10,7 +10,7 @@ APT_PACKAGES=(
   libyaml-cpp-dev                     # experiment configs
   zlib1g-dev                          # .gz IDX files
   nlohmann-json3-dev libcli11-dev     # metrics / summary JSON, command line
-  libgtest-dev libbenchmark-dev       # tests, bench/
+  libgtest-dev                        # tests
   dataset-fashion-mnist               # the default dataset, in /usr/share/datasets/fashion-mnist
 )
 
