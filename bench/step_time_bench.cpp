@@ -57,6 +57,7 @@ int main(int argc, char** argv) {
     const torch::Device device = qd::select_device(cfg.trainer, launch);
     auto comm = qd::make_communicator(cfg.parallel, device);
     qd::Trainer trainer(cfg, model, data, "", comm);
+    qd::add_experiment_hooks(trainer, cfg, *model, data, device);
     auto timer = std::make_shared<Timer>();
     trainer.add_hook(timer);
     trainer.fit();

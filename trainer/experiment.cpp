@@ -105,6 +105,11 @@ int64_t buffer_bytes(const torch::nn::Module& m) {
 
 }  // namespace
 
+void add_experiment_hooks(Trainer& trainer, const ExperimentConfig& cfg, const Model& model, const DataBundle& data,
+                          torch::Device device) {
+  if (cfg.distill.enabled()) trainer.add_hook(make_distill_hook(cfg, model, data, device));
+}
+
 int run_train(const TrainCommand& cmd) {
   const auto t0 = std::chrono::steady_clock::now();
   ExperimentConfig cfg = load_experiment_config(cmd.config_path, cmd.overrides);
@@ -123,11 +128,7 @@ int run_train(const TrainCommand& cmd) {
            data.train.size(), " train / ", data.test.size(), " test samples; ", comm->world_size(), " rank(s) (",
            comm->backend(), "), ", torch::get_num_threads(), " thread(s) each, on ", device.str());
   Trainer trainer(cfg, model, data, cfg.run_dir(), comm);
-  std::shared_ptr<DistillHook> distill;
-  if (cfg.distill.enabled()) {
-    distill = make_distill_hook(cfg, *model, data, device);
-    trainer.add_hook(distill);
-  }
+  add_experiment_hooks(trainer, cfg, *model, data, device);
 
   const bool writer = comm->rank() == 0;
   if (writer) {
@@ -161,9 +162,11 @@ int run_train(const TrainCommand& cmd) {
       {"wall_seconds", wall},
       {"threads", torch::get_num_threads()},
   };
-  if (distill) {
-    summary["teacher"] = cfg.distill.teacher;
-    summary["teacher_cache"] = distill->uses_cache();
+  for (const auto& h : trainer.hooks()) {
+    if (const auto* d = dynamic_cast<const DistillHook*>(h.get())) {
+      summary["teacher"] = cfg.distill.teacher;
+      summary["teacher_cache"] = d->uses_cache();
+    }
   }
   write_file_atomic((fs::path(cfg.run_dir()) / "summary.json").string(), summary.dump(2) + "\n");
   std::printf("%s: test accuracy %.2f%% (last epoch %.2f%%), %lld params, %.0f samples/s, wall %s\n  run directory: %s\n",

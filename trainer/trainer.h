@@ -56,6 +56,7 @@ class Trainer {
           std::shared_ptr<Communicator> comm = nullptr);
 
   void add_hook(std::shared_ptr<TrainHook> hook) { hooks_.push_back(std::move(hook)); }
+  const std::vector<std::shared_ptr<TrainHook>>& hooks() const { return hooks_; }
   Model& model() { return *model_; }
   torch::optim::Optimizer* optimizer() { return optimizer_.get(); }  // built by fit()
   Communicator& comm() { return *comm_; }
