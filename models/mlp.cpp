@@ -6,10 +6,12 @@ Mlp::Mlp(const ModelConfig& cfg, const InputSpec& in) {
   norm_ = register_module("norm", InputNorm(in));
   int64_t features = in.channels * in.height * in.width;
   for (int i = 0; i < cfg.depth; ++i) {
-    fcs_.push_back(register_module("fc" + std::to_string(i), torch::nn::Linear(features, cfg.width)));
+    feature_names_.push_back("fc" + std::to_string(i));
+    fcs_.push_back(register_module(feature_names_.back(), torch::nn::Linear(features, cfg.width)));
     bns_.push_back(register_module("bn" + std::to_string(i), BatchNorm(cfg.width)));
     features = cfg.width;
   }
+  feature_names_.push_back("features");
   drop_ = register_module("dropout", torch::nn::Dropout(cfg.dropout));
   classifier_ = register_module("classifier", torch::nn::Linear(features, in.num_classes));
 }
@@ -19,17 +21,10 @@ torch::Tensor Mlp::forward(torch::Tensor x) {
   x = norm_(x).flatten(1);  // [B, C*H*W]
   for (size_t i = 0; i < fcs_.size(); ++i) {
     x = torch::relu(bns_[i](fcs_[i](x)));
-    capture("fc" + std::to_string(i), x);
+    capture(feature_names_[i], x);
   }
   capture("features", x);
   return classifier_(drop_(x));  // [B, classes]
-}
-
-std::vector<std::string> Mlp::feature_names() const {
-  std::vector<std::string> names;
-  for (size_t i = 0; i < fcs_.size(); ++i) names.push_back("fc" + std::to_string(i));
-  names.push_back("features");
-  return names;
 }
 
 }  // namespace qd

@@ -29,15 +29,19 @@ class Model : public torch::nn::Module {
  public:
   virtual torch::Tensor forward(torch::Tensor x) = 0;
   virtual std::string kind() const = 0;
-  virtual std::vector<std::string> feature_names() const = 0;
+  const std::vector<std::string>& feature_names() const { return feature_names_; }
 
   void set_capture(std::vector<std::string> names) { capture_ = std::move(names); }
   const std::map<std::string, torch::Tensor>& captured() const { return captured_; }
 
  protected:
-  void begin_capture() { captured_.clear(); }
+  void begin_capture() {
+    if (!captured_.empty()) captured_.clear();
+  }
+  // Subclasses list their capturable layers once, in construction order, ending with "features".
+  std::vector<std::string> feature_names_;
   void capture(const std::string& name, const torch::Tensor& t) {
-    for (const auto& n : capture_)
+    for (const auto& n : capture_)  // usually empty: nothing to do on the training hot path
       if (n == name) captured_[name] = t;
   }
 

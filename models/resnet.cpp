@@ -20,16 +20,18 @@ ResNet::ResNet(const ModelConfig& cfg, const InputSpec& in) {
   norm_ = register_module("norm", InputNorm(in));
   const int n = (cfg.depth - 2) / 6;
   stem_ = register_module("stem", ConvBnRelu(in.channels, cfg.width));
+  feature_names_.push_back("stem");
   int64_t c = cfg.width;
   for (int stage = 0; stage < 3; ++stage) {
     const int64_t out = int64_t{cfg.width} << stage;
     for (int i = 0; i < n; ++i) {
       const int64_t stride = (stage > 0 && i == 0) ? 2 : 1;
-      block_names_.push_back("stage" + std::to_string(stage + 1) + "_block" + std::to_string(i));
-      blocks_.push_back(register_module(block_names_.back(), BasicBlock(c, out, stride)));
+      feature_names_.push_back("stage" + std::to_string(stage + 1) + "_block" + std::to_string(i));
+      blocks_.push_back(register_module(feature_names_.back(), BasicBlock(c, out, stride)));
       c = out;
     }
   }
+  feature_names_.push_back("features");
   drop_ = register_module("dropout", torch::nn::Dropout(cfg.dropout));
   fc_ = register_module("fc", torch::nn::Linear(c, in.num_classes));
 }
@@ -40,18 +42,11 @@ torch::Tensor ResNet::forward(torch::Tensor x) {
   capture("stem", x);
   for (size_t i = 0; i < blocks_.size(); ++i) {
     x = blocks_[i](x);
-    capture(block_names_[i], x);
+    capture(feature_names_[i + 1], x);  // [0] is the stem
   }
   x = x.mean({2, 3});  // [B, 4w]
   capture("features", x);
   return fc_(drop_(x));  // [B, classes]
-}
-
-std::vector<std::string> ResNet::feature_names() const {
-  std::vector<std::string> names{"stem"};
-  names.insert(names.end(), block_names_.begin(), block_names_.end());
-  names.push_back("features");
-  return names;
 }
 
 }  // namespace qd

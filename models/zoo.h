@@ -14,7 +14,6 @@ class Mlp : public Model {
   Mlp(const ModelConfig& cfg, const InputSpec& in);
   torch::Tensor forward(torch::Tensor x) override;
   std::string kind() const override { return "mlp"; }
-  std::vector<std::string> feature_names() const override;
 
  private:
   InputNorm norm_{nullptr};
@@ -30,7 +29,6 @@ class ConvNet : public Model {
   ConvNet(const ModelConfig& cfg, const InputSpec& in);
   torch::Tensor forward(torch::Tensor x) override;
   std::string kind() const override { return "convnet"; }
-  std::vector<std::string> feature_names() const override;
 
  private:
   InputNorm norm_{nullptr};
@@ -59,13 +57,11 @@ class ResNet : public Model {
   ResNet(const ModelConfig& cfg, const InputSpec& in);
   torch::Tensor forward(torch::Tensor x) override;
   std::string kind() const override { return "resnet"; }
-  std::vector<std::string> feature_names() const override;
 
  private:
   InputNorm norm_{nullptr};
   ConvBnRelu stem_{nullptr};
   std::vector<BasicBlock> blocks_;
-  std::vector<std::string> block_names_;
   torch::nn::Dropout drop_{nullptr};
   torch::nn::Linear fc_{nullptr};
 };
