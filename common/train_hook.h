@@ -28,6 +28,9 @@ struct TrainState {
   int64_t step_in_epoch = 0;    // 0-based
   int64_t steps_per_epoch = 0;
   int64_t global_step = 0;      // optimizer steps taken before this one
+  // Epochs before this one cannot give best.pt: a hook raises it in on_train_begin when earlier
+  // epochs measure another model (fp32 before QAT starts, say).
+  int64_t best_from_epoch = 0;
 
   // Current step (valid from on_step_begin to on_after_optimizer_step).
   std::vector<int64_t> sample_indices;  // [B] training-set indices of this micro-batch

@@ -44,6 +44,7 @@ struct DataConfig {
   int eval_batch_size = 1000;
   int64_t train_subset = 0;   // use only the first N training samples (0: all); for quick runs
   int64_t test_subset = 0;    // likewise for the test set
+  int64_t validation_size = 0;  // > 0: hold out the last N training samples and evaluate on them
   std::vector<double> mean;   // per-channel normalization; empty: computed from the training set
   std::vector<double> std;
   AugmentConfig augment;
@@ -58,6 +59,11 @@ struct DataConfig {
     v.field("train_subset", train_subset, "use only the first N training samples (0: all)",
             Range<int64_t>{0, int64_t{1} << 40});
     v.field("test_subset", test_subset, "use only the first N test samples (0: all)",
+            Range<int64_t>{0, int64_t{1} << 40});
+    v.field("validation_size", validation_size,
+            "> 0: hold out the last N training samples (after train_subset) and evaluate on them instead of "
+            "the test set, for tuning without touching it; epoch records and summary.json then say "
+            "eval_split: validation, and their test_* fields hold validation numbers",
             Range<int64_t>{0, int64_t{1} << 40});
     v.field("mean", mean, "per-channel mean of [0,1] pixels, folded into the model (empty: measured)");
     v.field("std", std, "per-channel std of [0,1] pixels, folded into the model (empty: measured)",

@@ -57,6 +57,19 @@ DataBundle load_data(const DataConfig& cfg) {
   };
   take(b.train, cfg.train_subset);
   take(b.test, cfg.test_subset);
+  if (cfg.validation_size > 0) {
+    const int64_t n = b.train.size();
+    QD_CHECK(cfg.validation_size < n, ConfigError, "data.validation_size: ", cfg.validation_size,
+             " leaves no training samples (the training set has ", n, "); choose fewer than ", n);
+    ImageDataset val;
+    val.images = b.train.images.narrow(0, n - cfg.validation_size, cfg.validation_size).contiguous();
+    val.labels = b.train.labels.narrow(0, n - cfg.validation_size, cfg.validation_size).contiguous();
+    val.num_classes = b.train.num_classes;
+    val.name = "validation";
+    b.train.images = b.train.images.narrow(0, 0, n - cfg.validation_size).contiguous();
+    b.train.labels = b.train.labels.narrow(0, 0, n - cfg.validation_size).contiguous();
+    b.test = std::move(val);
+  }
   const int64_t c = b.train.channels();
   if (cfg.mean.empty()) {
     // Statistics of the full (subset) training set, per channel: [C]

@@ -31,7 +31,8 @@ struct Batch {
 
 struct DataBundle {
   ImageDataset train;
-  ImageDataset test;
+  ImageDataset test;  // what training evaluates on: the test split, or the validation split
+                      // when data.validation_size > 0 (then test.name == "validation")
   std::vector<double> mean;  // per channel, of [0,1] pixels; the model folds (x - mean) / std in
   std::vector<double> std;
 };

@@ -24,17 +24,30 @@ ConvNet::ConvNet(const ModelConfig& cfg, const InputSpec& in) : head_(cfg.head) 
   classifier_ = register_module("classifier", torch::nn::Linear(features, in.num_classes));
 }
 
+void ConvNet::prepare_qat(const QatConfig& cfg) {
+  input_quant_ = register_module("input_quant", make_activation_quant(cfg, norm_->mean.size(1), false));
+  for (auto& b : blocks_) b->prepare_qat(cfg);
+  // The pooled features are non-negative (means of ReLU outputs): their range starts at 0.
+  if (head_ == HeadKind::kGap)
+    head_quant_ = register_module("head_quant", make_activation_quant(cfg, classifier_->options.in_features(), true));
+  classifier_quant_ = register_module("classifier_quant", make_weight_quant(cfg, classifier_->options.out_features()));
+}
+
 torch::Tensor ConvNet::forward(torch::Tensor x) {
   begin_capture();
   x = norm_(x);
+  if (input_quant_) x = input_quant_(x);
   for (size_t i = 0; i < blocks_.size(); ++i) {
     x = blocks_[i](x);
     capture(feature_names_[i], x);  // [B, C, H, W] before the pool
     if (pool_after_[i]) x = torch::max_pool2d(x, 2);
   }
   x = head_ == HeadKind::kGap ? x.mean({2, 3}) : x.flatten(1);  // [B, features]
+  if (head_quant_) x = head_quant_(x);
   capture("features", x);
-  return classifier_(drop_(x));
+  x = drop_(x);
+  if (classifier_quant_) return torch::linear(x, classifier_quant_(classifier_->weight), classifier_->bias);
+  return classifier_(x);
 }
 
 }  // namespace qd

@@ -1,5 +1,7 @@
 #include "models/model.h"
 
+#include "common/error.h"
+
 namespace qd {
 
 InputNormImpl::InputNormImpl(const InputSpec& spec) {
@@ -12,7 +14,7 @@ InputNormImpl::InputNormImpl(const InputSpec& spec) {
 torch::Tensor InputNormImpl::forward(const torch::Tensor& x) { return (x - mean) * inv_std; }
 
 ConvBnReluImpl::ConvBnReluImpl(int64_t in, int64_t out, int64_t kernel, int64_t stride, bool relu)
-    : relu_(relu) {
+    : relu_(relu), stride_{stride, stride}, padding_{kernel / 2, kernel / 2} {
   conv = register_module("conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, kernel)
                                                        .stride(stride)
                                                        .padding(kernel / 2)
@@ -22,9 +24,45 @@ ConvBnReluImpl::ConvBnReluImpl(int64_t in, int64_t out, int64_t kernel, int64_t 
   torch::nn::init::kaiming_normal_(conv->weight, 0.0, torch::kFanOut, torch::kReLU);
 }
 
+void Model::prepare_qat(const QatConfig&) {
+  throw UserError(concat("qat: the ", kind(), " model has no quantization-aware training; use convnet or resnet"));
+}
+
+FakeQuantize make_activation_quant(const QatConfig& cfg, int64_t channels, bool relu) {
+  FakeQuantizeOptions o;
+  o.spec = cfg.activation;
+  o.channels = channels;
+  o.relu = relu;
+  return FakeQuantize(o);
+}
+
+FakeQuantize make_weight_quant(const QatConfig& cfg, int64_t out_channels) {
+  FakeQuantizeOptions o;
+  o.spec = cfg.weight;
+  o.channels = out_channels;
+  o.weight = true;
+  return FakeQuantize(o);
+}
+
+void ConvBnReluImpl::prepare_qat(const QatConfig& cfg) {
+  const int64_t out = conv->options.out_channels();
+  qat = register_module("qat", ConvBnQat(cfg, out));
+  out_quant = register_module("out_quant", make_activation_quant(cfg, out, relu_));
+}
+
 torch::Tensor ConvBnReluImpl::forward(const torch::Tensor& x) {
-  torch::Tensor y = bn(conv(x));
-  return relu_ ? torch::relu(y) : y;
+  if (!qat) {
+    torch::Tensor y = bn(conv(x));
+    return relu_ ? torch::relu(y) : y;
+  }
+  torch::Tensor y;
+  if (qat->weight_quant->enabled() || qat->bn_frozen()) {
+    const BnTensors t{bn->weight, bn->bias, bn->running_mean, bn->running_var, bn->eps};
+    y = qat->forward(x, conv->weight, stride_, padding_, t, [this](const torch::Tensor& v) { return bn(v); });
+  } else {
+    y = bn(conv(x));
+  }
+  return out_quant(y);  // applies the ReLU whether or not it quantizes
 }
 
 int64_t count_params(const torch::nn::Module& m) {

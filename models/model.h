@@ -8,6 +8,9 @@
 #include <vector>
 
 #include "models/batchnorm.h"
+#include "qat/conv_bn.h"
+#include "qat/fake_quantize.h"
+#include "qat/qat_config.h"
 
 namespace qd {
 
@@ -32,6 +35,12 @@ class Model : public torch::nn::Module {
   const std::vector<std::string>& feature_names() const { return feature_names_; }
 
   void set_capture(std::vector<std::string> names) { capture_ = std::move(names); }
+
+  // Inserts the quantizers of quantization-aware training (disabled until QatHook's schedule
+  // turns them on): the normalized input, every conv's folded weights and output (after its
+  // ReLU), residual additions, the pooled features and the classifier's weights. Throws
+  // UserError for models without QAT support.
+  virtual void prepare_qat(const QatConfig& cfg);
   const std::map<std::string, torch::Tensor>& captured() const { return captured_; }
 
  protected:
@@ -64,14 +73,27 @@ class ConvBnReluImpl : public torch::nn::Module {
  public:
   ConvBnReluImpl(int64_t in, int64_t out, int64_t kernel = 3, int64_t stride = 1, bool relu = true);
   torch::Tensor forward(const torch::Tensor& x);
+  // Adds the folded-weight quantizer and the output quantizer (which fuses the ReLU).
+  void prepare_qat(const QatConfig& cfg);
   torch::nn::Conv2d conv{nullptr};
   BatchNorm bn{nullptr};
+  ConvBnQat qat{nullptr};           // QAT only
+  FakeQuantize out_quant{nullptr};  // QAT only
   bool relu_;
+
+ private:
+  std::vector<int64_t> stride_, padding_;
 };
 TORCH_MODULE(ConvBnRelu);
 
 int64_t count_params(const torch::nn::Module& m);
 int64_t count_nonzero_params(const torch::nn::Module& m);
+
+// The activation quantizer of a [N, channels, ...] tensor; `relu`: the input is pre-ReLU and
+// the ReLU is fused in (see FakeQuantizeOptions).
+FakeQuantize make_activation_quant(const QatConfig& cfg, int64_t channels, bool relu);
+// The per-output-channel quantizer of a [out, ...] weight.
+FakeQuantize make_weight_quant(const QatConfig& cfg, int64_t out_channels);
 
 // Converts 4-d parameters and buffers to channels-last (NHWC) memory format: about 1.3x faster
 // convolutions on CPU with oneDNN. Values are unchanged.

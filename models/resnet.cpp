@@ -11,9 +11,17 @@ BasicBlockImpl::BasicBlockImpl(int64_t in, int64_t out, int64_t stride) {
   conv2->bn->weight.zero_();
 }
 
+void BasicBlockImpl::prepare_qat(const QatConfig& cfg) {
+  conv1->prepare_qat(cfg);
+  conv2->prepare_qat(cfg);
+  if (shortcut) shortcut->prepare_qat(cfg);
+  add_quant = register_module("add_quant", make_activation_quant(cfg, conv2->conv->options.out_channels(), true));
+}
+
 torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
   torch::Tensor identity = shortcut ? shortcut(x) : x;
-  return torch::relu(conv2(conv1(x)) + identity);
+  torch::Tensor sum = conv2(conv1(x)) + identity;
+  return add_quant ? add_quant(sum) : torch::relu(sum);  // add_quant fuses the ReLU
 }
 
 ResNet::ResNet(const ModelConfig& cfg, const InputSpec& in) {
@@ -36,17 +44,30 @@ ResNet::ResNet(const ModelConfig& cfg, const InputSpec& in) {
   fc_ = register_module("fc", torch::nn::Linear(c, in.num_classes));
 }
 
+void ResNet::prepare_qat(const QatConfig& cfg) {
+  input_quant_ = register_module("input_quant", make_activation_quant(cfg, norm_->mean.size(1), false));
+  stem_->prepare_qat(cfg);
+  for (auto& b : blocks_) b->prepare_qat(cfg);
+  head_quant_ = register_module("head_quant", make_activation_quant(cfg, fc_->options.in_features(), true));
+  fc_quant_ = register_module("fc_quant", make_weight_quant(cfg, fc_->options.out_features()));
+}
+
 torch::Tensor ResNet::forward(torch::Tensor x) {
   begin_capture();
-  x = stem_(norm_(x));
+  x = norm_(x);
+  if (input_quant_) x = input_quant_(x);
+  x = stem_(x);
   capture("stem", x);
   for (size_t i = 0; i < blocks_.size(); ++i) {
     x = blocks_[i](x);
     capture(feature_names_[i + 1], x);  // [0] is the stem
   }
   x = x.mean({2, 3});  // [B, 4w]
+  if (head_quant_) x = head_quant_(x);
   capture("features", x);
-  return fc_(drop_(x));  // [B, classes]
+  x = drop_(x);
+  if (fc_quant_) return torch::linear(x, fc_quant_(fc_->weight), fc_->bias);  // [B, classes]
+  return fc_(x);  // [B, classes]
 }
 
 }  // namespace qd

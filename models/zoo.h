@@ -29,9 +29,11 @@ class ConvNet : public Model {
   ConvNet(const ModelConfig& cfg, const InputSpec& in);
   torch::Tensor forward(torch::Tensor x) override;
   std::string kind() const override { return "convnet"; }
+  void prepare_qat(const QatConfig& cfg) override;
 
  private:
   InputNorm norm_{nullptr};
+  FakeQuantize input_quant_{nullptr}, head_quant_{nullptr}, classifier_quant_{nullptr};  // QAT only
   std::vector<ConvBnRelu> blocks_;
   std::vector<bool> pool_after_;  // per block
   HeadKind head_;
@@ -45,8 +47,10 @@ class BasicBlockImpl : public torch::nn::Module {
  public:
   BasicBlockImpl(int64_t in, int64_t out, int64_t stride);
   torch::Tensor forward(const torch::Tensor& x);
+  void prepare_qat(const QatConfig& cfg);  // quantizes both branches and the (ReLU'd) sum
   ConvBnRelu conv1{nullptr}, conv2{nullptr};
   ConvBnRelu shortcut{nullptr};  // null for identity
+  FakeQuantize add_quant{nullptr};  // QAT only: the quantized addition
 };
 TORCH_MODULE(BasicBlock);
 
@@ -57,9 +61,11 @@ class ResNet : public Model {
   ResNet(const ModelConfig& cfg, const InputSpec& in);
   torch::Tensor forward(torch::Tensor x) override;
   std::string kind() const override { return "resnet"; }
+  void prepare_qat(const QatConfig& cfg) override;
 
  private:
   InputNorm norm_{nullptr};
+  FakeQuantize input_quant_{nullptr}, head_quant_{nullptr}, fc_quant_{nullptr};  // QAT only
   ConvBnRelu stem_{nullptr};
   std::vector<BasicBlock> blocks_;
   torch::nn::Dropout drop_{nullptr};

@@ -14,6 +14,7 @@
 #include "models/registry.h"
 #include "parallel/communicator.h"
 #include "parallel/launch.h"
+#include "qat/qat_hook.h"
 #include "common/checkpoint.h"
 #include "trainer/trainer.h"
 
@@ -34,7 +35,15 @@ InputSpec input_spec(const DataBundle& data) {
 
 std::shared_ptr<Model> build_model(const ExperimentConfig& cfg, const DataBundle& data) {
   torch::manual_seed(static_cast<uint64_t>(cfg.experiment.seed));
-  return make_model(cfg.model, input_spec(data));
+  std::shared_ptr<Model> model = make_model(cfg.model, input_spec(data));
+  if (cfg.qat.enabled) {
+    try {
+      model->prepare_qat(cfg.qat);
+    } catch (const UserError& e) {
+      cfg.fail("qat.enabled", e.what());
+    }
+  }
+  return model;
 }
 
 void set_threads(int threads) {
@@ -108,6 +117,16 @@ int64_t buffer_bytes(const torch::nn::Module& m) {
 void add_experiment_hooks(Trainer& trainer, const ExperimentConfig& cfg, const Model& model, const DataBundle& data,
                           torch::Device device) {
   if (cfg.distill.enabled()) trainer.add_hook(make_distill_hook(cfg, model, data, device));
+  if (cfg.qat.enabled) {
+    const QatConfig& q = cfg.qat;
+    if (q.start_step < 0 && q.start_epoch >= cfg.trainer.epochs)
+      cfg.fail("qat.start_epoch", concat(q.start_epoch, " is not before trainer.epochs (", cfg.trainer.epochs,
+                                         "): QAT would never run; epochs count from 0"));
+    if (q.start_step < 0 && q.freeze_observers_epoch >= 0 && q.freeze_observers_epoch <= q.start_epoch)
+      cfg.fail("qat.freeze_observers_epoch", concat(q.freeze_observers_epoch, " must come after qat.start_epoch (",
+                                                    q.start_epoch, "): the observers need at least one epoch"));
+    trainer.add_hook(std::make_shared<QatHook>(q));
+  }
 }
 
 int run_train(const TrainCommand& cmd) {
@@ -125,7 +144,7 @@ int run_train(const TrainCommand& cmd) {
   const torch::Device device = select_device(cfg.trainer, launch);
   std::shared_ptr<Communicator> comm = make_communicator(cfg.parallel, device);
   log_info("experiment ", cfg.experiment.name, ": ", model->kind(), " with ", params, " parameters; ",
-           data.train.size(), " train / ", data.test.size(), " test samples; ", comm->world_size(), " rank(s) (",
+           data.train.size(), " train / ", data.test.size(), " ", data.test.name, " samples; ", comm->world_size(), " rank(s) (",
            comm->backend(), "), ", torch::get_num_threads(), " thread(s) each, on ", device.str());
   Trainer trainer(cfg, model, data, cfg.run_dir(), comm);
   add_experiment_hooks(trainer, cfg, *model, data, device);
@@ -152,11 +171,13 @@ int run_train(const TrainCommand& cmd) {
       {"world_size", comm->world_size()},
       {"backend", comm->backend()},
       {"epochs", r.epochs_completed},
+      {"eval_split", data.test.name},
       {"test_accuracy", r.best_accuracy},
       {"final_test_accuracy", r.final_accuracy},
       {"params", params},
       {"nonzero_params", count_nonzero_params(*model)},
       {"fp32_bytes", params * 4 + buffer_bytes(*model)},
+      {"int8_bytes", int8_model_bytes(*model)},
       {"train_samples_per_second", r.samples_per_second},
       {"train_seconds", r.train_seconds},
       {"wall_seconds", wall},
@@ -168,9 +189,13 @@ int run_train(const TrainCommand& cmd) {
       summary["teacher_cache"] = d->uses_cache();
     }
   }
+  if (cfg.qat.enabled) {
+    summary["qat"] = {{"weight_bits", cfg.qat.weight.bits}, {"activation_bits", cfg.qat.activation.bits},
+                      {"note", "test_accuracy is the int8 fake-quant simulation of best.pt"}};
+  }
   write_file_atomic((fs::path(cfg.run_dir()) / "summary.json").string(), summary.dump(2) + "\n");
-  std::printf("%s: test accuracy %.2f%% (last epoch %.2f%%), %lld params, %.0f samples/s, wall %s\n  run directory: %s\n",
-              cfg.experiment.name.c_str(), r.best_accuracy, r.final_accuracy, static_cast<long long>(params),
+  std::printf("%s: %s accuracy %.2f%% (last epoch %.2f%%), %lld params, %.0f samples/s, wall %s\n  run directory: %s\n",
+              cfg.experiment.name.c_str(), data.test.name.c_str(), r.best_accuracy, r.final_accuracy, static_cast<long long>(params),
               r.samples_per_second, format_duration(wall).c_str(), cfg.run_dir().c_str());
   return 0;
 }
@@ -180,9 +205,9 @@ int run_eval(const EvalCommand& cmd) {
   const fs::path cfg_path = dir / "config.resolved.yaml";
   QD_CHECK(fs::is_regular_file(cfg_path), UserError, cfg_path.string(),
            ": not found; expected a run directory made by `qdistill train`");
-  QD_CHECK(!cmd.int8, UserError, "--int8: this run has no quantization-aware training (qat section); "
-           "int8 simulation needs a QAT run");
   ExperimentConfig cfg = load_experiment_config(cfg_path.string());
+  QD_CHECK(!cmd.int8 || cfg.qat.enabled, UserError, "--int8: ", dir.string(), " has no quantization-aware training "
+           "(no qat section in its config); int8 simulation needs a QAT run");
   set_threads(cfg.trainer.threads);
   DataBundle data = load_data(cfg.data);
   std::shared_ptr<Model> model = build_model(cfg, data);
@@ -192,14 +217,32 @@ int run_eval(const EvalCommand& cmd) {
   if (cfg.trainer.device == DeviceKind::kCuda && torch::cuda::is_available()) device = torch::Device(torch::kCUDA, 0);
   model->to(device);
   if (cfg.trainer.channels_last) to_channels_last(*model);
+  // A QAT run is evaluated as int8 (its fake-quant simulation), and for comparison with the
+  // quantizers switched off (the same weights in fp32, BN folded).
+  const bool quantized = cfg.qat.enabled && load_qat_flags(*model);
   const EvalResult ev = evaluate(*model, data.test, cfg.data.eval_batch_size, device, cfg.trainer.channels_last);
+  EvalResult fp32 = ev;
+  if (quantized) {
+    set_fake_quant_enabled(*model, false);
+    fp32 = evaluate(*model, data.test, cfg.data.eval_batch_size, device, cfg.trainer.channels_last);
+  }
+  QD_CHECK(!cmd.int8 || quantized, UserError, "--int8: ", ckpt.string(), " was saved before QAT started "
+           "(its quantizers never ran); evaluate a checkpoint from a QAT epoch");
+  const char* split = data.test.name.c_str();
   if (cmd.json) {
     nlohmann::json j = {{"run_dir", dir.string()}, {"checkpoint", ckpt.string()}, {"epoch", meta.epoch},
-                        {"test_accuracy", ev.accuracy}, {"test_loss", ev.loss}, {"samples", ev.samples}};
+                        {"eval_split", split}, {"test_accuracy", ev.accuracy}, {"test_loss", ev.loss},
+                        {"samples", ev.samples}, {"quantized", quantized}};
+    if (quantized) j["fp32_test_accuracy"] = fp32.accuracy;
     std::printf("%s\n", j.dump().c_str());
+  } else if (quantized) {
+    std::printf("%s (epoch %lld): int8-simulated %s accuracy %.2f%% (loss %.4f), same weights without fake-quant "
+                "%.2f%%, on %lld samples\n",
+                ckpt.string().c_str(), static_cast<long long>(meta.epoch), split, ev.accuracy, ev.loss, fp32.accuracy,
+                static_cast<long long>(ev.samples));
   } else {
-    std::printf("%s (epoch %lld): test accuracy %.2f%%, loss %.4f on %lld samples\n", ckpt.string().c_str(),
-                static_cast<long long>(meta.epoch), ev.accuracy, ev.loss, static_cast<long long>(ev.samples));
+    std::printf("%s (epoch %lld): %s accuracy %.2f%%, loss %.4f on %lld samples\n", ckpt.string().c_str(),
+                static_cast<long long>(meta.epoch), split, ev.accuracy, ev.loss, static_cast<long long>(ev.samples));
   }
   return 0;
 }

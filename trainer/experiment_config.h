@@ -11,6 +11,7 @@
 #include "distill/distill_config.h"
 #include "models/model_config.h"
 #include "parallel/parallel_config.h"
+#include "qat/qat_config.h"
 
 namespace qd {
 
@@ -125,6 +126,7 @@ struct ExperimentConfig {
   TrainerConfig trainer;
   ParallelConfig parallel;
   DistillConfig distill;
+  QatConfig qat;
 
   template <class V>
   void visit(V& v) {
@@ -136,6 +138,7 @@ struct ExperimentConfig {
     v.section("trainer", trainer);
     v.section("parallel", parallel);
     v.section("distill", distill);
+    v.section("qat", qat);
   }
 
   std::string run_dir() const;  // <output_dir>/<name>

@@ -192,7 +192,7 @@ TrainResult Trainer::fit() {
     const EvalResult ev =
         evaluate(*model_, data_.test, cfg_.data.eval_batch_size, device_, cfg_.trainer.channels_last, comm_.get());
     for (auto& h : hooks_) h->on_epoch_end(state);
-    const bool best = ev.accuracy > best_accuracy_;
+    const bool best = epoch >= state.best_from_epoch && ev.accuracy > best_accuracy_;
     if (best) best_accuracy_ = ev.accuracy;
 
     nlohmann::json rec = {{"type", "epoch"},
@@ -203,12 +203,13 @@ TrainResult Trainer::fit() {
                           {"best_test_accuracy", best_accuracy_},
                           {"train_samples_per_second", epoch_samples / std::max(1e-9, epoch_seconds)},
                           {"epoch_seconds", epoch_seconds},
-                          {"world_size", comm_->world_size()}};
+                          {"world_size", comm_->world_size()},
+                          {"eval_split", data_.test.name}};
     for (const auto& [k, v] : state.epoch_metrics) rec[k] = v;
     for (const auto& [k, v] : last_epoch_train_) rec[k] = v;
     metrics_.write(rec);
     log_info("epoch ", epoch + 1, "/", cfg_.trainer.epochs, ": train loss ", last_epoch_train_["train_loss"],
-             ", train acc ", last_epoch_train_["train_accuracy"], "%, test loss ", ev.loss, ", test acc ",
+             ", train acc ", last_epoch_train_["train_accuracy"], "%, ", data_.test.name, " loss ", ev.loss, ", ", data_.test.name, " acc ",
              ev.accuracy, "%", best ? " (best)" : "");
     if (is_writer()) checkpoint(state, ev.accuracy, best);
     result.final_accuracy = ev.accuracy;

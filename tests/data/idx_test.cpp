@@ -126,6 +126,25 @@ TEST(Mnist, LoadsSplitAndChecksAgreement) {
   EXPECT_THROW(load_mnist_split(dir.path().string(), true), DataError);
 }
 
+TEST(Mnist, ValidationSplitHoldsOutTheLastTrainingSamples) {
+  test::TempDir dir;
+  for (const char* split : {"train", "t10k"}) {
+    write_idx(dir.file(std::string(split) + "-images-idx3-ubyte.gz"), sample_images(6));
+    write_idx(dir.file(std::string(split) + "-labels-idx1-ubyte.gz"), torch::tensor({0, 1, 2, 3, 4, 5}, torch::kUInt8));
+  }
+  DataConfig cfg;
+  cfg.root = dir.path().string();
+  cfg.validation_size = 2;
+  const DataBundle b = load_data(cfg);
+  EXPECT_EQ(b.train.size(), 4);
+  EXPECT_EQ(b.test.name, "validation");
+  ASSERT_EQ(b.test.size(), 2);
+  EXPECT_EQ(b.test.labels[0].item<int64_t>(), 4);
+  EXPECT_TRUE(torch::equal(b.test.images[1][0], sample_images(6)[5]));
+  cfg.validation_size = 6;  // nothing left to train on
+  EXPECT_THROW(load_data(cfg), ConfigError);
+}
+
 TEST(Mnist, BatchesAreFloatPixelsInUnitRange) {
   ImageDataset ds;
   ds.images = sample_images(4).unsqueeze(1);

@@ -141,6 +141,50 @@ TEST(Trainer, ResumeIsBitIdentical) {
   EXPECT_EQ(epochs, 2);
 }
 
+// QAT state (observer ranges, scales, LSQ scales, freeze flags, folded BN) lives in the model and
+// the checkpoint: a run killed mid-QAT resumes to the same weights and buffers, bit for bit.
+TEST(Trainer, QatResumeIsBitIdentical) {
+  test::TempDir dir;
+  ExperimentConfig c = small_config(dir.path().string());
+  c.trainer.epochs = 4;
+  c.qat.enabled = true;
+  c.qat.start_epoch = 1;
+  c.qat.freeze_bn_epoch = 2;
+  c.qat.freeze_observers_epoch = 3;
+  c.qat.activation.observer = ObserverKind::kLsq;
+  const DataBundle& data = fmnist(c.data.train_subset, c.data.test_subset);
+  auto run = [&](const ExperimentConfig& cfg, const std::string& name, int64_t kill_at) {
+    set_threads(cfg.trainer.threads);
+    auto model = build_model(cfg, data);
+    Trainer t(cfg, model, data, dir.file(name));
+    add_experiment_hooks(t, cfg, *model, data, torch::kCPU);
+    if (kill_at > 0) {
+      t.add_hook(std::make_shared<KillAfterEpoch>(kill_at));
+      EXPECT_THROW(t.fit(), std::runtime_error);
+    } else {
+      t.fit();
+    }
+    return state_of(*model);
+  };
+  const auto straight = run(c, "straight", 0);
+  run(c, "resumed", 2);  // killed after the first QAT epoch, before BN freezes
+  torch::manual_seed(777);
+  ExperimentConfig r = c;
+  r.trainer.resume = true;
+  expect_bit_identical(straight, run(r, "resumed", 0));
+  // best.pt comes from a QAT epoch, never from the fp32 epoch before it.
+  std::ifstream in(dir.file("straight") + "/metrics.jsonl");
+  int qat_epochs = 0;
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j["type"] == "epoch") qat_epochs += j["qat_active"].get<double>() > 0;
+  }
+  EXPECT_EQ(qat_epochs, 3);
+  auto model = build_model(c, data);
+  const CheckpointMeta best = load_checkpoint(dir.file("straight") + "/checkpoints/best.pt", *model, nullptr, {});
+  EXPECT_GE(best.epoch, 2);
+}
+
 TEST(Checkpoint, InterruptedWriteLeavesPreviousLoadable) {
   test::TempDir dir;
   ExperimentConfig c = small_config(dir.path().string());
