@@ -43,17 +43,19 @@ torch::Tensor ConvBnQatImpl::forward(const torch::Tensor& x, const torch::Tensor
                                      const std::function<torch::Tensor(const torch::Tensor&)>& bn_train) {
   const torch::Tensor inv_std = torch::rsqrt(bn.running_var + bn.eps);
   const torch::Tensor factor = bn.weight * inv_std;  // [O]; gamma gets gradient through it too
-  const torch::Tensor w = weight_quant(conv_weight * factor.view(per_channel_shape(conv_weight)));
+  const std::vector<int64_t> shape = per_channel_shape(conv_weight);
+  torch::Tensor w = weight_quant(conv_weight * factor.view(shape));
   if (bn_frozen_ || !is_training()) {
     // The deployed computation: folded bias from the running statistics.
     return torch::conv2d(x, w, bn.bias - bn.running_mean * factor, stride, padding);
   }
-  torch::Tensor y = torch::conv2d(x, w, {}, stride, padding);  // [N, O, H, W]
-  // Undo the fold so BN sees the unscaled convolution (not detached: as in PyTorch, gamma's
-  // gradients through the fold and through the division cancel where quantization is exact).
-  // A zero gamma folds to zero weights, whose output is 0 whatever the divisor: divide by 1 there.
+  // Undo the fold so BN sees the unscaled convolution: conv(x, fq(W f)) / f, computed as
+  // conv(x, fq(W f) / f) — the same by linearity, but on the small weight tensor instead of the
+  // activations (not detached: as in PyTorch, gamma's gradients through the fold and the
+  // division cancel where quantization is exact). A zero gamma folds to zero weights: divide
+  // by 1 there.
   const torch::Tensor safe = torch::where(factor == 0, torch::ones_like(factor), factor);
-  y = y / safe.view({1, -1, 1, 1});
+  const torch::Tensor y = torch::conv2d(x, w / safe.view(shape), {}, stride, padding);  // [N, O, H, W]
   return bn_train(y);
 }
 

@@ -32,6 +32,8 @@ std::vector<FakeQuantize> fake_quantizers(torch::nn::Module& m) {
 }
 
 FakeQuantizeImpl::FakeQuantizeImpl(FakeQuantizeOptions o) : opts_(std::move(o)) {
+  host_.quant_min = opts_.spec.quant_min();
+  host_.quant_max = opts_.spec.quant_max();
   if (!opts_.spec.per_channel) opts_.channels = 1;
   const int64_t c = opts_.channels;
   scale = register_buffer("scale", torch::ones({c}));
@@ -52,6 +54,8 @@ void FakeQuantizeImpl::load_flags() {
   enabled_ = f[0].item<uint8_t>() != 0;
   observing_ = f[1].item<uint8_t>() != 0;
   initialized_ = f[2].item<uint8_t>() != 0;
+  host_.scale = scale[0].item<float>();
+  host_.zero_point = zero_point[0].item<int32_t>();
 }
 
 void FakeQuantizeImpl::set_enabled(bool on) {
@@ -87,6 +91,8 @@ void FakeQuantizeImpl::set_range(const torch::Tensor& lo, const torch::Tensor& h
   auto [s, z] = compute_qparams(l, hi, opts_.spec);
   scale.copy_(s);
   zero_point.copy_(z);
+  host_.scale = s[0].item<float>();
+  host_.zero_point = z[0].item<int32_t>();
   if (lsq_scale.defined() && !initialized_) lsq_scale.copy_(s);  // LSQ starts from the observed range
   if (!initialized_) {
     initialized_ = true;
@@ -137,6 +143,13 @@ void FakeQuantizeImpl::record(const torch::Tensor& x) {
     hi = std::get<1>(mm).reshape({1});
   }
   stats = torch::stack({-lo, hi}).to(torch::kFloat32);  // both reduce with MAX
+  pending_ = pending_.defined() ? torch::maximum(pending_, stats) : stats;
+  pending_count_ = 1;
+}
+
+void FakeQuantizeImpl::record_minmax(float lo, float hi) {
+  if (opts_.relu) lo = 0.0f;
+  torch::Tensor stats = torch::tensor({-lo, hi}, torch::kFloat32).view({2, 1});
   pending_ = pending_.defined() ? torch::maximum(pending_, stats) : stats;
   pending_count_ = 1;
 }
@@ -193,6 +206,7 @@ torch::Tensor FakeQuantizeImpl::quantize(const torch::Tensor& x) {
     return torch::_fake_quantize_learnable_per_tensor_affine(x, lsq_scale, zp, qmin, qmax, grad_factor);
   }
   if (s.per_channel) return torch::fake_quantize_per_channel_affine(x, scale, zero_point, s.axis, qmin, qmax);
+  if (x.device().is_cpu() && x.scalar_type() == torch::kFloat32) return fake_quantize_per_tensor_cpu(x, host_, nullptr);
   return torch::fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax);
 }
 
@@ -204,9 +218,25 @@ torch::Tensor FakeQuantizeImpl::forward(const torch::Tensor& x) {
     if (observing_ || !initialized_) observe_weight(x.detach());
     return quantize(x);
   }
-  if (observing_ && is_training() && !(opts_.spec.observer == ObserverKind::kLsq && initialized_)) record(x.detach());
-  if (!enabled_ || !initialized_) return opts_.relu ? torch::relu(x) : x;
-  return fused_relu ? quantize(x) : quantize(opts_.relu ? torch::relu(x) : x);
+  const ObserverKind kind = opts_.spec.observer;
+  const bool observe = observing_ && is_training() && !(kind == ObserverKind::kLsq && initialized_);
+  if (!enabled_ || !initialized_) {
+    if (observe) record(x.detach());
+    return opts_.relu ? torch::relu(x) : x;
+  }
+  const torch::Tensor in = fused_relu || !opts_.relu ? x : torch::relu(x);
+  if (kind != ObserverKind::kLsq && !opts_.spec.per_channel && x.device().is_cpu() &&
+      x.scalar_type() == torch::kFloat32) {
+    // One pass: fake-quant, STE mask and (min-max observers) this step's range.
+    const bool fused_observe = observe && kind != ObserverKind::kPercentile;
+    float mm[2];
+    torch::Tensor y = fake_quantize_per_tensor_cpu(in, host_, fused_observe ? mm : nullptr);
+    if (fused_observe) record_minmax(mm[0], mm[1]);
+    else if (observe) record(x.detach());
+    return y;
+  }
+  if (observe) record(x.detach());
+  return quantize(in);
 }
 
 }  // namespace qd

@@ -21,6 +21,7 @@
 
 #include <torch/torch.h>
 
+#include "qat/fake_quant_cpu.h"
 #include "qat/qat_config.h"
 
 namespace qd {
@@ -77,6 +78,7 @@ class FakeQuantizeImpl : public torch::nn::Module {
   torch::Tensor quantize(const torch::Tensor& x);
   void observe_weight(const torch::Tensor& w);
   void record(const torch::Tensor& x);
+  void record_minmax(float lo, float hi);  // from the CPU kernel's fused pass
   void set_range(const torch::Tensor& lo, const torch::Tensor& hi);  // running -> scale / zero point
   void store_flags();
   // Reduces `x` to [C] along every dimension except the channel axis (all of them per tensor).
@@ -84,6 +86,7 @@ class FakeQuantizeImpl : public torch::nn::Module {
 
   FakeQuantizeOptions opts_;
   bool enabled_ = false, observing_ = false, initialized_ = false;
+  FakeQuantParams host_;  // per-tensor scale / zero point as host numbers, for the CPU kernel
   torch::Tensor pending_;
   int64_t pending_count_ = 0;  // micro-batches in pending_ (percentile mean)
 };

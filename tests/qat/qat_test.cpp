@@ -157,6 +157,35 @@ TEST(FakeQuantize, SteGradientMaskIsOneInsideRangeZeroOutside) {
   EXPECT_FLOAT_EQ(x.grad()[4].item<float>(), q <= 127.0f ? 1.0f : 0.0f);
 }
 
+TEST(FakeQuantCpuKernel, BitIdenticalToLibTorchValuesMaskAndMinMax) {
+  torch::manual_seed(4);
+  // Random values plus exact ties (k + 0.5) * scale, both layouts, several qparams.
+  torch::Tensor x = torch::randn({16, 5, 9, 9}) * 3.0;
+  const float scale = 0.0625f;  // a power of two: k + 0.5 ties are exact
+  x.view({-1}).slice(0, 0, 400).copy_((torch::arange(400, torch::kFloat32) - 200.5f) * scale);
+  for (const bool channels_last : {false, true}) {
+    for (const auto& [zp, qmin, qmax] : std::vector<std::tuple<int, int, int>>{{0, -127, 127}, {-128, -128, 127}, {3, -8, 7}}) {
+      torch::Tensor xi = (channels_last ? x.contiguous(torch::MemoryFormat::ChannelsLast) : x.clone()).requires_grad_(true);
+      torch::Tensor xr = x.clone().requires_grad_(true);
+      FakeQuantParams p;
+      p.scale = scale;
+      p.zero_point = zp;
+      p.quant_min = qmin;
+      p.quant_max = qmax;
+      float mm[2];
+      torch::Tensor y = fake_quantize_per_tensor_cpu(xi, p, mm);
+      torch::Tensor ref = torch::fake_quantize_per_tensor_affine(xr, scale, zp, qmin, qmax);
+      EXPECT_TRUE(torch::equal(y.contiguous(), ref)) << "zp " << zp << " channels_last " << channels_last;
+      const torch::Tensor g = torch::randn_like(x);
+      y.backward(g);
+      ref.backward(g);
+      EXPECT_TRUE(torch::equal(xi.grad().contiguous(), xr.grad())) << "zp " << zp;
+      EXPECT_EQ(mm[0], x.min().item<float>());
+      EXPECT_EQ(mm[1], x.max().item<float>());
+    }
+  }
+}
+
 TEST(FakeQuantize, FusedReluEqualsReluThenQuantize) {
   FakeQuantize fused = act_fq(ObserverKind::kMinMax, /*relu=*/true);
   torch::manual_seed(1);
