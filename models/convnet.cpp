@@ -20,8 +20,27 @@ ConvNet::ConvNet(const ModelConfig& cfg, const InputSpec& in) : head_(cfg.head) 
   }
   feature_names_.push_back("features");
   drop_ = register_module("dropout", torch::nn::Dropout(cfg.dropout));
+  final_hw_ = h * w;
   const int64_t features = head_ == HeadKind::kGap ? c_in : c_in * h * w;
   classifier_ = register_module("classifier", torch::nn::Linear(features, in.num_classes));
+}
+
+std::vector<ChannelGroup> ConvNet::channel_groups() {
+  std::vector<ChannelGroup> groups;
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    ChannelGroup g;
+    g.name = feature_names_[i];
+    g.layers = {g.name};
+    g.producers = {blocks_[i].ptr()};
+    g.channels = blocks_[i]->conv->options.out_channels();
+    if (i + 1 < blocks_.size()) {
+      g.consumers.push_back({feature_names_[i + 1], blocks_[i + 1]->conv->weight, 1});
+    } else {  // flatten: channel c feeds features [c*h*w, (c+1)*h*w)
+      g.consumers.push_back({"classifier", classifier_->weight, head_ == HeadKind::kGap ? 1 : final_hw_});
+    }
+    groups.push_back(std::move(g));
+  }
+  return groups;
 }
 
 void ConvNet::prepare_qat(const QatConfig& cfg) {

@@ -28,6 +28,11 @@ void Model::prepare_qat(const QatConfig&) {
   throw UserError(concat("qat: the ", kind(), " model has no quantization-aware training; use convnet or resnet"));
 }
 
+std::vector<ChannelGroup> Model::channel_groups() {
+  throw UserError(concat("prune: the ", kind(), " model has no structured (channel) pruning; use convnet or resnet, "
+                         "or prune.method: magnitude"));
+}
+
 FakeQuantize make_activation_quant(const QatConfig& cfg, int64_t channels, bool relu) {
   FakeQuantizeOptions o;
   o.spec = cfg.activation;

@@ -14,6 +14,8 @@
 
 namespace qd {
 
+class ConvBnReluImpl;
+
 // Shape of what a model consumes and produces.
 struct InputSpec {
   int64_t channels = 1, height = 28, width = 28;
@@ -41,6 +43,10 @@ class Model : public torch::nn::Module {
   // ReLU), residual additions, the pooled features and the classifier's weights. Throws
   // UserError for models without QAT support.
   virtual void prepare_qat(const QatConfig& cfg);
+
+  // Channel dependency groups for structured pruning (see ChannelGroup). Throws UserError for
+  // models without structured pruning.
+  virtual std::vector<struct ChannelGroup> channel_groups();
   const std::map<std::string, torch::Tensor>& captured() const { return captured_; }
 
  protected:
@@ -88,6 +94,25 @@ TORCH_MODULE(ConvBnRelu);
 
 int64_t count_params(const torch::nn::Module& m);
 int64_t count_nonzero_params(const torch::nn::Module& m);
+
+// A layer that reads a group's channels: a conv's input channels (weight dim 1) or a linear's
+// input features (after a flatten each channel feeds `per_channel` consecutive features).
+struct ChannelConsumer {
+  std::string layer;
+  torch::Tensor weight;  // conv [O, I, kh, kw] or linear [O, I]
+  int64_t per_channel = 1;
+};
+
+// Output channels that must be pruned together: every tensor added in a residual sum shares
+// its channels, so all their producers (conv + BN) lose the same channels, and every consumer
+// loses the matching inputs. A plain conv-BN-ReLU chain gives one group per conv.
+struct ChannelGroup {
+  std::string name;
+  std::vector<std::string> layers;  // producers' names, in order
+  std::vector<std::shared_ptr<ConvBnReluImpl>> producers;
+  std::vector<ChannelConsumer> consumers;
+  int64_t channels = 0;
+};
 
 // The activation quantizer of a [N, channels, ...] tensor; `relu`: the input is pre-ReLU and
 // the ReLU is fused in (see FakeQuantizeOptions).

@@ -44,6 +44,46 @@ ResNet::ResNet(const ModelConfig& cfg, const InputSpec& in) {
   fc_ = register_module("fc", torch::nn::Linear(c, in.num_classes));
 }
 
+std::vector<ChannelGroup> ResNet::channel_groups() {
+  // Walk the network tracking the group that owns the current residual stream's channels.
+  std::vector<ChannelGroup> groups;
+  ChannelGroup stream;
+  stream.name = "stem";
+  stream.layers = {"stem"};
+  stream.producers = {stem_.ptr()};
+  stream.channels = stem_->conv->options.out_channels();
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    BasicBlockImpl& b = *blocks_[i];
+    const std::string name = feature_names_[i + 1];  // stageS_blockI
+    if (b.shortcut) {  // a projection starts a new stream: the old one ends here
+      stream.consumers.push_back({name + ".shortcut", b.shortcut->conv->weight, 1});
+      stream.consumers.push_back({name + ".conv1", b.conv1->conv->weight, 1});
+      groups.push_back(std::move(stream));
+      stream = ChannelGroup{};
+      stream.name = name.substr(0, name.find('_'));  // stageS
+      stream.layers = {name + ".shortcut"};
+      stream.producers = {b.shortcut.ptr()};
+      stream.channels = b.shortcut->conv->options.out_channels();
+    } else {
+      stream.consumers.push_back({name + ".conv1", b.conv1->conv->weight, 1});
+    }
+    // conv1's output feeds only conv2: a group of its own.
+    ChannelGroup inner;
+    inner.name = name + ".conv1";
+    inner.layers = {inner.name};
+    inner.producers = {b.conv1.ptr()};
+    inner.consumers.push_back({name + ".conv2", b.conv2->conv->weight, 1});
+    inner.channels = b.conv1->conv->options.out_channels();
+    groups.push_back(std::move(inner));
+    // conv2's output is added to the stream: same channels.
+    stream.layers.push_back(name + ".conv2");
+    stream.producers.push_back(b.conv2.ptr());
+  }
+  stream.consumers.push_back({"fc", fc_->weight, 1});
+  groups.push_back(std::move(stream));
+  return groups;
+}
+
 void ResNet::prepare_qat(const QatConfig& cfg) {
   input_quant_ = register_module("input_quant", make_activation_quant(cfg, norm_->mean.size(1), false));
   stem_->prepare_qat(cfg);

@@ -30,12 +30,14 @@ class ConvNet : public Model {
   torch::Tensor forward(torch::Tensor x) override;
   std::string kind() const override { return "convnet"; }
   void prepare_qat(const QatConfig& cfg) override;
+  std::vector<ChannelGroup> channel_groups() override;
 
  private:
   InputNorm norm_{nullptr};
   FakeQuantize input_quant_{nullptr}, head_quant_{nullptr}, classifier_quant_{nullptr};  // QAT only
   std::vector<ConvBnRelu> blocks_;
   std::vector<bool> pool_after_;  // per block
+  int64_t final_hw_ = 1;          // spatial size feeding a flatten head
   HeadKind head_;
   torch::nn::Dropout drop_{nullptr};
   torch::nn::Linear classifier_{nullptr};
@@ -62,6 +64,7 @@ class ResNet : public Model {
   torch::Tensor forward(torch::Tensor x) override;
   std::string kind() const override { return "resnet"; }
   void prepare_qat(const QatConfig& cfg) override;
+  std::vector<ChannelGroup> channel_groups() override;
 
  private:
   InputNorm norm_{nullptr};

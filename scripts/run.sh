@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job: set up, build, then
 #   1. train the default Fashion-MNIST teacher   (configs/fmnist_teacher.yaml    -> runs/fmnist_teacher)
-#   2. distill the small student from it          (configs/fmnist_student_kd.yaml -> runs/fmnist_student_kd)
-# Later stages (pruning, int8 export) are added here as they land. A stage whose run directory
+#   2. the student: distilled from it, channel-pruned to 50% and trained with int8 QAT, in one
+#      experiment                                 (configs/fmnist_student_full.yaml -> runs/fmnist_student_full)
+# The int8 export is added here when it lands. A stage whose run directory
 # already has summary.json is skipped (delete the directory to redo it); an interrupted stage
 # resumes from its last checkpoint. Extra arguments go to every `qdistill train`, e.g.
 #   scripts/run.sh --set trainer.epochs=2
@@ -27,14 +28,14 @@ stage() {  # stage CONFIG RUN_DIR [args...]
 }
 
 stage configs/fmnist_teacher.yaml runs/fmnist_teacher "$@"
-stage configs/fmnist_student_kd.yaml runs/fmnist_student_kd "$@"
+stage configs/fmnist_student_full.yaml runs/fmnist_student_full "$@"
 
 python3 - <<'PY'
 import json
-rows = [("teacher", "runs/fmnist_teacher"), ("student (KD)", "runs/fmnist_student_kd")]
-print("\n%-14s %10s %14s %12s %10s" % ("model", "params", "test acc (%)", "samples/s", "wall"))
+rows = [("teacher (fp32)", "runs/fmnist_teacher"), ("student (KD, 50% channels, int8 QAT)", "runs/fmnist_student_full")]
+print("\n%-38s %8s %9s %14s %10s %10s %8s" % ("model", "params", "nonzero", "test acc (%)", "fp32 bytes", "int8 bytes", "wall"))
 for name, d in rows:
     s = json.load(open(d + "/summary.json"))
-    print("%-14s %10d %14.2f %12.0f %9.0fs" % (name, s["params"], s["test_accuracy"],
-          s["train_samples_per_second"], s["wall_seconds"]))
+    print("%-38s %8d %9d %14.2f %10d %10s %7.0fs" % (name, s["params"], s["nonzero_params"], s["test_accuracy"],
+          s["fp32_bytes"], s.get("int8_bytes", "-") if "qat" in s else "-", s["wall_seconds"]))
 PY

@@ -14,6 +14,7 @@
 #include "models/registry.h"
 #include "parallel/communicator.h"
 #include "parallel/launch.h"
+#include "prune/pruner.h"
 #include "qat/qat_hook.h"
 #include "common/checkpoint.h"
 #include "trainer/trainer.h"
@@ -114,9 +115,19 @@ int64_t buffer_bytes(const torch::nn::Module& m) {
 
 }  // namespace
 
-void add_experiment_hooks(Trainer& trainer, const ExperimentConfig& cfg, const Model& model, const DataBundle& data,
+void add_experiment_hooks(Trainer& trainer, const ExperimentConfig& cfg, Model& model, const DataBundle& data,
                           torch::Device device) {
   if (cfg.distill.enabled()) trainer.add_hook(make_distill_hook(cfg, model, data, device));
+  if (cfg.prune.enabled) {
+    if (cfg.prune.start_epoch >= cfg.trainer.epochs)
+      cfg.fail("prune.start_epoch", concat(cfg.prune.start_epoch, " is not before trainer.epochs (", cfg.trainer.epochs,
+                                           "): pruning would never run; epochs count from 0"));
+    if (cfg.prune.schedule == PruneSchedule::kGradual && cfg.prune.end_epoch > cfg.trainer.epochs)
+      cfg.fail("prune.end_epoch", concat(cfg.prune.end_epoch, " is after trainer.epochs (", cfg.trainer.epochs,
+                                         "): the target sparsity would never be reached"));
+    if (auto bad = check_prune_names(cfg.prune, model)) cfg.fail(bad->first, bad->second);
+    trainer.add_hook(std::make_shared<PruneHook>(cfg.prune));
+  }
   if (cfg.qat.enabled) {
     const QatConfig& q = cfg.qat;
     if (q.start_step < 0 && q.start_epoch >= cfg.trainer.epochs)
@@ -188,6 +199,13 @@ int run_train(const TrainCommand& cmd) {
       summary["teacher"] = cfg.distill.teacher;
       summary["teacher_cache"] = d->uses_cache();
     }
+  }
+  if (cfg.prune.enabled) {
+    summary["prune"] = {{"method", cfg.prune.method == PruneMethod::kChannel ? "channel" : "magnitude"},
+                        {"target_sparsity", cfg.prune.target_sparsity},
+                        {"weight_sparsity", 1.0 - static_cast<double>(count_nonzero_params(*model)) /
+                                                      static_cast<double>(std::max<int64_t>(1, params))},
+                        {"note", "params counts the dense model; physical channel removal comes with export"}};
   }
   if (cfg.qat.enabled) {
     summary["qat"] = {{"weight_bits", cfg.qat.weight.bits}, {"activation_bits", cfg.qat.activation.bits},

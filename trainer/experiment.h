@@ -32,7 +32,7 @@ int run_eval(const EvalCommand& cmd);
 InputSpec input_spec(const DataBundle& data);
 // Adds the hooks the config asks for (distillation, ...) to `trainer`; the one place that maps
 // config sections to hooks, used by `train` and by the benchmarks.
-void add_experiment_hooks(Trainer& trainer, const ExperimentConfig& cfg, const Model& model, const DataBundle& data,
+void add_experiment_hooks(Trainer& trainer, const ExperimentConfig& cfg, Model& model, const DataBundle& data,
                           torch::Device device);
 std::shared_ptr<Model> build_model(const ExperimentConfig& cfg, const DataBundle& data);
 void set_threads(int threads);

@@ -11,6 +11,7 @@
 #include "distill/distill_config.h"
 #include "models/model_config.h"
 #include "parallel/parallel_config.h"
+#include "prune/prune_config.h"
 #include "qat/qat_config.h"
 
 namespace qd {
@@ -127,6 +128,7 @@ struct ExperimentConfig {
   ParallelConfig parallel;
   DistillConfig distill;
   QatConfig qat;
+  PruneConfig prune;
 
   template <class V>
   void visit(V& v) {
@@ -139,6 +141,7 @@ struct ExperimentConfig {
     v.section("parallel", parallel);
     v.section("distill", distill);
     v.section("qat", qat);
+    v.section("prune", prune);
   }
 
   std::string run_dir() const;  // <output_dir>/<name>

@@ -62,6 +62,19 @@ void expect_bit_identical(const std::vector<torch::Tensor>& a, const std::vector
   for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i], b[i])) << "tensor " << i << " differs";
 }
 
+// The tensors of `saved` (state_of order) whose parameter name ends with `suffix`.
+std::vector<torch::Tensor> state_of_named(torch::nn::Module& m, const std::vector<torch::Tensor>& saved,
+                                          const std::string& suffix) {
+  std::vector<torch::Tensor> out;
+  size_t i = 0;
+  for (const auto& p : m.named_parameters()) {
+    const std::string& k = p.key();
+    if (k.size() >= suffix.size() && k.compare(k.size() - suffix.size(), suffix.size(), suffix) == 0) out.push_back(saved[i]);
+    ++i;
+  }
+  return out;
+}
+
 std::vector<torch::Tensor> train_fresh(const ExperimentConfig& c, const std::string& run_dir) {
   set_threads(c.trainer.threads);
   const DataBundle& data = fmnist(c.data.train_subset, c.data.test_subset);
@@ -142,8 +155,9 @@ TEST(Trainer, ResumeIsBitIdentical) {
 }
 
 // QAT state (observer ranges, scales, LSQ scales, freeze flags, folded BN) lives in the model and
-// the checkpoint: a run killed mid-QAT resumes to the same weights and buffers, bit for bit.
-TEST(Trainer, QatResumeIsBitIdentical) {
+// the checkpoint, pruning masks in the hook state: a run killed mid-QAT and mid-pruning resumes
+// to the same weights and buffers, bit for bit.
+TEST(Trainer, QatAndPruningResumeIsBitIdentical) {
   test::TempDir dir;
   ExperimentConfig c = small_config(dir.path().string());
   c.trainer.epochs = 4;
@@ -152,6 +166,11 @@ TEST(Trainer, QatResumeIsBitIdentical) {
   c.qat.freeze_bn_epoch = 2;
   c.qat.freeze_observers_epoch = 3;
   c.qat.activation.observer = ObserverKind::kLsq;
+  c.prune.enabled = true;  // channels, gradual over epochs 0..3, masks updated every 3 steps
+  c.prune.start_epoch = 0;
+  c.prune.end_epoch = 3;
+  c.prune.update_every_steps = 3;
+  c.prune.target_sparsity = 0.5;
   const DataBundle& data = fmnist(c.data.train_subset, c.data.test_subset);
   auto run = [&](const ExperimentConfig& cfg, const std::string& name, int64_t kill_at) {
     set_threads(cfg.trainer.threads);
@@ -180,7 +199,11 @@ TEST(Trainer, QatResumeIsBitIdentical) {
     if (j["type"] == "epoch") qat_epochs += j["qat_active"].get<double>() > 0;
   }
   EXPECT_EQ(qat_epochs, 3);
+  // Both width-4 conv layers end with exactly 2 of their 4 channels.
   auto model = build_model(c, data);
+  int64_t kept = 0;
+  for (const auto& p : state_of_named(*model, straight, "bn.weight")) kept += p.count_nonzero().item<int64_t>();
+  EXPECT_EQ(kept, 2 + 2);
   const CheckpointMeta best = load_checkpoint(dir.file("straight") + "/checkpoints/best.pt", *model, nullptr, {});
   EXPECT_GE(best.epoch, 2);
 }

@@ -1,0 +1,58 @@
+// The `prune` section: which weights go, how fast, and what is never touched.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "common/config.h"
+
+namespace qd {
+
+enum class PruneMethod { kMagnitude, kChannel };
+enum class PruneCriterion { kL1, kL2, kBnGamma };
+enum class PruneScope { kLayer, kGlobal };
+enum class PruneSchedule { kGradual, kOneShot };
+
+struct PruneConfig {
+  bool enabled = false;
+  PruneMethod method = PruneMethod::kChannel;
+  PruneCriterion criterion = PruneCriterion::kL1;  // channel: how a channel is scored
+  PruneScope scope = PruneScope::kLayer;           // per layer (group), or one global ranking
+  PruneSchedule schedule = PruneSchedule::kGradual;
+  double initial_sparsity = 0.0;  // s_i
+  double target_sparsity = 0.5;   // s_f: fraction of weights (magnitude) or channels (channel)
+  int start_epoch = 0;            // t0 (0-based epoch at whose start pruning begins)
+  int end_epoch = 1;              // t0 + n*dt: the target is reached at the start of this epoch
+  int update_every_steps = 50;    // dt: masks are recomputed this often while the schedule runs
+  std::vector<std::string> exclude;       // layers (magnitude) or channel groups / their layers (channel) never pruned
+  std::vector<std::string> layer_targets; // per-layer targets: "NAME=SPARSITY", e.g. "block4=0.3"
+
+  template <class V>
+  void visit(V& v) {
+    v.field("enabled", enabled, "prune the student while it trains");
+    v.field("method", method, "magnitude: individual weights (unstructured); channel: whole filters (structured)",
+            Choices<PruneMethod>{{{"magnitude", PruneMethod::kMagnitude}, {"channel", PruneMethod::kChannel}}});
+    v.field("criterion", criterion, "channel: score of a channel (filter L1 / L2 norm, or |BN gamma|)",
+            Choices<PruneCriterion>{{{"l1", PruneCriterion::kL1}, {"l2", PruneCriterion::kL2},
+                                     {"bn_gamma", PruneCriterion::kBnGamma}}});
+    v.field("scope", scope, "rank weights (channels) within each layer (group), or across all of them",
+            Choices<PruneScope>{{{"layer", PruneScope::kLayer}, {"global", PruneScope::kGlobal}}});
+    v.field("schedule", schedule, "gradual (Zhu & Gupta 2017, cubic) or one_shot at start_epoch",
+            Choices<PruneSchedule>{{{"gradual", PruneSchedule::kGradual}, {"one_shot", PruneSchedule::kOneShot}}});
+    v.field("initial_sparsity", initial_sparsity, "sparsity when the gradual schedule starts (s_i)",
+            Range<double>{0.0, 1.0, false, true});
+    v.field("target_sparsity", target_sparsity, "final sparsity (s_f): fraction of weights or channels removed",
+            Range<double>{0.0, 1.0, false, true});
+    v.field("start_epoch", start_epoch, "epoch (0-based) at whose start pruning begins", Range<int>{0, 100000});
+    v.field("end_epoch", end_epoch, "gradual: the target is reached at the start of this epoch", Range<int>{0, 100000});
+    v.field("update_every_steps", update_every_steps, "gradual: optimizer steps between mask updates",
+            Range<int>{1, 1000000});
+    v.field("exclude", exclude, "layers / channel groups never pruned, e.g. [block0, classifier] (see qdistill layers)");
+    v.field("layer_targets", layer_targets, "per-layer final sparsity overrides, \"NAME=SPARSITY\" (e.g. block4=0.3)");
+    v.check(initial_sparsity <= target_sparsity, "initial_sparsity", "must not exceed prune.target_sparsity");
+    v.check(schedule == PruneSchedule::kOneShot || end_epoch > start_epoch, "end_epoch",
+            "the gradual schedule needs prune.end_epoch > prune.start_epoch");
+  }
+};
+
+}  // namespace qd
