@@ -1,14 +1,20 @@
 #include "models/zoo.h"
 
+#include "common/error.h"
+
 namespace qd {
 
 ConvNet::ConvNet(const ModelConfig& cfg, const InputSpec& in) : head_(cfg.head) {
   norm_ = register_module("norm", InputNorm(in));
+  QD_CHECK(cfg.channels.empty() || static_cast<int>(cfg.channels.size()) == cfg.depth, UserError,
+           "model.channels: the convnet has ", cfg.depth, " conv blocks, so it needs ", cfg.depth,
+           " channel counts; got ", cfg.channels.size());
   int64_t c_in = in.channels, c_out = cfg.width, h = in.height, w = in.width;
   for (int i = 0; i < cfg.depth; ++i) {
     feature_names_.push_back("block" + std::to_string(i));
-    blocks_.push_back(register_module(feature_names_.back(), ConvBnRelu(c_in, c_out)));
-    c_in = c_out;
+    const int64_t out = cfg.channels.empty() ? c_out : cfg.channels[static_cast<size_t>(i)];
+    blocks_.push_back(register_module(feature_names_.back(), ConvBnRelu(c_in, out)));
+    c_in = out;
     const bool stage_end = (i + 1) % cfg.blocks_per_stage == 0 && i + 1 < cfg.depth;
     // Pool only while the map stays at least 2x2.
     const bool pool = stage_end && h >= 4 && w >= 4;

@@ -1,6 +1,8 @@
 // The `model` section of an experiment.
 #pragma once
 
+#include <vector>
+
 #include "common/config.h"
 
 namespace qd {
@@ -15,6 +17,9 @@ struct ModelConfig {
   int blocks_per_stage = 2;  // convnet: conv blocks between 2x2 max-pools (channels double after each)
   HeadKind head = HeadKind::kGap;  // convnet: global average pool, or flatten -> linear
   double dropout = 0.0;            // before the classifier
+  // Explicit output channels of every channel group (Model::channel_groups() order; a pruned
+  // model after physical removal). Empty: derived from width.
+  std::vector<int> channels;
 
   template <class V>
   void visit(V& v) {
@@ -27,6 +32,10 @@ struct ModelConfig {
     v.field("head", head, "convnet classifier input: global average pool or flatten",
             Choices<HeadKind>{{{"gap", HeadKind::kGap}, {"flatten", HeadKind::kFlatten}}});
     v.field("dropout", dropout, "dropout probability before the classifier", Range<double>{0.0, 1.0, false, true});
+    v.field("channels", channels,
+            "explicit output channels per channel group, in `qdistill layers` group order (what physical "
+            "channel removal writes); empty: derived from width",
+            Range<int>{1, 65536});
     v.check(name != ModelKind::kResNet || (depth >= 8 && (depth - 2) % 6 == 0), "depth",
             "resnet depth must be 6n+2 with n >= 1 (8, 14, 20, 32, ...)");
     v.check(name != ModelKind::kConvNet || depth >= 1, "depth", "convnet needs depth >= 1 conv blocks");

@@ -1,10 +1,12 @@
 #include "models/zoo.h"
 
+#include "common/error.h"
+
 namespace qd {
 
-BasicBlockImpl::BasicBlockImpl(int64_t in, int64_t out, int64_t stride) {
-  conv1 = register_module("conv1", ConvBnRelu(in, out, 3, stride, true));
-  conv2 = register_module("conv2", ConvBnRelu(out, out, 3, 1, false));
+BasicBlockImpl::BasicBlockImpl(int64_t in, int64_t mid, int64_t out, int64_t stride) {
+  conv1 = register_module("conv1", ConvBnRelu(in, mid, 3, stride, true));
+  conv2 = register_module("conv2", ConvBnRelu(mid, out, 3, 1, false));
   if (stride != 1 || in != out) shortcut = register_module("shortcut", ConvBnRelu(in, out, 1, stride, false));
   // Zero-init the last BN gamma: each block starts as identity, which helps deep nets train.
   torch::NoGradGuard g;
@@ -27,15 +29,24 @@ torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
 ResNet::ResNet(const ModelConfig& cfg, const InputSpec& in) {
   norm_ = register_module("norm", InputNorm(in));
   const int n = (cfg.depth - 2) / 6;
-  stem_ = register_module("stem", ConvBnRelu(in.channels, cfg.width));
+  // model.channels, in channel_groups() order: per stage its stream, then each block's inner.
+  const size_t groups = static_cast<size_t>(3 * (n + 1));
+  QD_CHECK(cfg.channels.empty() || cfg.channels.size() == groups, UserError, "model.channels: this resnet has ",
+           groups, " channel groups (per stage: the residual stream, then one per block), so it needs ", groups,
+           " channel counts; got ", cfg.channels.size());
+  auto ch = [&](int stage, int slot) -> int64_t {  // slot 0: stream, 1 + i: block i's inner
+    if (cfg.channels.empty()) return int64_t{cfg.width} << stage;
+    return cfg.channels[static_cast<size_t>(stage * (n + 1) + slot)];
+  };
+  stem_ = register_module("stem", ConvBnRelu(in.channels, ch(0, 0)));
   feature_names_.push_back("stem");
-  int64_t c = cfg.width;
+  int64_t c = ch(0, 0);
   for (int stage = 0; stage < 3; ++stage) {
-    const int64_t out = int64_t{cfg.width} << stage;
+    const int64_t out = ch(stage, 0);
     for (int i = 0; i < n; ++i) {
       const int64_t stride = (stage > 0 && i == 0) ? 2 : 1;
       feature_names_.push_back("stage" + std::to_string(stage + 1) + "_block" + std::to_string(i));
-      blocks_.push_back(register_module(feature_names_.back(), BasicBlock(c, out, stride)));
+      blocks_.push_back(register_module(feature_names_.back(), BasicBlock(c, ch(stage, 1 + i), out, stride)));
       c = out;
     }
   }
@@ -45,8 +56,10 @@ ResNet::ResNet(const ModelConfig& cfg, const InputSpec& in) {
 }
 
 std::vector<ChannelGroup> ResNet::channel_groups() {
-  // Walk the network tracking the group that owns the current residual stream's channels.
-  std::vector<ChannelGroup> groups;
+  // Walk the network tracking the group that owns the current residual stream's channels; the
+  // result is ordered per stage: its stream, then each block's inner group (model.channels order).
+  std::vector<ChannelGroup> streams, inners;
+  std::vector<ChannelGroup>& groups = inners;
   ChannelGroup stream;
   stream.name = "stem";
   stream.layers = {"stem"};
@@ -58,7 +71,7 @@ std::vector<ChannelGroup> ResNet::channel_groups() {
     if (b.shortcut) {  // a projection starts a new stream: the old one ends here
       stream.consumers.push_back({name + ".shortcut", b.shortcut->conv->weight, 1});
       stream.consumers.push_back({name + ".conv1", b.conv1->conv->weight, 1});
-      groups.push_back(std::move(stream));
+      streams.push_back(std::move(stream));
       stream = ChannelGroup{};
       stream.name = name.substr(0, name.find('_'));  // stageS
       stream.layers = {name + ".shortcut"};
@@ -80,8 +93,14 @@ std::vector<ChannelGroup> ResNet::channel_groups() {
     stream.producers.push_back(b.conv2.ptr());
   }
   stream.consumers.push_back({"fc", fc_->weight, 1});
-  groups.push_back(std::move(stream));
-  return groups;
+  streams.push_back(std::move(stream));
+  std::vector<ChannelGroup> ordered;
+  const size_t per_stage = blocks_.size() / streams.size();
+  for (size_t st = 0; st < streams.size(); ++st) {
+    ordered.push_back(std::move(streams[st]));
+    for (size_t i = 0; i < per_stage; ++i) ordered.push_back(std::move(groups[st * per_stage + i]));
+  }
+  return ordered;
 }
 
 void ResNet::prepare_qat(const QatConfig& cfg) {

@@ -47,7 +47,7 @@ class ConvNet : public Model {
 // (1x1 conv + BN) where the shape changes.
 class BasicBlockImpl : public torch::nn::Module {
  public:
-  BasicBlockImpl(int64_t in, int64_t out, int64_t stride);
+  BasicBlockImpl(int64_t in, int64_t mid, int64_t out, int64_t stride);  // mid: conv1's channels
   torch::Tensor forward(const torch::Tensor& x);
   void prepare_qat(const QatConfig& cfg);  // quantizes both branches and the (ReLU'd) sum
   ConvBnRelu conv1{nullptr}, conv2{nullptr};

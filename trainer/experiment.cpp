@@ -15,6 +15,7 @@
 #include "parallel/communicator.h"
 #include "parallel/launch.h"
 #include "prune/pruner.h"
+#include "prune/remove.h"
 #include "qat/qat_hook.h"
 #include "common/checkpoint.h"
 #include "trainer/trainer.h"
@@ -113,6 +114,42 @@ int64_t buffer_bytes(const torch::nn::Module& m) {
   return n;
 }
 
+// Channel pruning: the best checkpoint with its pruned channels physically removed, written as a
+// run directory of its own (<run>/pruned: config with model.channels, checkpoints/best.pt), so
+// `qdistill eval` (and export) read it like any run. Returns its summary.
+nlohmann::json write_pruned_model(const ExperimentConfig& cfg, const DataBundle& data) {
+  const fs::path dir = fs::path(cfg.run_dir());
+  std::shared_ptr<Model> masked = build_model(cfg, data);
+  const CheckpointMeta meta = load_checkpoint((dir / "checkpoints" / "best.pt").string(), *masked, nullptr, {});
+  load_qat_flags(*masked);
+  masked->eval();
+  RemovalResult r = remove_pruned_channels(*masked, cfg.model, input_spec(data), cfg.qat.enabled ? &cfg.qat : nullptr);
+  ExperimentConfig small = cfg;
+  small.model = r.config;
+  small.prune.enabled = false;  // a finished, smaller model
+  small.experiment.output_dir = cfg.run_dir();
+  small.experiment.name = "pruned";
+  small.data.mean = data.mean;
+  small.data.std = data.std;
+  const fs::path out = dir / "pruned";
+  fs::create_directories(out / "checkpoints");
+  save_checkpoint((out / "checkpoints" / "best.pt").string(), *r.model, nullptr, meta, {});
+  write_file_atomic((out / "config.resolved.yaml").string(), to_yaml(small));
+  const EvalResult ev = evaluate(*r.model, data.test, cfg.data.eval_batch_size, torch::kCPU, false);
+  std::vector<int64_t> channels(r.config.channels.begin(), r.config.channels.end());
+  log_info("prune: removed pruned channels: ", count_params(*masked), " -> ", count_params(*r.model),
+           " parameters, channels per group ", nlohmann::json(r.total).dump(), " -> ", nlohmann::json(channels).dump(),
+           "; ", data.test.name, " accuracy ", ev.accuracy, "% (", out.string(), ")");
+  return {{"run_dir", out.string()},
+          {"params", count_params(*r.model)},
+          {"nonzero_params", count_nonzero_params(*r.model)},
+          {"fp32_bytes", count_params(*r.model) * 4 + buffer_bytes(*r.model)},
+          {"int8_bytes", int8_model_bytes(*r.model)},
+          {"channels_before", r.total},
+          {"channels", channels},
+          {"test_accuracy", ev.accuracy}};
+}
+
 }  // namespace
 
 void add_experiment_hooks(Trainer& trainer, const ExperimentConfig& cfg, Model& model, const DataBundle& data,
@@ -205,7 +242,9 @@ int run_train(const TrainCommand& cmd) {
                         {"target_sparsity", cfg.prune.target_sparsity},
                         {"weight_sparsity", 1.0 - static_cast<double>(count_nonzero_params(*model)) /
                                                       static_cast<double>(std::max<int64_t>(1, params))},
-                        {"note", "params counts the dense model; physical channel removal comes with export"}};
+                        {"note", "params, nonzero_params and int8_bytes count the masked model; "
+                                 "pruned.* the model after physical channel removal"}};
+    if (cfg.prune.method == PruneMethod::kChannel && r.best_accuracy > 0) summary["pruned"] = write_pruned_model(cfg, data);
   }
   if (cfg.qat.enabled) {
     summary["qat"] = {{"weight_bits", cfg.qat.weight.bits}, {"activation_bits", cfg.qat.activation.bits},

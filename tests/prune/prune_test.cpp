@@ -6,6 +6,8 @@
 #include "models/registry.h"
 #include "models/zoo.h"
 #include "prune/pruner.h"
+#include "prune/remove.h"
+#include "qat/qat_hook.h"
 #include "trainer/experiment_config.h"
 
 namespace qd {
@@ -15,6 +17,10 @@ std::shared_ptr<Model> model_from(const std::string& model_yaml) {
   ExperimentConfig c = parse_experiment_config("experiment: {name: t}\nmodel: " + model_yaml + "\n", "t.yaml");
   torch::manual_seed(0);
   return make_model(c.model, InputSpec{});
+}
+
+bool ends_with_running(const std::string& k) {
+  return k.find("running_mean") != std::string::npos || k.find("running_var") != std::string::npos;
 }
 
 TrainState state_for(Model& m, int64_t step, int64_t steps_per_epoch) {
@@ -95,6 +101,9 @@ TEST(PruneGroups, ResNetResidualStreamsAreCoupled) {
   EXPECT_EQ(by_name["stage3"]->channels, 16);
   EXPECT_EQ(by_name["stage1_block0.conv1"]->consumers.at(0).layer, "stage1_block0.conv2");
   EXPECT_EQ(groups.size(), 3u + 6u);  // 3 streams + one inner group per block
+  EXPECT_EQ(groups[0].name, "stem");
+  EXPECT_EQ(groups[1].name, "stage1_block0.conv1");
+  EXPECT_EQ(groups[3].name, "stage2");
 
   // Pruning half of every group zeroes exactly those channels of the residual stream, through
   // every addition: the pooled features of pruned stage-3 channels are exactly 0.
@@ -183,6 +192,71 @@ TEST(PruneConfig, BadEntriesNameTheKeyAndTheValidLayers) {
   EXPECT_NE(err("  layer_targets: [\"block1\"]\n").find("NAME=SPARSITY"), std::string::npos);
   EXPECT_EQ(err("  method: magnitude\n  exclude: [classifier, block0]\n"), "no error");
   EXPECT_NE(err("  start_epoch: 3\n  end_epoch: 2\n").find("prune.end_epoch"), std::string::npos);
+}
+
+// Prunes half the channels of every group (one-shot), optionally after QAT observed a batch,
+// removes them physically and checks the smaller model computes the same outputs.
+void check_removal(const std::string& model_yaml, bool qat_on) {
+  ExperimentConfig c = parse_experiment_config("experiment: {name: t}\nmodel: " + model_yaml + "\n", "t.yaml");
+  torch::manual_seed(5);
+  std::shared_ptr<Model> m = make_model(c.model, InputSpec{});
+  QatConfig q;
+  q.enabled = true;
+  if (qat_on) m->prepare_qat(q);
+  {
+    torch::NoGradGuard g;  // non-trivial BN statistics and residual gammas
+    for (auto& p : m->parameters()) p.add_(torch::randn_like(p) * 0.1);
+    for (auto& b : m->named_buffers())
+      if (ends_with_running(b.key())) b.value().uniform_(0.5, 1.5);
+  }
+  PruneConfig pc;
+  pc.enabled = true;
+  pc.schedule = PruneSchedule::kOneShot;
+  pc.target_sparsity = 0.5;
+  PruneHook hook(pc);
+  TrainState s = state_for(*m, 0, 10);
+  hook.on_train_begin(s);
+  hook.on_step_begin(s);
+  const torch::Tensor x = torch::rand({5, 1, 28, 28});
+  if (qat_on) {
+    auto fqs = fake_quantizers(*m);
+    for (auto& f : fqs) f->set_enabled(true), f->set_observing(true);
+    m->train();
+    m->forward(x);
+    QatHook::sync_observers(fqs, nullptr, 1);
+  }
+  m->eval();
+  const torch::Tensor want = m->forward(x);
+  RemovalResult r = remove_pruned_channels(*m, c.model, InputSpec{}, qat_on ? &q : nullptr);
+  r.model->eval();
+  const torch::Tensor got = r.model->forward(x);
+  EXPECT_LT(count_params(*r.model), count_params(*m) * 0.6) << model_yaml;
+  for (size_t i = 0; i < r.kept.size(); ++i) EXPECT_EQ(r.kept[i], r.total[i] - r.total[i] / 2) << model_yaml << " group " << i;
+  if (!qat_on) {
+    EXPECT_TRUE(torch::allclose(got, want, 1e-5, 1e-5))
+        << model_yaml << ": max difference " << (got - want).abs().max().item<float>();
+  } else {
+    // Fake-quant rounds: a float summation-order difference of 1e-7 can move an activation that
+    // sits on a rounding boundary by one step, so quantized outputs agree to a step, not to
+    // 1e-5. With the quantizers off (same folded weights and BN) they agree to 1e-5.
+    EXPECT_TRUE(torch::allclose(got, want, 1e-3, 1e-3))
+        << model_yaml << " (QAT): max difference " << (got - want).abs().max().item<float>();
+    set_fake_quant_enabled(*m, false);
+    set_fake_quant_enabled(*r.model, false);
+    const torch::Tensor a = m->forward(x), b = r.model->forward(x);
+    EXPECT_TRUE(torch::allclose(a, b, 1e-5, 1e-5)) << model_yaml << " (QAT off): " << (a - b).abs().max().item<float>();
+  }
+  // The smaller model's architecture round-trips through its config.
+  std::shared_ptr<Model> again = make_model(r.config, InputSpec{});
+  EXPECT_EQ(count_params(*again), count_params(*r.model));
+}
+
+TEST(PruneRemoval, SmallerModelComputesTheSameOutputs) {
+  for (const bool qat_on : {false, true}) {
+    check_removal("{name: convnet, width: 8, depth: 4, head: gap}", qat_on);
+    check_removal("{name: convnet, width: 8, depth: 4, head: flatten}", qat_on);
+    check_removal("{name: resnet, width: 8, depth: 14}", qat_on);
+  }
 }
 
 }  // namespace
