@@ -67,6 +67,20 @@ int print_layers(const TrainCommand& cmd) {
     for (size_t i = 0; i < shape.size(); ++i) s += (i ? " x " : "") + std::to_string(shape[i]);
     std::printf("  %-16s [%s]\n", name.c_str(), s.c_str());
   }
+  std::vector<ChannelGroup> groups;
+  try {
+    groups = model->channel_groups();
+  } catch (const UserError&) {
+    return 0;  // no structured pruning for this model
+  }
+  std::printf("channel groups (prune.exclude / prune.layer_targets names; model.channels order):\n");
+  for (const auto& grp : groups) {
+    std::string layers, consumers;
+    for (const auto& l : grp.layers) layers += (layers.empty() ? "" : ", ") + l;
+    for (const auto& c : grp.consumers) consumers += (consumers.empty() ? "" : ", ") + c.layer;
+    std::printf("  %-22s %4lld channels  produced by %s; read by %s\n", grp.name.c_str(),
+                static_cast<long long>(grp.channels), layers.c_str(), consumers.c_str());
+  }
   return 0;
 }
 
@@ -96,7 +110,7 @@ int run_cli(int argc, char** argv) {
   CLI::App* keys_cmd = app.add_subcommand("keys", "list every config key with its default and meaning");
 
   TrainCommand layers;
-  CLI::App* layers_cmd = app.add_subcommand("layers", "list a config's model layers (names for distill.hint_*)");
+  CLI::App* layers_cmd = app.add_subcommand("layers", "list a config's model layers (names for distill.hint_*) and channel groups (prune.*)");
   layers_cmd->add_option("config", layers.config_path, "experiment YAML")->required();
   layers_cmd->add_option("--set", layers.overrides, "override a config key (repeatable)")->take_all();
 
