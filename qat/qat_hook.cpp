@@ -103,12 +103,12 @@ void set_fake_quant_enabled(torch::nn::Module& model, bool on) {
   for (auto& q : fake_quantizers(model)) q->set_enabled(on);
 }
 
-int64_t int8_model_bytes(const torch::nn::Module& model) {
+int64_t int8_model_bytes(const torch::nn::Module& model, int weight_bits) {
   int64_t bytes = 0;
   for (const auto& p : model.named_parameters()) {
     const torch::Tensor& t = p.value();
     if (t.dim() < 2) continue;  // BN and biases fold into the per-channel int32 bias
-    bytes += t.numel() + t.size(0) * (4 + 4);
+    bytes += (t.numel() * weight_bits + 7) / 8 + t.size(0) * (4 + 4);
   }
   return bytes;
 }

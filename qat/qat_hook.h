@@ -55,8 +55,8 @@ bool load_qat_flags(torch::nn::Module& model);
 // Turns fake-quant on or off everywhere (eval's fp32 comparison), BN folding unchanged.
 void set_fake_quant_enabled(torch::nn::Module& model, bool on);
 
-// Bytes of the int8 model: int8 weights of every conv / linear, and per output channel an
-// int32 bias and a float32 scale (BN folded away).
-int64_t int8_model_bytes(const torch::nn::Module& model);
+// Bytes of the quantized model: `weight_bits`-bit weights of every conv / linear (packed), and
+// per output channel an int32 bias and a float32 scale (BN folded away).
+int64_t int8_model_bytes(const torch::nn::Module& model, int weight_bits = 8);
 
 }  // namespace qd

@@ -144,7 +144,7 @@ nlohmann::json write_pruned_model(const ExperimentConfig& cfg, const DataBundle&
           {"params", count_params(*r.model)},
           {"nonzero_params", count_nonzero_params(*r.model)},
           {"fp32_bytes", count_params(*r.model) * 4 + buffer_bytes(*r.model)},
-          {"int8_bytes", int8_model_bytes(*r.model)},
+          {"int8_bytes", int8_model_bytes(*r.model, cfg.qat.enabled ? cfg.qat.weight.bits : 8)},
           {"channels_before", r.total},
           {"channels", channels},
           {"test_accuracy", ev.accuracy}};
@@ -225,7 +225,7 @@ int run_train(const TrainCommand& cmd) {
       {"params", params},
       {"nonzero_params", count_nonzero_params(*model)},
       {"fp32_bytes", params * 4 + buffer_bytes(*model)},
-      {"int8_bytes", int8_model_bytes(*model)},
+      {"int8_bytes", int8_model_bytes(*model, cfg.qat.enabled ? cfg.qat.weight.bits : 8)},
       {"train_samples_per_second", r.samples_per_second},
       {"train_seconds", r.train_seconds},
       {"wall_seconds", wall},

@@ -394,6 +394,7 @@ TEST(Int8Size, CountsInt8WeightsAndPerChannelBiasAndScale) {
   std::shared_ptr<Model> m = make_model(mc, in);
   // conv 4x1x3x3 + conv 4x4x3x3 + linear 10x4, each +8 bytes per output channel
   EXPECT_EQ(int8_model_bytes(*m), (36 + 4 * 8) + (144 + 4 * 8) + (40 + 10 * 8));
+  EXPECT_EQ(int8_model_bytes(*m, 4), (18 + 4 * 8) + (72 + 4 * 8) + (20 + 10 * 8));  // 4-bit weights, packed
 }
 
 }  // namespace
