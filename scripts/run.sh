@@ -32,10 +32,13 @@ stage configs/fmnist_student_full.yaml runs/fmnist_student_full "$@"
 
 python3 - <<'PY'
 import json
-rows = [("teacher (fp32)", "runs/fmnist_teacher"), ("student (KD, 50% channels, int8 QAT)", "runs/fmnist_student_full")]
-print("\n%-38s %8s %9s %14s %10s %10s %8s" % ("model", "params", "nonzero", "test acc (%)", "fp32 bytes", "int8 bytes", "wall"))
-for name, d in rows:
-    s = json.load(open(d + "/summary.json"))
-    print("%-38s %8d %9d %14.2f %10d %10s %7.0fs" % (name, s["params"], s["nonzero_params"], s["test_accuracy"],
-          s["fp32_bytes"], s.get("int8_bytes", "-") if "qat" in s else "-", s["wall_seconds"]))
+t = json.load(open("runs/fmnist_teacher/summary.json"))
+s = json.load(open("runs/fmnist_student_full/summary.json"))
+p = s.get("pruned", {})
+print("\n%-44s %9s %14s %11s %11s %8s" % ("model", "params", "test acc (%)", "fp32 bytes", "int8 bytes", "wall"))
+print("%-44s %9d %14.2f %11d %11s %7.0fs" % ("teacher (fp32)", t["params"], t["test_accuracy"], t["fp32_bytes"], "-",
+                                             t["wall_seconds"]))
+print("%-44s %9d %14.2f %11d %11d %7.0fs" % ("student: KD, 50% channels removed, int8 (sim.)", p.get("params", s["params"]),
+      p.get("test_accuracy", s["test_accuracy"]), p.get("fp32_bytes", s["fp32_bytes"]), p.get("int8_bytes", s["int8_bytes"]),
+      s["wall_seconds"]))
 PY
