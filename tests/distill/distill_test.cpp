@@ -307,5 +307,58 @@ TEST(DistillConfig, UnknownLayerListsValidNamesAndMissingTeacherIsClear) {
   EXPECT_FALSE(fs::exists(t.dir.file("s"))) << "no run directory for a config error";
 }
 
+// The whole student recipe in one run — KD (cached teacher), gradual channel pruning, QAT — killed
+// mid-way and resumed gives the same weights and buffers as an uninterrupted run.
+class KillAtEpoch : public TrainHook {
+ public:
+  explicit KillAtEpoch(int64_t e) : e_(e) {}
+  std::string name() const override { return "kill"; }
+  void on_epoch_begin(TrainState& s) override {
+    if (s.epoch == e_) throw std::runtime_error("killed");
+  }
+
+ private:
+  int64_t e_;
+};
+
+TEST(Combined, KdPruneQatResumeIsBitIdentical) {
+  TeacherRun t;
+  ExperimentConfig c = student_config(t, ", alpha: 0.7, temperature: 3");
+  c.data.augment.random_crop = true;
+  c.data.augment.views = 2;  // fixed views: the teacher's logits come from the cache
+  c.trainer.epochs = 4;
+  c.prune.enabled = true;
+  c.prune.start_epoch = 0;
+  c.prune.end_epoch = 2;
+  c.prune.update_every_steps = 2;
+  c.qat.enabled = true;
+  c.qat.start_epoch = 2;
+  c.qat.freeze_observers_epoch = 3;
+  const DataBundle data = load_data(c.data);
+  auto run = [&](const ExperimentConfig& cfg, const std::string& name, int64_t kill_at) {
+    set_threads(2);
+    auto model = build_model(cfg, data);
+    Trainer tr(cfg, model, data, t.dir.file(name));
+    add_experiment_hooks(tr, cfg, *model, data, torch::kCPU);
+    if (kill_at > 0) {
+      tr.add_hook(std::make_shared<KillAtEpoch>(kill_at));
+      EXPECT_THROW(tr.fit(), std::runtime_error);
+    } else {
+      tr.fit();
+    }
+    std::vector<torch::Tensor> state;
+    for (auto& p : model->parameters()) state.push_back(p.detach().clone());
+    for (auto& b : model->buffers()) state.push_back(b.detach().clone());
+    return state;
+  };
+  const auto straight = run(c, "straight", 0);
+  run(c, "resumed", 3);  // killed after the first QAT epoch, pruning finished
+  ExperimentConfig r = c;
+  r.trainer.resume = true;
+  const auto resumed = run(r, "resumed", 0);
+  ASSERT_EQ(straight.size(), resumed.size());
+  for (size_t i = 0; i < straight.size(); ++i) EXPECT_TRUE(torch::equal(straight[i], resumed[i])) << "tensor " << i;
+}
+
 }  // namespace
 }  // namespace qd
