@@ -54,7 +54,7 @@ void FakeQuantizeImpl::load_flags() {
   enabled_ = f[0].item<uint8_t>() != 0;
   observing_ = f[1].item<uint8_t>() != 0;
   initialized_ = f[2].item<uint8_t>() != 0;
-  host_.scale = scale[0].item<float>();
+  host_.scale = scale[0].item<float>();  // once, after loading: a sync is fine here
   host_.zero_point = zero_point[0].item<int32_t>();
 }
 
@@ -91,8 +91,11 @@ void FakeQuantizeImpl::set_range(const torch::Tensor& lo, const torch::Tensor& h
   auto [s, z] = compute_qparams(l, hi, opts_.spec);
   scale.copy_(s);
   zero_point.copy_(z);
-  host_.scale = s[0].item<float>();
-  host_.zero_point = z[0].item<int32_t>();
+  // The CPU kernel's host copy (per-tensor only; reading a CUDA value would sync every step).
+  if (!opts_.spec.per_channel && s.device().is_cpu()) {
+    host_.scale = s[0].item<float>();
+    host_.zero_point = z[0].item<int32_t>();
+  }
   if (lsq_scale.defined() && !initialized_) lsq_scale.copy_(s);  // LSQ starts from the observed range
   if (!initialized_) {
     initialized_ = true;
