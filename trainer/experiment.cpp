@@ -159,9 +159,10 @@ void add_experiment_hooks(Trainer& trainer, const ExperimentConfig& cfg, Model& 
     if (cfg.prune.start_epoch >= cfg.trainer.epochs)
       cfg.fail("prune.start_epoch", concat(cfg.prune.start_epoch, " is not before trainer.epochs (", cfg.trainer.epochs,
                                            "): pruning would never run; epochs count from 0"));
-    if (cfg.prune.schedule == PruneSchedule::kGradual && cfg.prune.end_epoch > cfg.trainer.epochs)
-      cfg.fail("prune.end_epoch", concat(cfg.prune.end_epoch, " is after trainer.epochs (", cfg.trainer.epochs,
-                                         "): the target sparsity would never be reached"));
+    if (cfg.prune.schedule == PruneSchedule::kGradual && cfg.prune.end_epoch >= cfg.trainer.epochs)
+      cfg.fail("prune.end_epoch", concat(cfg.prune.end_epoch, " is not before trainer.epochs (", cfg.trainer.epochs,
+                                         "): the target sparsity is reached at the start of epoch end_epoch "
+                                         "(0-based), so at least one epoch must follow"));
     if (auto bad = check_prune_names(cfg.prune, model)) cfg.fail(bad->first, bad->second);
     trainer.add_hook(std::make_shared<PruneHook>(cfg.prune));
   }

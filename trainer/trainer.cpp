@@ -142,7 +142,8 @@ bool Trainer::resume_from_checkpoint(TrainState& state) {
   best_accuracy_ = meta.best_accuracy;
   last_accuracy_ = meta.test_accuracy;
   log_info("resuming from ", last_checkpoint(), " after epoch ", meta.epoch, " (step ", meta.global_step,
-           ", best test accuracy ", meta.best_accuracy, "%)");
+           meta.best_accuracy >= 0 ? concat(", best test accuracy ", meta.best_accuracy, "%)")
+                                   : std::string(", no epoch eligible for best.pt yet)"));
   state.epoch = meta.epoch;
   return true;
 }

@@ -14,6 +14,7 @@
 #include "distill/kd_loss.h"
 #include "distill/teacher.h"
 #include "distill/teacher_cache.h"
+#include "tests/test_hooks.h"
 #include "tests/test_util.h"
 #include "trainer/experiment.h"
 #include "trainer/trainer.h"
@@ -309,18 +310,6 @@ TEST(DistillConfig, UnknownLayerListsValidNamesAndMissingTeacherIsClear) {
 
 // The whole student recipe in one run — KD (cached teacher), gradual channel pruning, QAT — killed
 // mid-way and resumed gives the same weights and buffers as an uninterrupted run.
-class KillAtEpoch : public TrainHook {
- public:
-  explicit KillAtEpoch(int64_t e) : e_(e) {}
-  std::string name() const override { return "kill"; }
-  void on_epoch_begin(TrainState& s) override {
-    if (s.epoch == e_) throw std::runtime_error("killed");
-  }
-
- private:
-  int64_t e_;
-};
-
 TEST(Combined, KdPruneQatResumeIsBitIdentical) {
   TeacherRun t;
   ExperimentConfig c = student_config(t, ", alpha: 0.7, temperature: 3");
@@ -341,7 +330,7 @@ TEST(Combined, KdPruneQatResumeIsBitIdentical) {
     Trainer tr(cfg, model, data, t.dir.file(name));
     add_experiment_hooks(tr, cfg, *model, data, torch::kCPU);
     if (kill_at > 0) {
-      tr.add_hook(std::make_shared<KillAtEpoch>(kill_at));
+      tr.add_hook(std::make_shared<test::KillAtEpoch>(kill_at));
       EXPECT_THROW(tr.fit(), std::runtime_error);
     } else {
       tr.fit();

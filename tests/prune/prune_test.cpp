@@ -32,6 +32,15 @@ TrainState state_for(Model& m, int64_t step, int64_t steps_per_epoch) {
   return s;
 }
 
+// Channel pruning of `fraction` of every group, all at once (one-shot at step 0).
+PruneConfig one_shot_channels(double fraction) {
+  PruneConfig c;
+  c.enabled = true;
+  c.schedule = PruneSchedule::kOneShot;
+  c.target_sparsity = fraction;
+  return c;
+}
+
 TEST(PruneSchedule, ZhuGuptaCubicAndOneShot) {
   PruneConfig c;
   c.initial_sparsity = 0.1;
@@ -107,11 +116,7 @@ TEST(PruneGroups, ResNetResidualStreamsAreCoupled) {
 
   // Pruning half of every group zeroes exactly those channels of the residual stream, through
   // every addition: the pooled features of pruned stage-3 channels are exactly 0.
-  PruneConfig c;
-  c.enabled = true;
-  c.schedule = PruneSchedule::kOneShot;
-  c.target_sparsity = 0.5;
-  PruneHook hook(c);
+  PruneHook hook(one_shot_channels(0.5));
   TrainState s = state_for(*m, 0, 10);
   hook.on_train_begin(s);
   {
@@ -153,11 +158,8 @@ TEST(PruneGroups, ChannelCriteriaPickTheWeakestAndKeepOne) {
     torch::NoGradGuard g;
     groups[0].producers[0]->bn->weight.copy_(torch::tensor({0.5f, -0.1f, 2.0f, 0.05f}));
   }
-  PruneConfig c;
-  c.enabled = true;
+  PruneConfig c = one_shot_channels(0.5);
   c.criterion = PruneCriterion::kBnGamma;
-  c.schedule = PruneSchedule::kOneShot;
-  c.target_sparsity = 0.5;
   PruneHook hook(c);
   TrainState s = state_for(*m, 0, 10);
   hook.on_train_begin(s);
@@ -209,11 +211,7 @@ void check_removal(const std::string& model_yaml, bool qat_on) {
     for (auto& b : m->named_buffers())
       if (ends_with_running(b.key())) b.value().uniform_(0.5, 1.5);
   }
-  PruneConfig pc;
-  pc.enabled = true;
-  pc.schedule = PruneSchedule::kOneShot;
-  pc.target_sparsity = 0.5;
-  PruneHook hook(pc);
+  PruneHook hook(one_shot_channels(0.5));
   TrainState s = state_for(*m, 0, 10);
   hook.on_train_begin(s);
   hook.on_step_begin(s);

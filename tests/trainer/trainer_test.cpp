@@ -13,6 +13,7 @@
 #include <fstream>
 #include "common/checkpoint.h"
 #include "trainer/experiment.h"
+#include "tests/test_hooks.h"
 #include "tests/test_util.h"
 
 namespace qd {
@@ -113,19 +114,6 @@ TEST(Trainer, SameSeedSameWeights) {
   EXPECT_FALSE(torch::equal(a[0], other[0])) << "a different seed must give different weights";
 }
 
-// Simulates a job killed after epoch `after` (after its checkpoint was written).
-class KillAfterEpoch : public TrainHook {
- public:
-  explicit KillAfterEpoch(int64_t after) : after_(after) {}
-  std::string name() const override { return "kill"; }
-  void on_epoch_begin(TrainState& s) override {
-    if (s.epoch == after_) throw std::runtime_error("killed");
-  }
-
- private:
-  int64_t after_;
-};
-
 TEST(Trainer, ResumeIsBitIdentical) {
   test::TempDir dir;
   ExperimentConfig c = small_config(dir.path().string());
@@ -135,7 +123,7 @@ TEST(Trainer, ResumeIsBitIdentical) {
   {
     auto model = build_model(c, data);
     Trainer t(c, model, data, dir.file("resumed"));
-    t.add_hook(std::make_shared<KillAfterEpoch>(1));
+    t.add_hook(std::make_shared<test::KillAtEpoch>(1));
     EXPECT_THROW(t.fit(), std::runtime_error);
   }
   torch::manual_seed(12345);  // disturb the global RNG: the checkpoint must restore it
@@ -178,7 +166,7 @@ TEST(Trainer, QatAndPruningResumeIsBitIdentical) {
     Trainer t(cfg, model, data, dir.file(name));
     add_experiment_hooks(t, cfg, *model, data, torch::kCPU);
     if (kill_at > 0) {
-      t.add_hook(std::make_shared<KillAfterEpoch>(kill_at));
+      t.add_hook(std::make_shared<test::KillAtEpoch>(kill_at));
       EXPECT_THROW(t.fit(), std::runtime_error);
     } else {
       t.fit();
