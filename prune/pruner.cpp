@@ -251,7 +251,6 @@ void PruneHook::on_step_begin(TrainState& state) {
   if (!due || step == last_update_) return;
   update_masks(step, spe);
   last_update_ = step;
-  applied_ = scheduled_sparsity(cfg_, cfg_.target_sparsity, step, spe);
 }
 
 void PruneHook::on_after_backward(TrainState&) { apply_masks(true); }

@@ -60,7 +60,6 @@ class PruneHook : public TrainHook {
   PruneConfig cfg_;
   std::vector<Unit> units_;
   std::vector<ChannelGroup> groups_;
-  double applied_ = -1.0;     // schedule value of the last update
   int64_t last_update_ = -1;  // step of the last update
 };
 

@@ -325,20 +325,7 @@ TEST(Combined, KdPruneQatResumeIsBitIdentical) {
   c.qat.freeze_observers_epoch = 3;
   const DataBundle data = load_data(c.data);
   auto run = [&](const ExperimentConfig& cfg, const std::string& name, int64_t kill_at) {
-    set_threads(2);
-    auto model = build_model(cfg, data);
-    Trainer tr(cfg, model, data, t.dir.file(name));
-    add_experiment_hooks(tr, cfg, *model, data, torch::kCPU);
-    if (kill_at > 0) {
-      tr.add_hook(std::make_shared<test::KillAtEpoch>(kill_at));
-      EXPECT_THROW(tr.fit(), std::runtime_error);
-    } else {
-      tr.fit();
-    }
-    std::vector<torch::Tensor> state;
-    for (auto& p : model->parameters()) state.push_back(p.detach().clone());
-    for (auto& b : model->buffers()) state.push_back(b.detach().clone());
-    return state;
+    return test::run_experiment(cfg, data, t.dir.file(name), kill_at);
   };
   const auto straight = run(c, "straight", 0);
   run(c, "resumed", 3);  // killed after the first QAT epoch, pruning finished

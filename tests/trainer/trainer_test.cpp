@@ -51,12 +51,7 @@ const DataBundle& fmnist(int64_t train_subset, int64_t test_subset) {
   return cache.at(key);
 }
 
-std::vector<torch::Tensor> state_of(torch::nn::Module& m) {
-  std::vector<torch::Tensor> out;
-  for (auto& p : m.parameters()) out.push_back(p.detach().clone());
-  for (auto& b : m.buffers()) out.push_back(b.detach().clone());
-  return out;
-}
+using test::state_of;
 
 void expect_bit_identical(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
   ASSERT_EQ(a.size(), b.size());
@@ -161,17 +156,7 @@ TEST(Trainer, QatAndPruningResumeIsBitIdentical) {
   c.prune.target_sparsity = 0.5;
   const DataBundle& data = fmnist(c.data.train_subset, c.data.test_subset);
   auto run = [&](const ExperimentConfig& cfg, const std::string& name, int64_t kill_at) {
-    set_threads(cfg.trainer.threads);
-    auto model = build_model(cfg, data);
-    Trainer t(cfg, model, data, dir.file(name));
-    add_experiment_hooks(t, cfg, *model, data, torch::kCPU);
-    if (kill_at > 0) {
-      t.add_hook(std::make_shared<test::KillAtEpoch>(kill_at));
-      EXPECT_THROW(t.fit(), std::runtime_error);
-    } else {
-      t.fit();
-    }
-    return state_of(*model);
+    return test::run_experiment(cfg, data, dir.file(name), kill_at);
   };
   const auto straight = run(c, "straight", 0);
   run(c, "resumed", 2);  // killed after the first QAT epoch, before BN freezes
