@@ -51,11 +51,54 @@ std::vector<ChannelGroup> ConvNet::channel_groups() {
 
 void ConvNet::prepare_qat(const QatConfig& cfg) {
   input_quant_ = register_module("input_quant", make_activation_quant(cfg, norm_->mean.size(1), false));
-  for (auto& b : blocks_) b->prepare_qat(cfg);
+  const FakeQuantizeImpl* in = input_quant_.get();
+  for (auto& b : blocks_) {
+    b->prepare_qat(cfg);
+    b->qat->set_input_quant(in);  // max pooling keeps the scale
+    in = b->out_quant.get();
+  }
   // The pooled features are non-negative (means of ReLU outputs): their range starts at 0.
   if (head_ == HeadKind::kGap)
     head_quant_ = register_module("head_quant", make_activation_quant(cfg, classifier_->options.in_features(), true));
   classifier_quant_ = register_module("classifier_quant", make_weight_quant(cfg, classifier_->options.out_features()));
+}
+
+ExportGraph ConvNet::export_graph() {
+  ExportGraph g;
+  g.norm = norm_.get();
+  g.input_quant = input_quant_.get();
+  auto add = [&g](ExportNode n) {
+    n.input = static_cast<int>(g.nodes.size());  // a chain: each node reads the previous output
+    g.nodes.push_back(std::move(n));
+  };
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    ExportNode conv;
+    conv.kind = ExportNode::kConvBn;
+    conv.name = feature_names_[i];
+    conv.conv = blocks_[i].get();
+    add(conv);
+    if (pool_after_[i]) {
+      ExportNode pool;
+      pool.kind = ExportNode::kMaxPool;
+      pool.name = feature_names_[i] + ".pool";
+      pool.kernel = pool.stride = 2;
+      add(pool);
+    }
+  }
+  if (head_ == HeadKind::kGap) {
+    ExportNode gap;
+    gap.kind = ExportNode::kMeanPool;
+    gap.name = "features";
+    gap.out_quant = head_quant_.get();
+    add(gap);
+  }
+  ExportNode fc;
+  fc.kind = ExportNode::kLinear;
+  fc.name = "classifier";
+  fc.linear = classifier_.get();
+  fc.weight_quant = classifier_quant_.get();
+  add(fc);
+  return g;
 }
 
 torch::Tensor ConvNet::forward(torch::Tensor x) {
@@ -71,7 +114,12 @@ torch::Tensor ConvNet::forward(torch::Tensor x) {
   if (head_quant_) x = head_quant_(x);
   capture("features", x);
   x = drop_(x);
-  if (classifier_quant_) return torch::linear(x, classifier_quant_(classifier_->weight), classifier_->bias);
+  if (classifier_quant_) {
+    const torch::Tensor w = classifier_quant_(classifier_->weight);
+    const FakeQuantizeImpl* in = head_quant_ ? head_quant_.get() : blocks_.back()->out_quant.get();
+    const bool on = classifier_quant_->enabled();
+    return torch::linear(x, w, fake_quantize_bias(classifier_->bias, on ? in : nullptr, classifier_quant_->effective_scale()));
+  }
   return classifier_(x);
 }
 

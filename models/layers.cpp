@@ -33,6 +33,10 @@ std::vector<ChannelGroup> Model::channel_groups() {
                          "or prune.method: magnitude"));
 }
 
+ExportGraph Model::export_graph() {
+  throw UserError(concat("export: the ", kind(), " model cannot be exported to int8; use convnet or resnet"));
+}
+
 FakeQuantize make_activation_quant(const QatConfig& cfg, int64_t channels, bool relu) {
   FakeQuantizeOptions o;
   o.spec = cfg.activation;

@@ -15,6 +15,26 @@
 namespace qd {
 
 class ConvBnReluImpl;
+class InputNormImpl;
+
+// One step of the deployed computation, for export (export/exporter.h turns it into integers).
+// Nodes are in execution order; node i reads earlier outputs (0: the quantized input, k + 1:
+// node k's output) and produces output i + 1. Pointers borrow the model's modules.
+struct ExportNode {
+  enum Kind { kConvBn, kMaxPool, kAdd, kMeanPool, kLinear } kind = kConvBn;
+  std::string name;  // the layer's name; a capturable feature name where there is one
+  int input = 0, input2 = -1;
+  ConvBnReluImpl* conv = nullptr;           // kConvBn (its qat->weight_quant and out_quant)
+  int kernel = 2, stride = 2, pad = 0;      // kMaxPool
+  FakeQuantizeImpl* out_quant = nullptr;    // kAdd, kMeanPool: the quantizer of the output
+  torch::nn::LinearImpl* linear = nullptr;  // kLinear (always last; float logits)
+  FakeQuantizeImpl* weight_quant = nullptr; // kLinear
+};
+struct ExportGraph {
+  InputNormImpl* norm = nullptr;
+  FakeQuantizeImpl* input_quant = nullptr;
+  std::vector<ExportNode> nodes;
+};
 
 // Shape of what a model consumes and produces.
 struct InputSpec {
@@ -47,6 +67,9 @@ class Model : public torch::nn::Module {
   // Channel dependency groups for structured pruning (see ChannelGroup). Throws UserError for
   // models without structured pruning.
   virtual std::vector<struct ChannelGroup> channel_groups();
+  // The deployed computation of a model prepared for QAT, for int8 export. Throws UserError for
+  // models without export support.
+  virtual ExportGraph export_graph();
   const std::map<std::string, torch::Tensor>& captured() const { return captured_; }
 
  protected:

@@ -13,10 +13,15 @@ BasicBlockImpl::BasicBlockImpl(int64_t in, int64_t mid, int64_t out, int64_t str
   conv2->bn->weight.zero_();
 }
 
-void BasicBlockImpl::prepare_qat(const QatConfig& cfg) {
+void BasicBlockImpl::prepare_qat(const QatConfig& cfg, const FakeQuantizeImpl* input_quant) {
   conv1->prepare_qat(cfg);
   conv2->prepare_qat(cfg);
-  if (shortcut) shortcut->prepare_qat(cfg);
+  conv1->qat->set_input_quant(input_quant);
+  conv2->qat->set_input_quant(conv1->out_quant.get());
+  if (shortcut) {
+    shortcut->prepare_qat(cfg);
+    shortcut->qat->set_input_quant(input_quant);
+  }
   add_quant = register_module("add_quant", make_activation_quant(cfg, conv2->conv->options.out_channels(), true));
 }
 
@@ -106,9 +111,62 @@ std::vector<ChannelGroup> ResNet::channel_groups() {
 void ResNet::prepare_qat(const QatConfig& cfg) {
   input_quant_ = register_module("input_quant", make_activation_quant(cfg, norm_->mean.size(1), false));
   stem_->prepare_qat(cfg);
-  for (auto& b : blocks_) b->prepare_qat(cfg);
+  stem_->qat->set_input_quant(input_quant_.get());
+  const FakeQuantizeImpl* in = stem_->out_quant.get();
+  for (auto& b : blocks_) {
+    b->prepare_qat(cfg, in);
+    in = b->add_quant.get();
+  }
   head_quant_ = register_module("head_quant", make_activation_quant(cfg, fc_->options.in_features(), true));
   fc_quant_ = register_module("fc_quant", make_weight_quant(cfg, fc_->options.out_features()));
+}
+
+ExportGraph ResNet::export_graph() {
+  ExportGraph g;
+  g.norm = norm_.get();
+  g.input_quant = input_quant_.get();
+  // Returns the new node's output id.
+  auto add = [&g](ExportNode n) {
+    g.nodes.push_back(std::move(n));
+    return static_cast<int>(g.nodes.size());
+  };
+  auto conv = [&](const std::string& name, ConvBnReluImpl* c, int input) {
+    ExportNode n;
+    n.kind = ExportNode::kConvBn;
+    n.name = name;
+    n.conv = c;
+    n.input = input;
+    return add(n);
+  };
+  int x = conv("stem", stem_.get(), 0);
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    BasicBlockImpl& b = *blocks_[i];
+    const std::string& name = feature_names_[i + 1];
+    const int mid = conv(name + ".conv1", b.conv1.get(), x);
+    const int out = conv(name + ".conv2", b.conv2.get(), mid);
+    const int identity = b.shortcut ? conv(name + ".shortcut", b.shortcut.get(), x) : x;
+    ExportNode sum;
+    sum.kind = ExportNode::kAdd;
+    sum.name = name;
+    sum.input = out;
+    sum.input2 = identity;
+    sum.out_quant = b.add_quant.get();
+    x = add(sum);
+  }
+  ExportNode gap;
+  gap.kind = ExportNode::kMeanPool;
+  gap.name = "features";
+  gap.input = x;
+  gap.out_quant = head_quant_.get();
+  x = add(gap);
+  ExportNode fc;
+  fc.kind = ExportNode::kLinear;
+  fc.name = "fc";
+  fc.input = x;
+  fc.linear = fc_.get();
+  fc.weight_quant = fc_quant_.get();
+  add(fc);
+  return g;
 }
 
 torch::Tensor ResNet::forward(torch::Tensor x) {
@@ -125,7 +183,11 @@ torch::Tensor ResNet::forward(torch::Tensor x) {
   if (head_quant_) x = head_quant_(x);
   capture("features", x);
   x = drop_(x);
-  if (fc_quant_) return torch::linear(x, fc_quant_(fc_->weight), fc_->bias);  // [B, classes]
+  if (fc_quant_) {  // [B, classes]
+    const torch::Tensor w = fc_quant_(fc_->weight);
+    return torch::linear(x, w, fake_quantize_bias(fc_->bias, fc_quant_->enabled() ? head_quant_.get() : nullptr,
+                                                  fc_quant_->effective_scale()));
+  }
   return fc_(x);  // [B, classes]
 }
 

@@ -31,6 +31,7 @@ class ConvNet : public Model {
   std::string kind() const override { return "convnet"; }
   void prepare_qat(const QatConfig& cfg) override;
   std::vector<ChannelGroup> channel_groups() override;
+  ExportGraph export_graph() override;
 
  private:
   InputNorm norm_{nullptr};
@@ -49,7 +50,8 @@ class BasicBlockImpl : public torch::nn::Module {
  public:
   BasicBlockImpl(int64_t in, int64_t mid, int64_t out, int64_t stride);  // mid: conv1's channels
   torch::Tensor forward(const torch::Tensor& x);
-  void prepare_qat(const QatConfig& cfg);  // quantizes both branches and the (ReLU'd) sum
+  // Quantizes both branches and the (ReLU'd) sum; `input_quant` quantizes the block's input.
+  void prepare_qat(const QatConfig& cfg, const FakeQuantizeImpl* input_quant);
   ConvBnRelu conv1{nullptr}, conv2{nullptr};
   ConvBnRelu shortcut{nullptr};  // null for identity
   FakeQuantize add_quant{nullptr};  // QAT only: the quantized addition
@@ -65,6 +67,7 @@ class ResNet : public Model {
   std::string kind() const override { return "resnet"; }
   void prepare_qat(const QatConfig& cfg) override;
   std::vector<ChannelGroup> channel_groups() override;
+  ExportGraph export_graph() override;
 
  private:
   InputNorm norm_{nullptr};

@@ -46,8 +46,11 @@ torch::Tensor ConvBnQatImpl::forward(const torch::Tensor& x, const torch::Tensor
   const std::vector<int64_t> shape = per_channel_shape(conv_weight);
   torch::Tensor w = weight_quant(conv_weight * factor.view(shape));
   if (bn_frozen_ || !is_training()) {
-    // The deployed computation: folded bias from the running statistics.
-    return torch::conv2d(x, w, bn.bias - bn.running_mean * factor, stride, padding);
+    // The deployed computation: folded bias from the running statistics, rounded to int32.
+    const torch::Tensor bias = fake_quantize_bias(bn.bias - bn.running_mean * factor,
+                                                  weight_quant->enabled() ? input_quant_ : nullptr,
+                                                  weight_quant->effective_scale());
+    return torch::conv2d(x, w, bias, stride, padding);
   }
   // Undo the fold so BN sees the unscaled convolution: conv(x, fq(W f)) / f, computed as
   // conv(x, fq(W f) / f) — the same by linearity, but on the small weight tensor instead of the

@@ -46,6 +46,10 @@ class ConvBnQatImpl : public torch::nn::Module {
                         torch::IntArrayRef padding, const BnTensors& bn,
                         const std::function<torch::Tensor(const torch::Tensor&)>& bn_train);
 
+  // The quantizer of this conv's input: once it has a scale, the deployed forward rounds the
+  // folded bias to the int32 the integer runtime adds (in_scale * w_scale units), so the
+  // simulation computes what deploys. Not owned (a sibling module of the same model).
+  void set_input_quant(const FakeQuantizeImpl* q) { input_quant_ = q; }
   void set_bn_frozen(bool frozen);
   bool bn_frozen() const { return bn_frozen_; }
   void load_flags();
@@ -55,6 +59,7 @@ class ConvBnQatImpl : public torch::nn::Module {
 
  private:
   bool bn_frozen_ = false;
+  const FakeQuantizeImpl* input_quant_ = nullptr;
 };
 TORCH_MODULE(ConvBnQat);
 

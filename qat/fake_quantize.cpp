@@ -242,4 +242,17 @@ torch::Tensor FakeQuantizeImpl::forward(const torch::Tensor& x) {
   return quantize(in);
 }
 
+torch::Tensor bias_integers(const torch::Tensor& bias, const torch::Tensor& in_scale, const torch::Tensor& w_scale) {
+  const torch::Tensor s = in_scale.to(torch::kFloat32) * w_scale.to(torch::kFloat32);
+  return torch::round(bias.detach().to(torch::kFloat32) / s).clamp(-2147483647.0, 2147483647.0);
+}
+
+torch::Tensor fake_quantize_bias(const torch::Tensor& bias, const FakeQuantizeImpl* in, const torch::Tensor& w_scale) {
+  if (in == nullptr || !in->enabled() || !in->initialized() || !bias.defined()) return bias;
+  const torch::Tensor in_scale = in->effective_scale().to(bias.device()).narrow(0, 0, 1);
+  const torch::Tensor ws = w_scale.detach().to(bias.device());
+  const torch::Tensor q = bias_integers(bias, in_scale, ws) * (in_scale * ws);
+  return bias + (q - bias).detach();
+}
+
 }  // namespace qd

@@ -97,6 +97,16 @@ TORCH_MODULE(FakeQuantize);
 std::pair<torch::Tensor, torch::Tensor> compute_qparams(const torch::Tensor& lo, const torch::Tensor& hi,
                                                          const QuantSpec& spec);
 
+// The int32 bias of a deployed int8 layer, as integers in float: round(bias / (in_scale * w_scale)),
+// `in_scale` [1] the input activation's scale, `w_scale` [O] the weights'. One implementation for
+// the simulation and the exporter, so both round identically.
+torch::Tensor bias_integers(const torch::Tensor& bias, const torch::Tensor& in_scale, const torch::Tensor& w_scale);
+
+// Fake-quantizes a layer's bias to what deploys: bias_integers * in_scale * w_scale, with the
+// straight-through estimator (the gradient passes unchanged). Returns `bias` unchanged when the
+// input quantizer `in` is absent or has no scale yet.
+torch::Tensor fake_quantize_bias(const torch::Tensor& bias, const FakeQuantizeImpl* in, const torch::Tensor& w_scale);
+
 // Every FakeQuantize inside `m`, in registration order.
 std::vector<FakeQuantize> fake_quantizers(torch::nn::Module& m);
 

@@ -1,8 +1,8 @@
 // Integer requantization with a fixed-point multiplier, as in gemmlowp and TFLite (Jacob et al.
 // 2018, section 2.2): a real factor M in (0, 1) — or any positive M — is stored as a 32-bit
 // multiplier m in [2^30, 2^31) and a power-of-two shift, M ≈ m · 2^(shift − 31), and applied to an
-// int32 accumulator with a rounding doubling high multiply and a rounding right shift. No
-// floating point at inference time. Header-only, no dependencies (part of the edge runtime).
+// int32 accumulator as an exact 64-bit product and one rounding right shift. No floating point
+// at inference time. Header-only, no dependencies (part of the edge runtime).
 #pragma once
 
 #include <algorithm>
@@ -33,32 +33,22 @@ inline QuantizedMultiplier quantize_multiplier(double real) {
   return q;
 }
 
-// (a * b * 2) >> 32 with rounding to nearest (ties away from zero) and saturation of the one
-// overflow case (a == b == INT32_MIN). gemmlowp's SaturatingRoundingDoublingHighMul.
-inline int32_t saturating_rounding_doubling_high_mul(int32_t a, int32_t b) {
-  if (a == std::numeric_limits<int32_t>::min() && b == std::numeric_limits<int32_t>::min())
-    return std::numeric_limits<int32_t>::max();
-  const int64_t ab = static_cast<int64_t>(a) * static_cast<int64_t>(b);
-  const int64_t nudge = ab >= 0 ? (int64_t{1} << 30) : (1 - (int64_t{1} << 30));
-  return static_cast<int32_t>((ab + nudge) / (int64_t{1} << 31));
+inline int32_t saturate_int32(int64_t v) {
+  return static_cast<int32_t>(
+      std::clamp<int64_t>(v, std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max()));
 }
 
-// x / 2^exponent rounded to nearest, ties away from zero. gemmlowp's RoundingDivideByPOT.
-inline int32_t rounding_divide_by_pot(int32_t x, int exponent) {
-  if (exponent <= 0) return x;
-  const int32_t mask = static_cast<int32_t>((int64_t{1} << exponent) - 1);
-  const int32_t remainder = x & mask;
-  const int32_t threshold = (mask >> 1) + (x < 0 ? 1 : 0);
-  return (x >> exponent) + (remainder > threshold ? 1 : 0);
-}
-
-// round(x * M) for the multiplier's M, in integers only.
+// round(x * M) for the multiplier's M, in integers only, rounding ONCE: x * m is exact in int64
+// (|x|, m < 2^31) and one rounding right shift by 31 - shift gives the nearest integer, ties
+// upward (TFLite's single-rounding mode). gemmlowp's original form rounds twice (a doubling high
+// multiply, then a rounding shift), which moves about one result in 2^(fraction bits kept) by
+// one step; rounding once keeps the runtime on training's float rounding except where float
+// error itself decides (docs/export.md). Saturates to int32.
 inline int32_t multiply_by_quantized_multiplier(int32_t x, QuantizedMultiplier q) {
-  const int left = q.shift > 0 ? q.shift : 0, right = q.shift > 0 ? 0 : -q.shift;
-  const int64_t shifted = static_cast<int64_t>(x) * (int64_t{1} << left);
-  const int32_t xs = static_cast<int32_t>(std::clamp<int64_t>(shifted, std::numeric_limits<int32_t>::min(),
-                                                              std::numeric_limits<int32_t>::max()));
-  return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(xs, q.multiplier), right);
+  const int total_shift = 31 - q.shift;  // in [1, 62] for shift in [-31, 30]
+  const int64_t prod = static_cast<int64_t>(x) * q.multiplier;
+  const int64_t rounded = (prod + (int64_t{1} << (total_shift - 1))) >> total_shift;  // arithmetic: floor
+  return saturate_int32(rounded);
 }
 
 }  // namespace qd::rt

@@ -3,7 +3,9 @@
 #   1. train the default Fashion-MNIST teacher   (configs/fmnist_teacher.yaml    -> runs/fmnist_teacher)
 #   2. the student: distilled from it, channel-pruned to 50% and trained with int8 QAT, in one
 #      experiment                                 (configs/fmnist_student_full.yaml -> runs/fmnist_student_full)
-# The int8 export is added here when it lands. A stage whose run directory
+#   3. export it (runs/fmnist_student_full/export/student.{qdm,int8.onnx,fp32.onnx}), verified
+#      against the simulation, and run it with qdistill-run and ONNX Runtime: the final table.
+# A stage whose run directory
 # already has summary.json is skipped (delete the directory to redo it); an interrupted stage
 # resumes from its last checkpoint. Extra arguments go to every `qdistill train`, e.g.
 #   scripts/run.sh --set trainer.epochs=2
@@ -30,15 +32,35 @@ stage() {  # stage CONFIG RUN_DIR [args...]
 stage configs/fmnist_teacher.yaml runs/fmnist_teacher "$@"
 stage configs/fmnist_student_full.yaml runs/fmnist_student_full "$@"
 
-python3 - <<'PY'
-import json
+qd_note "exporting runs/fmnist_student_full"
+"$QD" export runs/fmnist_student_full
+E=runs/fmnist_student_full/export
+T=/usr/share/datasets/fashion-mnist/t10k
+py="$(qd_python)"
+"$QD_BUILD/qdistill-run" "$E/student.qdm" --idx "$T-images-idx3-ubyte.gz" --labels "$T-labels-idx1-ubyte.gz" \
+  --repeat 2 --json > "$E/qdistill_run.json"
+"$py" tests/export/ort_run.py "$E/student.fp32.onnx" --images "$T-images-idx3-ubyte.gz" \
+  --labels "$T-labels-idx1-ubyte.gz" --threads 1 > "$E/ort_fp32.txt"
+"$py" bench/ort_latency.py "$E/student.fp32.onnx" "$E/student.int8.onnx" --threads 1 --json "$E/ort_latency.json" >/dev/null
+
+"$py" - <<'PY'
+import json, os, re
 t = json.load(open("runs/fmnist_teacher/summary.json"))
 s = json.load(open("runs/fmnist_student_full/summary.json"))
+e = "runs/fmnist_student_full/export"
+rt = json.load(open(e + "/qdistill_run.json"))
+lat = {os.path.basename(m["model"]): m["median_us"] for m in json.load(open(e + "/ort_latency.json"))["models"]}
+fp32_acc = float(re.search(r"accuracy: ([0-9.]+)", open(e + "/ort_fp32.txt").read()).group(1)) * 100
+size = lambda f: os.path.getsize(os.path.join(e, f))
+print("\nfinal table (Fashion-MNIST test set, 10,000 images; latency: batch 1, 1 thread, median)")
+print("%-46s %9s %9s %12s %12s" % ("model", "params", "acc (%)", "file bytes", "latency"))
+print("%-46s %9d %9.2f %12d %12s" % ("teacher, fp32 (LibTorch)", t["params"], t["test_accuracy"], t["fp32_bytes"], "-"))
 p = s.get("pruned", {})
-print("\n%-44s %9s %14s %11s %11s %8s" % ("model", "params", "test acc (%)", "fp32 bytes", "int8 bytes", "wall"))
-print("%-44s %9d %14.2f %11d %11s %7.0fs" % ("teacher (fp32)", t["params"], t["test_accuracy"], t["fp32_bytes"], "-",
-                                             t["wall_seconds"]))
-print("%-44s %9d %14.2f %11d %11d %7.0fs" % ("student: KD, 50% channels removed, int8 (sim.)", p.get("params", s["params"]),
-      p.get("test_accuracy", s["test_accuracy"]), p.get("fp32_bytes", s["fp32_bytes"]), p.get("int8_bytes", s["int8_bytes"]),
-      s["wall_seconds"]))
+print("%-46s %9d %9.2f %12d %10.1fus" % ("student, fp32 (student.fp32.onnx, ONNX Runtime)", p.get("params", s["params"]),
+      fp32_acc, size("student.fp32.onnx"), lat["student.fp32.onnx"]))
+print("%-46s %9s %9s %12d %10.1fus" % ("student, int8 (student.int8.onnx, ONNX Runtime)", "", "", size("student.int8.onnx"),
+      lat["student.int8.onnx"]))
+print("%-46s %9s %9.2f %12d %10.1fus" % ("student, int8 (student.qdm, qdistill-run)", "", rt["accuracy"],
+      size("student.qdm"), rt["latency_us_median"]))
+print("(teacher bytes: fp32 parameters; student: KD, 50% of channels removed, int8 QAT; files in %s)" % e)
 PY

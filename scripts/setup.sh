@@ -11,6 +11,8 @@ APT_PACKAGES=(
   zlib1g-dev                          # .gz IDX files
   nlohmann-json3-dev libcli11-dev     # metrics / summary JSON, command line
   libgtest-dev                        # tests
+  libonnx-dev libprotobuf-dev         # export: ONNX's protobuf schema and checker
+  clang libclang-rt-14-dev            # the libFuzzer target of the .qdm loader (scripts/fuzz.sh)
   dataset-fashion-mnist               # the default dataset, in /usr/share/datasets/fashion-mnist
 )
 
@@ -48,6 +50,12 @@ if ! have_torch "$py"; then
     py="$QD_ROOT/.venv/bin/python"
   fi
   have_torch "$py" || qd_die "torch $QD_TORCH_VERSION still not importable from $py"
+fi
+# ONNX Runtime (and numpy) in the same interpreter: the client the exported ONNX file is checked
+# against, and the latency benchmark's baseline.
+if ! "$py" -c 'import onnxruntime, numpy' 2>/dev/null; then
+  qd_note "pip: installing onnxruntime==$QD_ORT_VERSION numpy into $py"
+  "$py" -m pip install -q "onnxruntime==$QD_ORT_VERSION" numpy || qd_die "pip install onnxruntime==$QD_ORT_VERSION failed"
 fi
 [ -d /usr/share/datasets/fashion-mnist ] || qd_die "dataset-fashion-mnist installed but /usr/share/datasets/fashion-mnist is missing"
 qd_note "setup complete (torch $QD_TORCH_VERSION via $py)"

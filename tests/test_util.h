@@ -1,8 +1,11 @@
 // Helpers shared by the tests: a temporary directory that cleans up after itself.
 #pragma once
 
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
+#include <cstdio>
 #include <filesystem>
 #include <random>
 #include <string>
@@ -27,5 +30,23 @@ class TempDir {
  private:
   std::filesystem::path path_;
 };
+
+struct ProcResult {
+  int code;
+  std::string output;  // stdout (+ stderr when the command redirects it)
+};
+
+// Runs a shell command; code is its exit status (-1 if it did not exit normally).
+inline ProcResult run_command(const std::string& cmd) {
+  ProcResult r{-1, ""};
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) return r;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
+  const int status = ::pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
 
 }  // namespace qd::test

@@ -11,6 +11,7 @@
 #include "parallel/launch.h"
 #include "trainer/experiment.h"
 #include "trainer/experiment_config.h"
+#include "trainer/export_command.h"
 
 namespace qd {
 
@@ -24,6 +25,7 @@ constexpr const char* kDescription =
     "  qdistill train configs/fmnist_teacher.yaml --set trainer.epochs=2 --set experiment.name=quick\n"
     "  qdistill train configs/fmnist_teacher.yaml --resume        # continue from checkpoints/last.pt\n"
     "  qdistill eval runs/fmnist_teacher                          # accuracy of the best checkpoint\n"
+    "  qdistill export runs/fmnist_student_full                   # int8 student -> export/student.{qdm,int8.onnx}\n"
     "  qdistill keys                                              # every config key, its default and meaning\n"
     "  qdistill layers configs/fmnist_student_kd.yaml             # layer names for feature distillation\n"
     "  mpirun -np 4 qdistill train CONFIG --set trainer.threads=1 # data parallel (see README)\n"
@@ -107,6 +109,19 @@ int run_cli(int argc, char** argv) {
   eval_cmd->add_flag("--json", eval.json, "print one JSON object");
   eval_cmd->add_option("--checkpoint", eval.checkpoint, "which checkpoint")->check(CLI::IsMember({"best", "last"}));
 
+  ExportCommand exp;
+  CLI::App* export_cmd = app.add_subcommand(
+      "export", "write a QAT run's int8 student as ONNX (QDQ) and .qdm (qdistill-run), and verify it against the "
+                "simulation");
+  export_cmd->add_option("run_dir", exp.run_dir, "run directory of a QAT run, e.g. runs/fmnist_student_full")->required();
+  export_cmd->add_option("--format", exp.format, "onnx: student.int8.onnx + student.fp32.onnx; qdm: student.qdm; all")
+      ->check(CLI::IsMember({"onnx", "qdm", "all"}));
+  export_cmd->add_option("--checkpoint", exp.checkpoint, "which checkpoint")->check(CLI::IsMember({"best", "last"}));
+  export_cmd->add_flag("!--no-verify", exp.verify, "skip running the runtime next to the simulation on the test set");
+  export_cmd->add_option("--simulation-logits", exp.simulation_logits,
+                         "write the simulation's test-set logits here (raw float32 [N, classes]), to compare other "
+                         "runtimes with");
+
   CLI::App* keys_cmd = app.add_subcommand("keys", "list every config key with its default and meaning");
 
   TrainCommand layers;
@@ -124,6 +139,7 @@ int run_cli(int argc, char** argv) {
   try {
     if (train_cmd->parsed()) return run_train(train);
     if (eval_cmd->parsed()) return run_eval(eval);
+    if (export_cmd->parsed()) return run_export(exp);
     if (keys_cmd->parsed()) return print_keys(), 0;
     if (layers_cmd->parsed()) return print_layers(layers);
   } catch (const qd::Error& e) {

@@ -15,22 +15,10 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct ProcResult {
-  int code;
-  std::string output;  // stdout + stderr
-};
+using test::ProcResult;
 
 ProcResult qdistill(const std::string& args) {
-  const std::string cmd = std::string(QD_BINARY_DIR) + "/qdistill " + args + " 2>&1";
-  ProcResult r{-1, ""};
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (!p) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
-  const int status = ::pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
+  return test::run_command(std::string(QD_BINARY_DIR) + "/qdistill " + args + " 2>&1");
 }
 
 std::string write_config(const test::TempDir& dir, const std::string& body) {

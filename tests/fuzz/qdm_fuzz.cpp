@@ -1,0 +1,269 @@
+// libFuzzer target of the .qdm loader: whatever the bytes, parse_qdm either throws QdmError or
+// returns a model that validate() accepts, and the interpreter then runs that model on a zero
+// image without an out-of-bounds access, a leak or undefined behaviour (the build uses ASan and
+// UBSan). Any other exception, a crash or a sanitizer report is a finding. scripts/fuzz.sh builds
+// it from the runtime's sources and runs it; `qdm_fuzz --write-seeds DIR` writes the seed corpus.
+//
+// Properties checked on each input:
+//   * parse_qdm(bytes) throws only QdmError;
+//   * when it parses, serialize(model) gives back exactly `bytes` (one encoding per model);
+//   * Interpreter(model) accepts it (it validates again) and run() stays in bounds.
+// Most mutations break the payload's CRC-32 and stop at "checksum mismatch", so each input is
+// tried twice: as it is (the header and checksum paths), and with its header's payload size and
+// CRC-32 made consistent (everything behind the checksum).
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "runtime/interpreter.h"
+#include "runtime/qdm.h"
+
+namespace {
+
+using namespace qd::rt;
+
+constexpr size_t kHeaderBytes = 40;  // docs/qdm.md: payload size (u64) at 24, CRC-32 at 32
+
+uint32_t crc32(const uint8_t* p, size_t n) {
+  uint32_t c = 0xFFFFFFFFu;
+  for (size_t i = 0; i < n; ++i) {
+    c ^= p[i];
+    for (int k = 0; k < 8; ++k) c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1u)));
+  }
+  return ~c;
+}
+
+[[noreturn]] void finding(const char* what, const std::string& detail) {
+  std::fprintf(stderr, "qdm_fuzz: FINDING: %s%s%s\n", what, detail.empty() ? "" : ": ", detail.c_str());
+  std::abort();
+}
+
+// Multiply-adds and bytes touched by one run (plus the activation buffers the constructor fills).
+// Valid models can be large (a 2^26-value tensor is valid); running those would only make the
+// fuzzer report timeouts, not find bugs, so the interpreter runs models up to this much work.
+constexpr int64_t kMaxRunCost = int64_t{1} << 24;
+
+int64_t run_cost(const Model& m) {
+  int64_t cost = 0;
+  for (const TensorInfo& t : m.tensors) cost += t.numel();
+  for (size_t i = 0; i < m.layers.size(); ++i) {
+    const Layer& l = m.layers[i];
+    const TensorInfo &in = m.tensors[static_cast<size_t>(l.input)], &out = m.tensors[i + 1];
+    switch (l.kind) {
+      case OpKind::kConv2d: {
+        const int64_t row = int64_t{l.in_c} * l.kernel * l.kernel, pixels = int64_t{out.h} * out.w;
+        cost += row * pixels * (l.out_c + 1);  // the im2col matrix, then the GEMM
+        break;
+      }
+      case OpKind::kMaxPool2d:
+        cost += out.numel() * l.kernel * l.kernel;
+        break;
+      case OpKind::kAdd:
+        cost += out.numel();
+        break;
+      case OpKind::kGlobalAvgPool:
+        cost += in.numel();
+        break;
+      case OpKind::kLinear:
+        cost += int64_t{l.in_c} * l.out_c;
+        break;
+    }
+  }
+  return cost;
+}
+
+void check(const uint8_t* data, size_t size) {
+  Model m;
+  try {
+    m = parse_qdm(data, size);
+  } catch (const QdmError&) {
+    return;  // the expected outcome for almost every input
+  }
+  const std::vector<uint8_t> again = serialize(m);  // throws (a finding) if validate() disagrees
+  if (again.size() != size || std::memcmp(again.data(), data, size) != 0)
+    finding("serialize(parse_qdm(bytes)) differs from bytes",
+            std::to_string(size) + " bytes in, " + std::to_string(again.size()) + " out");
+  if (run_cost(m) > kMaxRunCost) return;
+  std::vector<float> pixels(static_cast<size_t>(m.tensors[0].numel()), 0.0f);
+  std::vector<float> logits(static_cast<size_t>(m.num_classes()));
+  try {
+    Interpreter interpreter(std::move(m));
+    interpreter.run(pixels.data(), logits.data());
+  } catch (const QdmError& e) {
+    finding("the interpreter refused a model that parse_qdm accepted", e.what());
+  }
+}
+
+// ---- the seed corpus: a few valid models that cover every layer kind -----------------------------
+
+TensorInfo tensor(int32_t c, int32_t h, int32_t w, float scale, int32_t zero_point) {
+  TensorInfo t;
+  t.c = c, t.h = h, t.w = w, t.scale = scale, t.zero_point = zero_point;
+  return t;
+}
+
+uint32_t seed_state = 1;
+int32_t next_int(int32_t lo, int32_t hi) {  // a fixed LCG: the seeds are the same on every run
+  seed_state = seed_state * 1664525u + 1013904223u;
+  return lo + static_cast<int32_t>((seed_state >> 8) % static_cast<uint32_t>(hi - lo + 1));
+}
+
+Layer conv(const std::string& name, const Model& m, int32_t input, int32_t out_c, int32_t kernel, int32_t stride,
+           int32_t pad, float out_scale) {
+  const TensorInfo& in = m.tensors[static_cast<size_t>(input)];
+  Layer l;
+  l.kind = OpKind::kConv2d;
+  l.name = name;
+  l.input = input;
+  l.kernel = kernel, l.stride = stride, l.pad = pad;
+  l.in_c = in.c, l.out_c = out_c;
+  l.weight.resize(static_cast<size_t>(out_c * in.c * kernel * kernel));
+  for (auto& w : l.weight) w = static_cast<int8_t>(next_int(-127, 127));
+  for (int32_t o = 0; o < out_c; ++o) {
+    l.bias.push_back(next_int(-2000, 2000));
+    l.weight_scale.push_back(0.002f * static_cast<float>(o + 1));
+    l.multiplier.push_back(quantize_multiplier(double{in.scale} * l.weight_scale.back() / out_scale));
+  }
+  return l;
+}
+
+Layer linear(const Model& m, int32_t input, int32_t classes) {
+  const TensorInfo& in = m.tensors[static_cast<size_t>(input)];
+  Layer l;
+  l.kind = OpKind::kLinear;
+  l.name = "classifier";
+  l.input = input;
+  l.in_c = static_cast<int32_t>(in.numel()), l.out_c = classes;
+  l.weight.resize(static_cast<size_t>(l.in_c * classes));
+  for (auto& w : l.weight) w = static_cast<int8_t>(next_int(-127, 127));
+  for (int32_t o = 0; o < classes; ++o) {
+    l.bias.push_back(next_int(-500, 500));
+    l.weight_scale.push_back(0.01f);
+    l.output_scale.push_back(in.scale * 0.01f);
+  }
+  return l;
+}
+
+Layer pool(const std::string& name, int32_t input, int32_t kernel, int32_t stride, int32_t pad) {
+  Layer l;
+  l.kind = OpKind::kMaxPool2d;
+  l.name = name;
+  l.input = input;
+  l.kernel = kernel, l.stride = stride, l.pad = pad;
+  return l;
+}
+
+Layer gap(const Model& m, int32_t input, float out_scale) {
+  const TensorInfo& in = m.tensors[static_cast<size_t>(input)];
+  Layer l;
+  l.kind = OpKind::kGlobalAvgPool;
+  l.name = "gap";
+  l.input = input;
+  l.multiplier = {quantize_multiplier(double{in.scale} / (double{out_scale} * in.h * in.w))};
+  return l;
+}
+
+Layer add(const Model& m, int32_t a, int32_t b, float out_scale) {
+  const float sa = m.tensors[static_cast<size_t>(a)].scale, sb = m.tensors[static_cast<size_t>(b)].scale;
+  const double twice_max = 2.0 * std::max(sa, sb);
+  Layer l;
+  l.kind = OpKind::kAdd;
+  l.name = "residual";
+  l.input = a, l.input2 = b;
+  l.left_shift = 20;
+  l.input_multiplier = quantize_multiplier(sa / twice_max);
+  l.input2_multiplier = quantize_multiplier(sb / twice_max);
+  l.output_multiplier = quantize_multiplier(twice_max / (double{1 << 20} * out_scale));
+  l.act_min = -128;
+  return l;
+}
+
+std::vector<Model> seed_models() {
+  std::vector<Model> seeds;
+  {  // the unit test's model: conv 3x3 -> maxpool -> conv 1x1 -> add -> global average pool -> linear
+    Model m;
+    m.mean = {0.286f};
+    m.inv_std = {2.83f};
+    m.tensors = {tensor(1, 8, 8, 0.0215f, -17), tensor(4, 8, 8, 0.05f, -128), tensor(4, 4, 4, 0.05f, -128),
+                 tensor(4, 4, 4, 0.04f, 3),     tensor(4, 4, 4, 0.06f, -128), tensor(4, 1, 1, 0.03f, -100),
+                 tensor(10, 1, 1, 1.0f, 0)};
+    m.layers.push_back(conv("conv1", m, 0, 4, 3, 1, 1, 0.05f));
+    m.layers.back().act_min = -128;
+    m.layers.push_back(pool("pool1", 1, 2, 2, 0));
+    m.layers.push_back(conv("conv2", m, 2, 4, 1, 1, 0, 0.04f));
+    m.layers.push_back(add(m, 2, 3, 0.06f));
+    m.layers.push_back(gap(m, 4, 0.03f));
+    m.layers.push_back(linear(m, 5, 10));
+    seeds.push_back(m);
+  }
+  {  // the smallest: one classifier over a 3-channel input
+    Model m;
+    m.mean = {0.5f, 0.4f, 0.3f};
+    m.inv_std = {4.0f, 4.0f, 4.0f};
+    m.tensors = {tensor(3, 2, 2, 0.03f, 0), tensor(4, 1, 1, 1.0f, 0)};
+    m.layers.push_back(linear(m, 0, 4));
+    seeds.push_back(m);
+  }
+  {  // strided, padded windows: conv 5x5 stride 2 pad 2, maxpool 3 stride 2 pad 1, x + x, flatten
+    Model m;
+    m.mean = {0.1f, 0.2f};
+    m.inv_std = {3.0f, 5.0f};
+    m.tensors = {tensor(2, 9, 7, 0.02f, 5), tensor(3, 5, 4, 0.07f, -20),  tensor(3, 3, 2, 0.07f, -20),
+                 tensor(3, 3, 2, 0.1f, 0),  tensor(3, 2, 1, 0.02f, -128), tensor(5, 1, 1, 1.0f, 0)};
+    m.layers.push_back(conv("stem", m, 0, 3, 5, 2, 2, 0.07f));
+    m.layers.back().act_min = -60, m.layers.back().act_max = 90;
+    m.layers.push_back(pool("pool", 1, 3, 2, 1));
+    m.layers.push_back(add(m, 2, 2, 0.1f));
+    m.layers.push_back(conv("head", m, 3, 3, 2, 1, 0, 0.02f));
+    m.layers.push_back(linear(m, 4, 5));
+    seeds.push_back(m);
+  }
+  {  // a gain above 1 (positive shifts) and all-zero weights
+    Model m;
+    m.mean = {0.0f};
+    m.inv_std = {1.0f};
+    m.tensors = {tensor(1, 4, 4, 1.0f / 255, -128), tensor(2, 4, 4, 1e-6f, 0), tensor(2, 1, 1, 1e-6f, 0),
+                 tensor(3, 1, 1, 1.0f, 0)};
+    m.layers.push_back(conv("amp", m, 0, 2, 1, 1, 0, 1e-6f));
+    std::fill(m.layers.back().weight.begin() + 1, m.layers.back().weight.end(), int8_t{0});
+    m.layers.push_back(gap(m, 1, 1e-6f));
+    m.layers.push_back(linear(m, 2, 3));
+    seeds.push_back(m);
+  }
+  return seeds;
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerInitialize(int* argc, char*** argv) {
+  // `qdm_fuzz --write-seeds DIR`: libFuzzer calls this before it reads its own flags.
+  if (*argc == 3 && std::strcmp((*argv)[1], "--write-seeds") == 0) {
+    const std::string dir = (*argv)[2];
+    const std::vector<Model> seeds = seed_models();
+    for (size_t i = 0; i < seeds.size(); ++i) {
+      const std::string path = dir + "/seed" + std::to_string(i) + ".qdm";
+      save_qdm(seeds[i], path);  // validates; throws (and aborts) on a broken seed
+      const Model back = load_qdm(path);
+      std::printf("%s: %zu layers, %d classes\n", path.c_str(), back.layers.size(), back.num_classes());
+    }
+    std::exit(0);
+  }
+  return 0;
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  check(data, size);
+  if (size >= kHeaderBytes) {
+    std::vector<uint8_t> sealed(data, data + size);
+    const uint64_t payload = size - kHeaderBytes;
+    const uint32_t crc = crc32(sealed.data() + kHeaderBytes, size - kHeaderBytes);
+    for (int k = 0; k < 8; ++k) sealed[24 + static_cast<size_t>(k)] = static_cast<uint8_t>(payload >> (8 * k));
+    for (int k = 0; k < 4; ++k) sealed[32 + static_cast<size_t>(k)] = static_cast<uint8_t>(crc >> (8 * k));
+    if (std::memcmp(sealed.data(), data, size) != 0) check(sealed.data(), sealed.size());
+  }
+  return 0;
+}
