@@ -25,7 +25,15 @@ Interpreter::Interpreter(Model model) : model_(std::move(model)) {
   acts_.resize(model_.tensors.size() - 1);
   for (size_t i = 0; i + 1 < model_.tensors.size(); ++i) acts_[i].resize(static_cast<size_t>(model_.tensors[i].numel()));
   int32_t widest = 0;
-  for (const Layer& l : model_.layers) widest = std::max(widest, l.out_c);
+  packed_.resize(model_.layers.size());
+  for (size_t i = 0; i < model_.layers.size(); ++i) {
+    const Layer& l = model_.layers[i];
+    widest = std::max(widest, l.out_c);
+    if (l.kind != OpKind::kConv2d) continue;
+    ConvShape s;
+    s.in_c = l.in_c, s.out_c = l.out_c, s.kernel = l.kernel;
+    packed_[i] = pack_conv_weights(l.weight.data(), s);
+  }
   acc_.resize(static_cast<size_t>(widest));
 }
 
@@ -96,7 +104,7 @@ void Interpreter::run(const float* pixels, float* logits, const TensorHook& afte
         r.out_min = l.act_min, r.out_max = l.act_max;
         r.bias = l.bias.data();
         r.multiplier = l.multiplier.data();
-        conv2d_s8(in, l.weight.data(), s, r, acts_[i + 1].data(), scratch_);
+        conv2d_s8(in, packed_[i], s, r, acts_[i + 1].data(), scratch_);
         break;
       }
       case OpKind::kMaxPool2d:

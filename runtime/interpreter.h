@@ -35,6 +35,7 @@ class Interpreter {
  private:
   Model model_;
   std::vector<std::vector<int8_t>> acts_;  // [tensors - 1]
+  std::vector<PackedConvWeights> packed_;  // per layer (convolutions only)
   ConvScratch scratch_;
   std::vector<int32_t> acc_;
 };

@@ -3,6 +3,10 @@
 #include <algorithm>
 #include <cstring>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 namespace qd::rt {
 
 // Built for AVX2 and for the x86-64 baseline, picked at load time (GCC function multiversioning):
@@ -37,52 +41,255 @@ QD_RT_CLONES void gemm_s8s8_s32(const int8_t* a, const int8_t* b, int32_t* c, in
   }
 }
 
-QD_RT_CLONES void conv2d_s8(const int8_t* in, const int8_t* weight, const ConvShape& s, const Requant& r, int8_t* out,
-               ConvScratch& scratch) {
-  const int oh = s.out_h(), ow = s.out_w(), pixels = oh * ow;
-  const int k = s.in_c * s.kernel * s.kernel;
-  scratch.col.resize(static_cast<size_t>(k) * static_cast<size_t>(pixels));
-  scratch.acc.resize(static_cast<size_t>(s.out_c) * static_cast<size_t>(pixels));
-  // im2col; padding takes the input zero point, whose (x - in_zero) is exactly 0.
-  const int8_t pad_value = static_cast<int8_t>(r.in_zero);
-  int8_t* col = scratch.col.data();
-  for (int c = 0; c < s.in_c; ++c)
+PackedConvWeights pack_conv_weights(const int8_t* weight, const ConvShape& s) {
+  PackedConvWeights p;
+  p.out_c = s.out_c, p.in_c = s.in_c, p.in_cp = (s.in_c + 1) / 2 * 2, p.kernel = s.kernel;
+  const int blocks = (s.out_c + 7) / 8, run = s.kernel * p.in_cp, pairs = run / 2;
+  p.data.assign(static_cast<size_t>(blocks) * s.kernel * pairs * 16, 0);
+  for (int b = 0; b < blocks; ++b)
     for (int ky = 0; ky < s.kernel; ++ky)
-      for (int kx = 0; kx < s.kernel; ++kx) {
-        int8_t* row = col + (static_cast<int64_t>(c) * s.kernel * s.kernel + ky * s.kernel + kx) * pixels;
-        // Output columns [x0, x1) read inside the input row; the rest is padding.
-        const int x0 = std::min(ow, std::max(0, (s.pad - kx + s.stride - 1) / s.stride));
-        const int x1 = std::max(x0, std::min(ow, (s.in_w + s.pad - kx + s.stride - 1) / s.stride));
-        for (int y = 0; y < oh; ++y) {
-          const int iy = y * s.stride - s.pad + ky;
-          int8_t* dst = row + y * ow;
-          if (iy < 0 || iy >= s.in_h) {
-            std::memset(dst, pad_value, static_cast<size_t>(ow));
-            continue;
-          }
-          const int8_t* src = in + (static_cast<int64_t>(c) * s.in_h + iy) * s.in_w;
-          const int shift = kx - s.pad;  // input column of output column x: x * stride + shift
-          std::memset(dst, pad_value, static_cast<size_t>(x0));
-          if (s.stride == 1) {
-            if (x1 > x0) std::memcpy(dst + x0, src + x0 + shift, static_cast<size_t>(x1 - x0));
-          } else {
-            for (int x = x0; x < x1; ++x) dst[x] = src[x * s.stride + shift];
-          }
-          std::memset(dst + x1, pad_value, static_cast<size_t>(ow - x1));
+      for (int k = 0; k < run; ++k) {
+        const int kx = k / p.in_cp, c = k % p.in_cp;
+        if (c >= s.in_c) continue;
+        for (int lane = 0; lane < 8; ++lane) {
+          const int o = b * 8 + lane;
+          if (o >= s.out_c) break;
+          const int8_t v = weight[((static_cast<int64_t>(o) * s.in_c + c) * s.kernel + ky) * s.kernel + kx];
+          p.data[((static_cast<size_t>(b) * s.kernel + ky) * pairs + k / 2) * 16 + lane * 2 + k % 2] = v;
         }
       }
-  gemm_s8s8_s32(weight, col, scratch.acc.data(), s.out_c, pixels, k, r.in_zero);
-  for (int o = 0; o < s.out_c; ++o) {
-    const int32_t bias = r.bias ? r.bias[o] : 0;
-    const QuantizedMultiplier q = r.multiplier[o];
-    const int32_t* acc = scratch.acc.data() + static_cast<int64_t>(o) * pixels;
-    int8_t* dst = out + static_cast<int64_t>(o) * pixels;
-    for (int p = 0; p < pixels; ++p) {
+  return p;
+}
+
+namespace {
+
+// The requantization of one block of 8 output channels, laid out for the vector path: lane l is
+// channel block * 8 + l (absent channels: multiplier 0). round(x * m / 2^ts) is computed as
+// ((x * m + 2^62 + 2^(ts - 1)) >>> ts) - 2^(62 - ts): non-negative before the logical shift (AVX2 has
+// no 64-bit arithmetic shift), the same floor. `vector` is false when some shift is positive
+// (a factor >= 1, whose product could leave int32): that block takes the scalar path.
+struct BlockRequant {
+  int32_t bias[8], multiplier[8];
+  int64_t add[8], sub[8], shift[8];
+  QuantizedMultiplier q[8];
+  int channels = 8;
+  bool vector = true;
+};
+
+BlockRequant block_requant(const Requant& r, int block, int out_c) {
+  BlockRequant b;
+  b.channels = std::min(8, out_c - block * 8);
+  for (int l = 0; l < 8; ++l) {
+    const int o = block * 8 + l;
+    const bool real = l < b.channels;
+    b.q[l] = real ? r.multiplier[o] : QuantizedMultiplier{};
+    b.bias[l] = real && r.bias ? r.bias[o] : 0;
+    b.multiplier[l] = b.q[l].multiplier;
+    const int ts = 31 - b.q[l].shift;
+    b.shift[l] = ts;
+    b.add[l] = (int64_t{1} << 62) + (int64_t{1} << (ts - 1));
+    b.sub[l] = (int64_t{1} << 62) >> ts;
+    b.vector = b.vector && b.q[l].shift <= 0;
+  }
+  return b;
+}
+
+// Writes the nb x 8 block (acc[j * 8 + lane]: pixel j, channel lane) requantized to int8 CHW.
+void store_scalar(const int32_t* acc, const BlockRequant& b, const Requant& r, int nb, int8_t* out, int64_t pixels) {
+  for (int l = 0; l < b.channels; ++l)
+    for (int j = 0; j < nb; ++j) {
       // Saturating: a well-formed model never gets near the limit, a hostile file must not overflow.
-      const int64_t v = r.out_zero + int64_t{multiply_by_quantized_multiplier(saturate_int32(int64_t{acc[p]} + bias), q)};
-      dst[p] = static_cast<int8_t>(std::clamp<int64_t>(v, r.out_min, r.out_max));
+      const int64_t v = r.out_zero + int64_t{multiply_by_quantized_multiplier(
+                                         saturate_int32(int64_t{acc[j * 8 + l]} + b.bias[l]), b.q[l])};
+      out[l * pixels + j] = static_cast<int8_t>(std::clamp<int64_t>(v, r.out_min, r.out_max));
+    }
+}
+
+// The accumulators of 8 output channels (one weight block) for 8 output pixels of one row,
+// acc[j * 8 + lane]. rows[j] points at pixel j's receptive field (row ky at + ky * row_stride) in
+// the padded input.
+
+void block_generic(const int16_t* w, int kernel, int pairs, const int16_t* const* rows, int row_stride, int32_t* acc) {
+  for (int j = 0; j < 8; ++j) {
+    int32_t a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int ky = 0; ky < kernel; ++ky) {
+      const int16_t* x = rows[j] + static_cast<int64_t>(ky) * row_stride;
+      const int16_t* wk = w + static_cast<int64_t>(ky) * pairs * 16;
+      for (int p = 0; p < pairs; ++p) {
+        const int32_t x0 = x[2 * p], x1 = x[2 * p + 1];
+        for (int lane = 0; lane < 8; ++lane) a[lane] += wk[p * 16 + 2 * lane] * x0 + wk[p * 16 + 2 * lane + 1] * x1;
+      }
+    }
+    std::memcpy(acc + j * 8, a, sizeof(a));
+  }
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// Two int16 (one channel pair) as an int32, broadcast to every lane.
+__attribute__((target("avx2"))) inline __m256i pair(const int16_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, sizeof(v));
+  return _mm256_set1_epi32(v);
+}
+
+__attribute__((target("avx2"))) void block_avx2(const int16_t* w, int kernel, int pairs, const int16_t* const* rows,
+                                                int row_stride, int32_t* acc) {
+  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+  for (int ky = 0; ky < kernel; ++ky) {
+    const int64_t off = static_cast<int64_t>(ky) * row_stride;
+    const int16_t *r0 = rows[0] + off, *r1 = rows[1] + off, *r2 = rows[2] + off, *r3 = rows[3] + off;
+    const int16_t *r4 = rows[4] + off, *r5 = rows[5] + off, *r6 = rows[6] + off, *r7 = rows[7] + off;
+    const int16_t* wk = w + static_cast<int64_t>(ky) * pairs * 16;
+    for (int p = 0; p < pairs; ++p) {
+      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wk + p * 16));
+      a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(wv, pair(r0 + 2 * p)));
+      a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(wv, pair(r1 + 2 * p)));
+      a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(wv, pair(r2 + 2 * p)));
+      a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(wv, pair(r3 + 2 * p)));
+      a4 = _mm256_add_epi32(a4, _mm256_madd_epi16(wv, pair(r4 + 2 * p)));
+      a5 = _mm256_add_epi32(a5, _mm256_madd_epi16(wv, pair(r5 + 2 * p)));
+      a6 = _mm256_add_epi32(a6, _mm256_madd_epi16(wv, pair(r6 + 2 * p)));
+      a7 = _mm256_add_epi32(a7, _mm256_madd_epi16(wv, pair(r7 + 2 * p)));
     }
   }
+  __m256i* o = reinterpret_cast<__m256i*>(acc);
+  _mm256_storeu_si256(o + 0, a0), _mm256_storeu_si256(o + 1, a1), _mm256_storeu_si256(o + 2, a2);
+  _mm256_storeu_si256(o + 3, a3), _mm256_storeu_si256(o + 4, a4), _mm256_storeu_si256(o + 5, a5);
+  _mm256_storeu_si256(o + 6, a6), _mm256_storeu_si256(o + 7, a7);
+}
+
+// The same with AVX-512 VNNI's fused multiply-add of int16 pairs (vpdpwssd, 256-bit form).
+__attribute__((target("avx2,avx512vl,avx512vnni"))) inline __m256i pair_vnni(const int16_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, sizeof(v));
+  return _mm256_set1_epi32(v);
+}
+
+__attribute__((target("avx2,avx512vl,avx512vnni"))) void block_vnni(const int16_t* w, int kernel, int pairs, const int16_t* const* rows,
+                                                int row_stride, int32_t* acc) {
+  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+  for (int ky = 0; ky < kernel; ++ky) {
+    const int64_t off = static_cast<int64_t>(ky) * row_stride;
+    const int16_t *r0 = rows[0] + off, *r1 = rows[1] + off, *r2 = rows[2] + off, *r3 = rows[3] + off;
+    const int16_t *r4 = rows[4] + off, *r5 = rows[5] + off, *r6 = rows[6] + off, *r7 = rows[7] + off;
+    const int16_t* wk = w + static_cast<int64_t>(ky) * pairs * 16;
+    for (int p = 0; p < pairs; ++p) {
+      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wk + p * 16));
+      a0 = _mm256_dpwssd_epi32(a0, wv, pair_vnni(r0 + 2 * p));
+      a1 = _mm256_dpwssd_epi32(a1, wv, pair_vnni(r1 + 2 * p));
+      a2 = _mm256_dpwssd_epi32(a2, wv, pair_vnni(r2 + 2 * p));
+      a3 = _mm256_dpwssd_epi32(a3, wv, pair_vnni(r3 + 2 * p));
+      a4 = _mm256_dpwssd_epi32(a4, wv, pair_vnni(r4 + 2 * p));
+      a5 = _mm256_dpwssd_epi32(a5, wv, pair_vnni(r5 + 2 * p));
+      a6 = _mm256_dpwssd_epi32(a6, wv, pair_vnni(r6 + 2 * p));
+      a7 = _mm256_dpwssd_epi32(a7, wv, pair_vnni(r7 + 2 * p));
+    }
+  }
+  __m256i* o = reinterpret_cast<__m256i*>(acc);
+  _mm256_storeu_si256(o + 0, a0), _mm256_storeu_si256(o + 1, a1), _mm256_storeu_si256(o + 2, a2);
+  _mm256_storeu_si256(o + 3, a3), _mm256_storeu_si256(o + 4, a4), _mm256_storeu_si256(o + 5, a5);
+  _mm256_storeu_si256(o + 6, a6), _mm256_storeu_si256(o + 7, a7);
+}
+
+// store_scalar's arithmetic on 8 channels at once (see BlockRequant), for blocks whose shifts are
+// all <= 0: |x * M| <= |x| < 2^31, so no saturation is needed.
+__attribute__((target("avx2"))) void store_avx2(const int32_t* acc, const BlockRequant& b, const Requant& r, int nb,
+                                                int8_t* out, int64_t pixels) {
+  const __m256i bias = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.bias));
+  const __m256i m = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.multiplier));
+  const __m256i m_odd = _mm256_srli_epi64(m, 32);
+  // 64-bit lanes of the even (0, 2, 4, 6) and odd (1, 3, 5, 7) channels.
+  const __m256i add_e = _mm256_set_epi64x(b.add[6], b.add[4], b.add[2], b.add[0]);
+  const __m256i add_o = _mm256_set_epi64x(b.add[7], b.add[5], b.add[3], b.add[1]);
+  const __m256i sub_e = _mm256_set_epi64x(b.sub[6], b.sub[4], b.sub[2], b.sub[0]);
+  const __m256i sub_o = _mm256_set_epi64x(b.sub[7], b.sub[5], b.sub[3], b.sub[1]);
+  const __m256i sh_e = _mm256_set_epi64x(b.shift[6], b.shift[4], b.shift[2], b.shift[0]);
+  const __m256i sh_o = _mm256_set_epi64x(b.shift[7], b.shift[5], b.shift[3], b.shift[1]);
+  const __m256i zp = _mm256_set1_epi32(r.out_zero), lo = _mm256_set1_epi32(r.out_min), hi = _mm256_set1_epi32(r.out_max);
+  alignas(32) int32_t res[8];
+  for (int j = 0; j < nb; ++j) {
+    const __m256i x = _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + j * 8)), bias);
+    __m256i e = _mm256_mul_epi32(x, m);
+    __m256i o = _mm256_mul_epi32(_mm256_srli_epi64(x, 32), m_odd);
+    e = _mm256_sub_epi64(_mm256_srlv_epi64(_mm256_add_epi64(e, add_e), sh_e), sub_e);
+    o = _mm256_sub_epi64(_mm256_srlv_epi64(_mm256_add_epi64(o, add_o), sh_o), sub_o);
+    __m256i v = _mm256_blend_epi32(e, _mm256_slli_epi64(o, 32), 0xAA);
+    v = _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(v, zp), lo), hi);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(res), v);
+    for (int l = 0; l < b.channels; ++l) out[l * pixels + j] = static_cast<int8_t>(res[l]);
+  }
+}
+Isa detect_isa() {
+  if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2"))
+    return Isa::kAvx512Vnni;
+  return __builtin_cpu_supports("avx2") ? Isa::kAvx2 : Isa::kGeneric;
+}
+#else
+Isa detect_isa() { return Isa::kGeneric; }
+void block_vnni(const int16_t*, int, int, const int16_t* const*, int, int32_t*) {}
+void block_avx2(const int16_t*, int, int, const int16_t* const*, int, int32_t*) {}
+void store_avx2(const int32_t*, const BlockRequant&, const Requant&, int, int8_t*, int64_t) {}
+#endif
+
+}  // namespace
+
+namespace {
+Isa& isa_state() {
+  static Isa isa = detect_isa();
+  return isa;
+}
+}  // namespace
+
+Isa best_isa() {
+  static const Isa best = detect_isa();
+  return best;
+}
+void force_isa(Isa isa) { isa_state() = std::min(isa, best_isa()); }
+Isa active_isa() { return isa_state(); }
+
+void conv2d_s8(const int8_t* in, const PackedConvWeights& w, const ConvShape& s, const Requant& r, int8_t* out,
+               ConvScratch& scratch) {
+  const int oh = s.out_h(), ow = s.out_w(), pixels = oh * ow;
+  const int cp = w.in_cp, hp = s.in_h + 2 * s.pad, wp = s.in_w + 2 * s.pad;
+  const int blocks = (s.out_c + 7) / 8, pairs = s.kernel * cp / 2, row_stride = wp * cp;
+  // The padded HWC input, x - in_zero: padding and the odd channel's partner are exactly 0.
+  scratch.padded.assign(static_cast<size_t>(hp) * wp * cp, 0);
+  for (int c = 0; c < s.in_c; ++c)
+    for (int y = 0; y < s.in_h; ++y) {
+      const int8_t* src = in + (static_cast<int64_t>(c) * s.in_h + y) * s.in_w;
+      int16_t* dst = scratch.padded.data() + (static_cast<int64_t>(y + s.pad) * wp + s.pad) * cp + c;
+      for (int x = 0; x < s.in_w; ++x) dst[static_cast<int64_t>(x) * cp] = static_cast<int16_t>(src[x] - r.in_zero);
+    }
+  std::vector<BlockRequant> requant;
+  for (int b = 0; b < blocks; ++b) requant.push_back(block_requant(r, b, s.out_c));
+  const Isa isa = active_isa();
+  const bool avx2 = isa >= Isa::kAvx2, vnni = isa == Isa::kAvx512Vnni;
+  const int16_t* rows[8];
+  alignas(32) int32_t acc[64];
+  for (int y = 0; y < oh; ++y)
+    for (int x0 = 0; x0 < ow; x0 += 8) {
+      const int nb = std::min(8, ow - x0);
+      for (int j = 0; j < 8; ++j)  // past the row's end: recompute the last pixel, not stored
+        rows[j] = scratch.padded.data() +
+                  (static_cast<int64_t>(y) * s.stride * wp + static_cast<int64_t>(x0 + std::min(j, nb - 1)) * s.stride) * cp;
+      for (int b = 0; b < blocks; ++b) {
+        const int16_t* wb = w.data.data() + static_cast<size_t>(b) * s.kernel * pairs * 16;
+        int8_t* dst = out + static_cast<int64_t>(b) * 8 * pixels + static_cast<int64_t>(y) * ow + x0;
+        if (avx2) {
+          if (vnni)
+            block_vnni(wb, s.kernel, pairs, rows, row_stride, acc);
+          else
+            block_avx2(wb, s.kernel, pairs, rows, row_stride, acc);
+          if (requant[static_cast<size_t>(b)].vector)
+            store_avx2(acc, requant[static_cast<size_t>(b)], r, nb, dst, pixels);
+          else
+            store_scalar(acc, requant[static_cast<size_t>(b)], r, nb, dst, pixels);
+        } else {
+          block_generic(wb, s.kernel, pairs, rows, row_stride, acc);
+          store_scalar(acc, requant[static_cast<size_t>(b)], r, nb, dst, pixels);
+        }
+      }
+    }
 }
 
 }  // namespace qd::rt

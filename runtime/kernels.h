@@ -29,13 +29,35 @@ struct Requant {
   const QuantizedMultiplier* multiplier = nullptr;  // [out_c]: in_scale * w_scale[c] / out_scale
 };
 
-// out[O, OH, OW] = clamp(out_zero + M[o] * (bias[o] + sum (w - 0) * (x - in_zero))).
-// `scratch` holds the im2col matrix and the accumulators between calls.
-struct ConvScratch {
-  std::vector<int8_t> col;
-  std::vector<int32_t> acc;
+// The instruction sets the convolution kernel can use; the best one the CPU has is picked at
+// run time. Tests force each to check them all against the same reference.
+enum class Isa { kGeneric, kAvx2, kAvx512Vnni };
+Isa best_isa();             // what this CPU supports best
+void force_isa(Isa isa);    // for tests: use `isa` (must be <= best_isa()) from now on
+Isa active_isa();
+
+// Convolution weights rearranged once (at model load) for the kernel: int16, blocks of 8 output
+// channels, per kernel row the (kx, channel) run in channel pairs:
+//   data[((block * kernel + ky) * pairs + p) * 16 + lane * 2 + e],  pairs = kernel * in_cp / 2,
+// the weight of output channel block * 8 + lane at (ky, kx, c) with kx * in_cp + c = 2 p + e, zero
+// where the channel does not exist (in_cp = in_c rounded up to even, out_c up to a multiple of 8).
+struct PackedConvWeights {
+  std::vector<int16_t> data;
+  int out_c = 0, in_c = 0, in_cp = 0, kernel = 1;
 };
-void conv2d_s8(const int8_t* in, const int8_t* weight, const ConvShape& s, const Requant& r, int8_t* out,
+PackedConvWeights pack_conv_weights(const int8_t* weight, const ConvShape& s);  // weight [O, I, k, k]
+
+// A reused buffer: the zero-padded input (HWC, int16, minus its zero point).
+struct ConvScratch {
+  std::vector<int16_t> padded;
+};
+
+// out[O, OH, OW] = clamp(out_zero + M[o] * (bias[o] + sum w * (x - in_zero))), padding = in_zero.
+// Direct convolution: the input is laid out once as padded HWC int16 (x - in_zero), so each kernel
+// row of a receptive field is one contiguous run and no im2col matrix is built; the inner loop
+// multiplies pairs of int16 (AVX2 vpmaddwd on x86 with AVX2, picked at run time; portable C++
+// elsewhere). Exact: products and sums fit int32 for K <= 65536.
+void conv2d_s8(const int8_t* in, const PackedConvWeights& w, const ConvShape& s, const Requant& r, int8_t* out,
                ConvScratch& scratch);
 
 }  // namespace qd::rt
