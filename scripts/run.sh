@@ -41,6 +41,8 @@ py="$(qd_python)"
   --repeat 2 --json > "$E/qdistill_run.json"
 "$py" tests/export/ort_run.py "$E/student.fp32.onnx" --images "$T-images-idx3-ubyte.gz" \
   --labels "$T-labels-idx1-ubyte.gz" --threads 1 > "$E/ort_fp32.txt"
+"$py" tests/export/ort_run.py "$E/student.int8.onnx" --images "$T-images-idx3-ubyte.gz" \
+  --labels "$T-labels-idx1-ubyte.gz" --threads 1 > "$E/ort_int8.txt"
 "$py" bench/ort_latency.py "$E/student.fp32.onnx" "$E/student.int8.onnx" --threads 1 --json "$E/ort_latency.json" >/dev/null
 
 "$py" - <<'PY'
@@ -50,17 +52,17 @@ s = json.load(open("runs/fmnist_student_full/summary.json"))
 e = "runs/fmnist_student_full/export"
 rt = json.load(open(e + "/qdistill_run.json"))
 lat = {os.path.basename(m["model"]): m["median_us"] for m in json.load(open(e + "/ort_latency.json"))["models"]}
-fp32_acc = float(re.search(r"accuracy: ([0-9.]+)", open(e + "/ort_fp32.txt").read()).group(1)) * 100
+acc = lambda f: float(re.search(r"accuracy: ([0-9.]+)", open(os.path.join(e, f)).read()).group(1)) * 100
 size = lambda f: os.path.getsize(os.path.join(e, f))
 print("\nfinal table (Fashion-MNIST test set, 10,000 images; latency: batch 1, 1 thread, median)")
 print("%-46s %9s %9s %12s %12s" % ("model", "params", "acc (%)", "file bytes", "latency"))
 print("%-46s %9d %9.2f %12d %12s" % ("teacher, fp32 (LibTorch)", t["params"], t["test_accuracy"], t["fp32_bytes"], "-"))
 p = s.get("pruned", {})
 print("%-46s %9d %9.2f %12d %10.1fus" % ("student, fp32 (student.fp32.onnx, ONNX Runtime)", p.get("params", s["params"]),
-      fp32_acc, size("student.fp32.onnx"), lat["student.fp32.onnx"]))
-print("%-46s %9s %9s %12d %10.1fus" % ("student, int8 (student.int8.onnx, ONNX Runtime)", "", "", size("student.int8.onnx"),
-      lat["student.int8.onnx"]))
+      acc("ort_fp32.txt"), size("student.fp32.onnx"), lat["student.fp32.onnx"]))
+print("%-46s %9s %9.2f %12d %10.1fus" % ("student, int8 (student.int8.onnx, ONNX Runtime)", "", acc("ort_int8.txt"),
+      size("student.int8.onnx"), lat["student.int8.onnx"]))
 print("%-46s %9s %9.2f %12d %10.1fus" % ("student, int8 (student.qdm, qdistill-run)", "", rt["accuracy"],
       size("student.qdm"), rt["latency_us_median"]))
-print("(teacher bytes: fp32 parameters; student: KD, 50% of channels removed, int8 QAT; files in %s)" % e)
+print("(teacher bytes: fp32 parameters; student: KD, 50%% of channels removed, int8 QAT; files in %s)" % e)
 PY
