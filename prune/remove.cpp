@@ -13,10 +13,6 @@ namespace {
 // Index slices to apply to one named tensor: (dimension, kept indices).
 using Slices = std::vector<std::pair<int64_t, torch::Tensor>>;
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 // Channels whose output is not identically zero in some producer.
 torch::Tensor alive_channels(const ChannelGroup& g) {
   torch::NoGradGuard ng;
@@ -49,7 +45,7 @@ RemovalResult remove_pruned_channels(Model& masked, const ModelConfig& cfg, cons
     r.config.channels.push_back(static_cast<int>(keep.numel()));
     for (const auto& layer : g.layers) {
       // The producer: everything per output channel under its module path.
-      for (const std::string& t : {".conv.weight", ".bn.weight", ".bn.bias", ".bn.running_mean", ".bn.running_var",
+      for (const char* t : {".conv.weight", ".bn.weight", ".bn.bias", ".bn.running_mean", ".bn.running_var",
                                    ".qat.weight_quant.scale", ".qat.weight_quant.zero_point",
                                    ".qat.weight_quant.running_min", ".qat.weight_quant.running_max",
                                    ".qat.weight_quant.lsq_scale"})

@@ -44,18 +44,20 @@ QD_RT_CLONES void gemm_s8s8_s32(const int8_t* a, const int8_t* b, int32_t* c, in
 PackedConvWeights pack_conv_weights(const int8_t* weight, const ConvShape& s) {
   PackedConvWeights p;
   p.out_c = s.out_c, p.in_c = s.in_c, p.in_cp = (s.in_c + 1) / 2 * 2, p.kernel = s.kernel;
-  const int blocks = (s.out_c + 7) / 8, run = s.kernel * p.in_cp, pairs = run / 2;
-  p.data.assign(static_cast<size_t>(blocks) * s.kernel * pairs * 16, 0);
+  // 512-bit registers hold 16 channels; below 9 channels the second half would be idle.
+  p.lanes = active_isa() == Isa::kAvx512Vnni && s.out_c > 8 ? 16 : 8;
+  const int L = p.lanes, blocks = (s.out_c + L - 1) / L, run = s.kernel * p.in_cp, pairs = run / 2;
+  p.data.assign(static_cast<size_t>(blocks) * s.kernel * pairs * 2 * L, 0);
   for (int b = 0; b < blocks; ++b)
     for (int ky = 0; ky < s.kernel; ++ky)
       for (int k = 0; k < run; ++k) {
         const int kx = k / p.in_cp, c = k % p.in_cp;
         if (c >= s.in_c) continue;
-        for (int lane = 0; lane < 8; ++lane) {
-          const int o = b * 8 + lane;
+        for (int lane = 0; lane < L; ++lane) {
+          const int o = b * L + lane;
           if (o >= s.out_c) break;
           const int8_t v = weight[((static_cast<int64_t>(o) * s.in_c + c) * s.kernel + ky) * s.kernel + kx];
-          p.data[((static_cast<size_t>(b) * s.kernel + ky) * pairs + k / 2) * 16 + lane * 2 + k % 2] = v;
+          p.data[((static_cast<size_t>(b) * s.kernel + ky) * pairs + k / 2) * 2 * L + lane * 2 + k % 2] = v;
         }
       }
   return p;
@@ -94,13 +96,14 @@ BlockRequant block_requant(const Requant& r, int block, int out_c) {
   return b;
 }
 
-// Writes the nb x 8 block (acc[j * 8 + lane]: pixel j, channel lane) requantized to int8 CHW.
-void store_scalar(const int32_t* acc, const BlockRequant& b, const Requant& r, int nb, int8_t* out, int64_t pixels) {
+// Writes the nb x 8 block (acc[j * stride + lane]: pixel j, channel lane) requantized to int8 CHW.
+void store_scalar(const int32_t* acc, int stride, const BlockRequant& b, const Requant& r, int nb, int8_t* out,
+                  int64_t pixels) {
   for (int l = 0; l < b.channels; ++l)
     for (int j = 0; j < nb; ++j) {
       // Saturating: a well-formed model never gets near the limit, a hostile file must not overflow.
       const int64_t v = r.out_zero + int64_t{multiply_by_quantized_multiplier(
-                                         saturate_int32(int64_t{acc[j * 8 + l]} + b.bias[l]), b.q[l])};
+                                         saturate_int32(int64_t{acc[j * stride + l]} + b.bias[l]), b.q[l])};
       out[l * pixels + j] = static_cast<int8_t>(std::clamp<int64_t>(v, r.out_min, r.out_max));
     }
 }
@@ -109,92 +112,98 @@ void store_scalar(const int32_t* acc, const BlockRequant& b, const Requant& r, i
 // acc[j * 8 + lane]. rows[j] points at pixel j's receptive field (row ky at + ky * row_stride) in
 // the padded input.
 
-void block_generic(const int16_t* w, int kernel, int pairs, const int16_t* const* rows, int row_stride, int32_t* acc) {
+void block_generic(const int16_t* w, int lanes, int kernel, int pairs, const int16_t* const* rows, int row_stride,
+                   int32_t* acc) {
   for (int j = 0; j < 8; ++j) {
-    int32_t a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int32_t a[16] = {};
     for (int ky = 0; ky < kernel; ++ky) {
       const int16_t* x = rows[j] + static_cast<int64_t>(ky) * row_stride;
-      const int16_t* wk = w + static_cast<int64_t>(ky) * pairs * 16;
+      const int16_t* wk = w + static_cast<int64_t>(ky) * pairs * 2 * lanes;
       for (int p = 0; p < pairs; ++p) {
         const int32_t x0 = x[2 * p], x1 = x[2 * p + 1];
-        for (int lane = 0; lane < 8; ++lane) a[lane] += wk[p * 16 + 2 * lane] * x0 + wk[p * 16 + 2 * lane + 1] * x1;
+        const int16_t* wp = wk + p * 2 * lanes;
+        for (int lane = 0; lane < lanes; ++lane) a[lane] += wp[2 * lane] * x0 + wp[2 * lane + 1] * x1;
       }
     }
-    std::memcpy(acc + j * 8, a, sizeof(a));
+    std::memcpy(acc + j * lanes, a, sizeof(int32_t) * static_cast<size_t>(lanes));
   }
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// One body for both x86 kernels (each needs its own target attribute, which templates cannot
+// carry): 8 accumulators, one per pixel, each 8 channels wide; STEP(acc, weights, pair pointer)
+// adds the products of one channel pair.
+#define QD_RT_BLOCK_BODY(STEP)                                                                          \
+  __m256i a[8];                                                                                        \
+  for (int j = 0; j < 8; ++j) a[j] = _mm256_setzero_si256();                                           \
+  for (int ky = 0; ky < kernel; ++ky) {                                                                \
+    const int64_t off = static_cast<int64_t>(ky) * row_stride;                                         \
+    const int16_t* r[8];                                                                               \
+    for (int j = 0; j < 8; ++j) r[j] = rows[j] + off;                                                  \
+    const int16_t* wk = w + static_cast<int64_t>(ky) * pairs * 16;                                     \
+    for (int p = 0; p < pairs; ++p) {                                                                  \
+      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wk + p * 16));            \
+      for (int j = 0; j < 8; ++j) a[j] = STEP(a[j], wv, r[j] + 2 * p);                                  \
+    }                                                                                                  \
+  }                                                                                                    \
+  for (int j = 0; j < 8; ++j) _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + j * 8), a[j]);
+
 // Two int16 (one channel pair) as an int32, broadcast to every lane.
-__attribute__((target("avx2"))) inline __m256i pair(const int16_t* p) {
+__attribute__((target("avx2"))) inline __m256i pair_avx2(const int16_t* p) {
   int32_t v;
   std::memcpy(&v, p, sizeof(v));
   return _mm256_set1_epi32(v);
 }
-
+__attribute__((target("avx2"))) inline __m256i step_avx2(__m256i acc, __m256i w, const int16_t* x) {
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(w, pair_avx2(x)));
+}
 __attribute__((target("avx2"))) void block_avx2(const int16_t* w, int kernel, int pairs, const int16_t* const* rows,
                                                 int row_stride, int32_t* acc) {
-  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-  for (int ky = 0; ky < kernel; ++ky) {
-    const int64_t off = static_cast<int64_t>(ky) * row_stride;
-    const int16_t *r0 = rows[0] + off, *r1 = rows[1] + off, *r2 = rows[2] + off, *r3 = rows[3] + off;
-    const int16_t *r4 = rows[4] + off, *r5 = rows[5] + off, *r6 = rows[6] + off, *r7 = rows[7] + off;
-    const int16_t* wk = w + static_cast<int64_t>(ky) * pairs * 16;
-    for (int p = 0; p < pairs; ++p) {
-      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wk + p * 16));
-      a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(wv, pair(r0 + 2 * p)));
-      a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(wv, pair(r1 + 2 * p)));
-      a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(wv, pair(r2 + 2 * p)));
-      a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(wv, pair(r3 + 2 * p)));
-      a4 = _mm256_add_epi32(a4, _mm256_madd_epi16(wv, pair(r4 + 2 * p)));
-      a5 = _mm256_add_epi32(a5, _mm256_madd_epi16(wv, pair(r5 + 2 * p)));
-      a6 = _mm256_add_epi32(a6, _mm256_madd_epi16(wv, pair(r6 + 2 * p)));
-      a7 = _mm256_add_epi32(a7, _mm256_madd_epi16(wv, pair(r7 + 2 * p)));
-    }
-  }
-  __m256i* o = reinterpret_cast<__m256i*>(acc);
-  _mm256_storeu_si256(o + 0, a0), _mm256_storeu_si256(o + 1, a1), _mm256_storeu_si256(o + 2, a2);
-  _mm256_storeu_si256(o + 3, a3), _mm256_storeu_si256(o + 4, a4), _mm256_storeu_si256(o + 5, a5);
-  _mm256_storeu_si256(o + 6, a6), _mm256_storeu_si256(o + 7, a7);
+  QD_RT_BLOCK_BODY(step_avx2)
 }
 
-// The same with AVX-512 VNNI's fused multiply-add of int16 pairs (vpdpwssd, 256-bit form).
-__attribute__((target("avx2,avx512vl,avx512vnni"))) inline __m256i pair_vnni(const int16_t* p) {
+// AVX-512 VNNI fuses the multiply-add of int16 pairs (vpdpwssd, in its 256-bit form).
+__attribute__((target("avx2,avx512vl,avx512vnni"))) inline __m256i step_vnni(__m256i acc, __m256i w,
+                                                                              const int16_t* x) {
   int32_t v;
-  std::memcpy(&v, p, sizeof(v));
-  return _mm256_set1_epi32(v);
+  std::memcpy(&v, x, sizeof(v));
+  return _mm256_dpwssd_epi32(acc, w, _mm256_set1_epi32(v));
 }
+__attribute__((target("avx2,avx512vl,avx512vnni"))) void block_vnni(const int16_t* w, int kernel, int pairs,
+                                                                     const int16_t* const* rows, int row_stride,
+                                                                     int32_t* acc) {
+  QD_RT_BLOCK_BODY(step_vnni)
+}
+#undef QD_RT_BLOCK_BODY
 
-__attribute__((target("avx2,avx512vl,avx512vnni"))) void block_vnni(const int16_t* w, int kernel, int pairs, const int16_t* const* rows,
-                                                int row_stride, int32_t* acc) {
-  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+// 16 channels per 512-bit register (weights packed with lanes = 16): twice the products per
+// broadcast pixel pair.
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void block_vnni512(const int16_t* w, int kernel, int pairs,
+                                                                           const int16_t* const* rows, int row_stride,
+                                                                           int32_t* acc) {
+  __m512i a[8];
+  for (int j = 0; j < 8; ++j) a[j] = _mm512_setzero_si512();
   for (int ky = 0; ky < kernel; ++ky) {
     const int64_t off = static_cast<int64_t>(ky) * row_stride;
-    const int16_t *r0 = rows[0] + off, *r1 = rows[1] + off, *r2 = rows[2] + off, *r3 = rows[3] + off;
-    const int16_t *r4 = rows[4] + off, *r5 = rows[5] + off, *r6 = rows[6] + off, *r7 = rows[7] + off;
-    const int16_t* wk = w + static_cast<int64_t>(ky) * pairs * 16;
+    const int16_t* r[8];
+    for (int j = 0; j < 8; ++j) r[j] = rows[j] + off;
+    const int16_t* wk = w + static_cast<int64_t>(ky) * pairs * 32;
     for (int p = 0; p < pairs; ++p) {
-      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wk + p * 16));
-      a0 = _mm256_dpwssd_epi32(a0, wv, pair_vnni(r0 + 2 * p));
-      a1 = _mm256_dpwssd_epi32(a1, wv, pair_vnni(r1 + 2 * p));
-      a2 = _mm256_dpwssd_epi32(a2, wv, pair_vnni(r2 + 2 * p));
-      a3 = _mm256_dpwssd_epi32(a3, wv, pair_vnni(r3 + 2 * p));
-      a4 = _mm256_dpwssd_epi32(a4, wv, pair_vnni(r4 + 2 * p));
-      a5 = _mm256_dpwssd_epi32(a5, wv, pair_vnni(r5 + 2 * p));
-      a6 = _mm256_dpwssd_epi32(a6, wv, pair_vnni(r6 + 2 * p));
-      a7 = _mm256_dpwssd_epi32(a7, wv, pair_vnni(r7 + 2 * p));
+      const __m512i wv = _mm512_loadu_si512(wk + p * 32);
+      for (int j = 0; j < 8; ++j) {
+        int32_t v;
+        std::memcpy(&v, r[j] + 2 * p, sizeof(v));
+        a[j] = _mm512_dpwssd_epi32(a[j], wv, _mm512_set1_epi32(v));
+      }
     }
   }
-  __m256i* o = reinterpret_cast<__m256i*>(acc);
-  _mm256_storeu_si256(o + 0, a0), _mm256_storeu_si256(o + 1, a1), _mm256_storeu_si256(o + 2, a2);
-  _mm256_storeu_si256(o + 3, a3), _mm256_storeu_si256(o + 4, a4), _mm256_storeu_si256(o + 5, a5);
-  _mm256_storeu_si256(o + 6, a6), _mm256_storeu_si256(o + 7, a7);
+  for (int j = 0; j < 8; ++j) _mm512_storeu_si512(acc + j * 16, a[j]);
 }
 
 // store_scalar's arithmetic on 8 channels at once (see BlockRequant), for blocks whose shifts are
 // all <= 0: |x * M| <= |x| < 2^31, so no saturation is needed.
-__attribute__((target("avx2"))) void store_avx2(const int32_t* acc, const BlockRequant& b, const Requant& r, int nb,
-                                                int8_t* out, int64_t pixels) {
+__attribute__((target("avx2"))) void store_avx2(const int32_t* acc, int stride, const BlockRequant& b, const Requant& r,
+                                                int nb, int8_t* out, int64_t pixels) {
   const __m256i bias = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.bias));
   const __m256i m = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.multiplier));
   const __m256i m_odd = _mm256_srli_epi64(m, 32);
@@ -208,7 +217,7 @@ __attribute__((target("avx2"))) void store_avx2(const int32_t* acc, const BlockR
   const __m256i zp = _mm256_set1_epi32(r.out_zero), lo = _mm256_set1_epi32(r.out_min), hi = _mm256_set1_epi32(r.out_max);
   alignas(32) int32_t res[8];
   for (int j = 0; j < nb; ++j) {
-    const __m256i x = _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + j * 8)), bias);
+    const __m256i x = _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + j * stride)), bias);
     __m256i e = _mm256_mul_epi32(x, m);
     __m256i o = _mm256_mul_epi32(_mm256_srli_epi64(x, 32), m_odd);
     e = _mm256_sub_epi64(_mm256_srlv_epi64(_mm256_add_epi64(e, add_e), sh_e), sub_e);
@@ -228,7 +237,8 @@ Isa detect_isa() {
 Isa detect_isa() { return Isa::kGeneric; }
 void block_vnni(const int16_t*, int, int, const int16_t* const*, int, int32_t*) {}
 void block_avx2(const int16_t*, int, int, const int16_t* const*, int, int32_t*) {}
-void store_avx2(const int32_t*, const BlockRequant&, const Requant&, int, int8_t*, int64_t) {}
+void store_avx2(const int32_t*, int, const BlockRequant&, const Requant&, int, int8_t*, int64_t) {}
+void block_vnni512(const int16_t*, int, int, const int16_t* const*, int, int32_t*) {}
 #endif
 
 }  // namespace
@@ -251,7 +261,7 @@ void conv2d_s8(const int8_t* in, const PackedConvWeights& w, const ConvShape& s,
                ConvScratch& scratch) {
   const int oh = s.out_h(), ow = s.out_w(), pixels = oh * ow;
   const int cp = w.in_cp, hp = s.in_h + 2 * s.pad, wp = s.in_w + 2 * s.pad;
-  const int blocks = (s.out_c + 7) / 8, pairs = s.kernel * cp / 2, row_stride = wp * cp;
+  const int blocks = (s.out_c + w.lanes - 1) / w.lanes, pairs = s.kernel * cp / 2, row_stride = wp * cp;
   // The padded HWC input, x - in_zero: padding and the odd channel's partner are exactly 0.
   scratch.padded.assign(static_cast<size_t>(hp) * wp * cp, 0);
   for (int c = 0; c < s.in_c; ++c)
@@ -260,12 +270,14 @@ void conv2d_s8(const int8_t* in, const PackedConvWeights& w, const ConvShape& s,
       int16_t* dst = scratch.padded.data() + (static_cast<int64_t>(y + s.pad) * wp + s.pad) * cp + c;
       for (int x = 0; x < s.in_w; ++x) dst[static_cast<int64_t>(x) * cp] = static_cast<int16_t>(src[x] - r.in_zero);
     }
+  // Requantization parameters per 8 channels (a 16-lane block is two of them).
   std::vector<BlockRequant> requant;
-  for (int b = 0; b < blocks; ++b) requant.push_back(block_requant(r, b, s.out_c));
+  for (int h = 0; h < (s.out_c + 7) / 8; ++h) requant.push_back(block_requant(r, h, s.out_c));
   const Isa isa = active_isa();
+  const int L = w.lanes;
   const bool avx2 = isa >= Isa::kAvx2, vnni = isa == Isa::kAvx512Vnni;
   const int16_t* rows[8];
-  alignas(32) int32_t acc[64];
+  alignas(64) int32_t acc[128];
   for (int y = 0; y < oh; ++y)
     for (int x0 = 0; x0 < ow; x0 += 8) {
       const int nb = std::min(8, ow - x0);
@@ -273,20 +285,22 @@ void conv2d_s8(const int8_t* in, const PackedConvWeights& w, const ConvShape& s,
         rows[j] = scratch.padded.data() +
                   (static_cast<int64_t>(y) * s.stride * wp + static_cast<int64_t>(x0 + std::min(j, nb - 1)) * s.stride) * cp;
       for (int b = 0; b < blocks; ++b) {
-        const int16_t* wb = w.data.data() + static_cast<size_t>(b) * s.kernel * pairs * 16;
-        int8_t* dst = out + static_cast<int64_t>(b) * 8 * pixels + static_cast<int64_t>(y) * ow + x0;
-        if (avx2) {
-          if (vnni)
-            block_vnni(wb, s.kernel, pairs, rows, row_stride, acc);
+        const int16_t* wb = w.data.data() + static_cast<size_t>(b) * s.kernel * pairs * 2 * L;
+        if (L == 16 && vnni)
+          block_vnni512(wb, s.kernel, pairs, rows, row_stride, acc);
+        else if (L == 8 && vnni)
+          block_vnni(wb, s.kernel, pairs, rows, row_stride, acc);
+        else if (L == 8 && avx2)
+          block_avx2(wb, s.kernel, pairs, rows, row_stride, acc);
+        else
+          block_generic(wb, L, s.kernel, pairs, rows, row_stride, acc);
+        for (int h = 0; h < L / 8 && (b * L + h * 8) < s.out_c; ++h) {
+          const BlockRequant& q = requant[static_cast<size_t>(b * L / 8 + h)];
+          int8_t* dst = out + static_cast<int64_t>(b * L + h * 8) * pixels + static_cast<int64_t>(y) * ow + x0;
+          if (avx2 && q.vector)
+            store_avx2(acc + h * 8, L, q, r, nb, dst, pixels);
           else
-            block_avx2(wb, s.kernel, pairs, rows, row_stride, acc);
-          if (requant[static_cast<size_t>(b)].vector)
-            store_avx2(acc, requant[static_cast<size_t>(b)], r, nb, dst, pixels);
-          else
-            store_scalar(acc, requant[static_cast<size_t>(b)], r, nb, dst, pixels);
-        } else {
-          block_generic(wb, s.kernel, pairs, rows, row_stride, acc);
-          store_scalar(acc, requant[static_cast<size_t>(b)], r, nb, dst, pixels);
+            store_scalar(acc + h * 8, L, q, r, nb, dst, pixels);
         }
       }
     }

@@ -36,14 +36,16 @@ Isa best_isa();             // what this CPU supports best
 void force_isa(Isa isa);    // for tests: use `isa` (must be <= best_isa()) from now on
 Isa active_isa();
 
-// Convolution weights rearranged once (at model load) for the kernel: int16, blocks of 8 output
-// channels, per kernel row the (kx, channel) run in channel pairs:
-//   data[((block * kernel + ky) * pairs + p) * 16 + lane * 2 + e],  pairs = kernel * in_cp / 2,
-// the weight of output channel block * 8 + lane at (ky, kx, c) with kx * in_cp + c = 2 p + e, zero
-// where the channel does not exist (in_cp = in_c rounded up to even, out_c up to a multiple of 8).
+// Convolution weights rearranged once (at model load) for the kernel: int16, blocks of L = 8 (or
+// 16 with AVX-512 VNNI and more than 8 channels) output channels, per kernel row the
+// (kx, channel) run in channel pairs:
+//   data[((block * kernel + ky) * pairs + p) * 2L + lane * 2 + e],  pairs = kernel * in_cp / 2,
+// the weight of output channel block * L + lane at (ky, kx, c) with kx * in_cp + c = 2 p + e, zero
+// where the channel does not exist (in_cp = in_c rounded up to even, out_c up to a multiple of L).
+// Packed for the instruction set active when packing (active_isa()).
 struct PackedConvWeights {
   std::vector<int16_t> data;
-  int out_c = 0, in_c = 0, in_cp = 0, kernel = 1;
+  int out_c = 0, in_c = 0, in_cp = 0, kernel = 1, lanes = 8;
 };
 PackedConvWeights pack_conv_weights(const int8_t* weight, const ConvShape& s);  // weight [O, I, k, k]
 

@@ -86,6 +86,8 @@ int run_export(const ExportCommand& cmd) {
     files["student.int8.onnx"] = file_bytes(out / "student.int8.onnx");
     files["student.fp32.onnx"] = file_bytes(out / "student.fp32.onnx");
   }
+  bool asymmetric = false;
+  for (size_t t = 0; t + 1 < int_model.tensors.size(); ++t) asymmetric = asymmetric || int_model.tensors[t].zero_point != 0;
   int64_t weights = 0;
   for (const rt::Layer& l : int_model.layers) weights += static_cast<int64_t>(l.weight.size());
   std::printf("exported %s (epoch %lld%s): %zu layers, %lld int8 weights\n", ckpt.string().c_str(),
@@ -94,6 +96,9 @@ int run_export(const ExportCommand& cmd) {
   for (const auto& [name, bytes] : files.items())
     std::printf("  %-40s %8lld bytes\n", (out / name).string().c_str(), static_cast<long long>(bytes.get<int64_t>()));
 
+  if (asymmetric && cmd.format != "qdm")
+    std::printf("note: activations have zero points (qat.activation.symmetric: false). ONNX Runtime runs them; "
+                "TensorRT accepts only zero-point-0 int8, so for TensorRT train with qat.activation.symmetric=true.\n");
   nlohmann::json report = {{"run_dir", run.string()}, {"source", src.string()}, {"checkpoint", ckpt.string()},
                            {"epoch", meta.epoch}, {"pruned", pruned}, {"files", files}, {"layers", int_model.layers.size()},
                            {"int8_weights", weights}};
