@@ -44,6 +44,26 @@ QD_RT_CLONES void gemm_s8s8_s32(const int8_t* a, const int8_t* b, int32_t* c, in
 PackedConvWeights pack_conv_weights(const int8_t* weight, const ConvShape& s) {
   PackedConvWeights p;
   p.out_c = s.out_c, p.in_c = s.in_c, p.in_cp = (s.in_c + 1) / 2 * 2, p.kernel = s.kernel;
+  auto w_at = [&](int o, int c, int ky, int kx) {
+    return weight[((static_cast<int64_t>(o) * s.in_c + c) * s.kernel + ky) * s.kernel + kx];
+  };
+  if (active_isa() == Isa::kAvx512Vnni && s.out_c > 8) {
+    p.quads = true, p.lanes = 16;
+    p.in_cp = (s.in_c + 3) / 4 * 4;
+    const int blocks = (s.out_c + 15) / 16, run = s.kernel * p.in_cp, quads = run / 4;
+    p.data8.assign(static_cast<size_t>(blocks) * s.kernel * quads * 64, 0);
+    p.weight_sum.assign(static_cast<size_t>(s.out_c), 0);
+    for (int o = 0; o < s.out_c; ++o)
+      for (int ky = 0; ky < s.kernel; ++ky)
+        for (int k = 0; k < run; ++k) {
+          const int kx = k / p.in_cp, c = k % p.in_cp;
+          if (c >= s.in_c) continue;
+          const int8_t v = w_at(o, c, ky, kx);
+          p.weight_sum[static_cast<size_t>(o)] += v;
+          p.data8[((static_cast<size_t>(o / 16) * s.kernel + ky) * quads + k / 4) * 64 + (o % 16) * 4 + k % 4] = v;
+        }
+    return p;
+  }
   // 512-bit registers hold 16 channels; below 9 channels the second half would be idle.
   p.lanes = active_isa() == Isa::kAvx512Vnni && s.out_c > 8 ? 16 : 8;
   const int L = p.lanes, blocks = (s.out_c + L - 1) / L, run = s.kernel * p.in_cp, pairs = run / 2;
@@ -56,8 +76,7 @@ PackedConvWeights pack_conv_weights(const int8_t* weight, const ConvShape& s) {
         for (int lane = 0; lane < L; ++lane) {
           const int o = b * L + lane;
           if (o >= s.out_c) break;
-          const int8_t v = weight[((static_cast<int64_t>(o) * s.in_c + c) * s.kernel + ky) * s.kernel + kx];
-          p.data[((static_cast<size_t>(b) * s.kernel + ky) * pairs + k / 2) * 2 * L + lane * 2 + k % 2] = v;
+          p.data[((static_cast<size_t>(b) * s.kernel + ky) * pairs + k / 2) * 2 * L + lane * 2 + k % 2] = w_at(o, c, ky, kx);
         }
       }
   return p;
@@ -78,14 +97,14 @@ struct BlockRequant {
   bool vector = true;
 };
 
-BlockRequant block_requant(const Requant& r, int block, int out_c) {
+BlockRequant block_requant(const Requant& r, int block, int out_c, const int32_t* bias_adjust) {
   BlockRequant b;
   b.channels = std::min(8, out_c - block * 8);
   for (int l = 0; l < 8; ++l) {
     const int o = block * 8 + l;
     const bool real = l < b.channels;
     b.q[l] = real ? r.multiplier[o] : QuantizedMultiplier{};
-    b.bias[l] = real && r.bias ? r.bias[o] : 0;
+    b.bias[l] = (real && r.bias ? r.bias[o] : 0) + (real && bias_adjust ? bias_adjust[o] : 0);
     b.multiplier[l] = b.q[l].multiplier;
     const int ts = 31 - b.q[l].shift;
     b.shift[l] = ts;
@@ -126,6 +145,21 @@ void block_generic(const int16_t* w, int lanes, int kernel, int pairs, const int
       }
     }
     std::memcpy(acc + j * lanes, a, sizeof(int32_t) * static_cast<size_t>(lanes));
+  }
+}
+
+// The quad format (see PackedConvWeights), 16 lanes: acc[j * 16 + lane] = sum w * x_u8.
+void block_generic_quads(const int8_t* w, int kernel, int quads, const uint8_t* const* rows, int row_stride,
+                         int32_t* acc) {
+  for (int j = 0; j < 8; ++j) {
+    int32_t a[16] = {};
+    for (int ky = 0; ky < kernel; ++ky) {
+      const uint8_t* x = rows[j] + static_cast<int64_t>(ky) * row_stride;
+      const int8_t* wk = w + static_cast<int64_t>(ky) * quads * 64;
+      for (int q = 0; q < quads * 4; ++q)
+        for (int lane = 0; lane < 16; ++lane) a[lane] += wk[(q / 4) * 64 + lane * 4 + q % 4] * int32_t{x[q]};
+    }
+    std::memcpy(acc + j * 16, a, sizeof(a));
   }
 }
 
@@ -200,6 +234,29 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void block_vnni512(const 
   for (int j = 0; j < 8; ++j) _mm512_storeu_si512(acc + j * 16, a[j]);
 }
 
+// The quad format with vpdpbusd: four u8 x s8 products per lane per instruction (no saturation).
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void block_dpbusd(const int8_t* w, int kernel, int quads,
+                                                                          const uint8_t* const* rows, int row_stride,
+                                                                          int32_t* acc) {
+  __m512i a[8];
+  for (int j = 0; j < 8; ++j) a[j] = _mm512_setzero_si512();
+  for (int ky = 0; ky < kernel; ++ky) {
+    const int64_t off = static_cast<int64_t>(ky) * row_stride;
+    const uint8_t* r[8];
+    for (int j = 0; j < 8; ++j) r[j] = rows[j] + off;
+    const int8_t* wk = w + static_cast<int64_t>(ky) * quads * 64;
+    for (int q = 0; q < quads; ++q) {
+      const __m512i wv = _mm512_loadu_si512(wk + q * 64);
+      for (int j = 0; j < 8; ++j) {
+        int32_t v;
+        std::memcpy(&v, r[j] + 4 * q, sizeof(v));
+        a[j] = _mm512_dpbusd_epi32(a[j], _mm512_set1_epi32(v), wv);
+      }
+    }
+  }
+  for (int j = 0; j < 8; ++j) _mm512_storeu_si512(acc + j * 16, a[j]);
+}
+
 // store_scalar's arithmetic on 8 channels at once (see BlockRequant), for blocks whose shifts are
 // all <= 0: |x * M| <= |x| < 2^31, so no saturation is needed.
 __attribute__((target("avx2"))) void store_avx2(const int32_t* acc, int stride, const BlockRequant& b, const Requant& r,
@@ -239,6 +296,7 @@ void block_vnni(const int16_t*, int, int, const int16_t* const*, int, int32_t*) 
 void block_avx2(const int16_t*, int, int, const int16_t* const*, int, int32_t*) {}
 void store_avx2(const int32_t*, int, const BlockRequant&, const Requant&, int, int8_t*, int64_t) {}
 void block_vnni512(const int16_t*, int, int, const int16_t* const*, int, int32_t*) {}
+void block_dpbusd(const int8_t*, int, int, const uint8_t* const*, int, int32_t*) {}
 #endif
 
 }  // namespace
@@ -261,39 +319,66 @@ void conv2d_s8(const int8_t* in, const PackedConvWeights& w, const ConvShape& s,
                ConvScratch& scratch) {
   const int oh = s.out_h(), ow = s.out_w(), pixels = oh * ow;
   const int cp = w.in_cp, hp = s.in_h + 2 * s.pad, wp = s.in_w + 2 * s.pad;
-  const int blocks = (s.out_c + w.lanes - 1) / w.lanes, pairs = s.kernel * cp / 2, row_stride = wp * cp;
-  // The padded HWC input, x - in_zero: padding and the odd channel's partner are exactly 0.
-  scratch.padded.assign(static_cast<size_t>(hp) * wp * cp, 0);
-  for (int c = 0; c < s.in_c; ++c)
-    for (int y = 0; y < s.in_h; ++y) {
-      const int8_t* src = in + (static_cast<int64_t>(c) * s.in_h + y) * s.in_w;
-      int16_t* dst = scratch.padded.data() + (static_cast<int64_t>(y + s.pad) * wp + s.pad) * cp + c;
-      for (int x = 0; x < s.in_w; ++x) dst[static_cast<int64_t>(x) * cp] = static_cast<int16_t>(src[x] - r.in_zero);
-    }
+  const int L = w.lanes, blocks = (s.out_c + L - 1) / L, row_stride = wp * cp;
+  const int steps = s.kernel * cp / (w.quads ? 4 : 2);  // channel pairs or quads per kernel row
+  std::vector<int32_t> adjust;  // quads: sum w * (x + 128) - (in_zero + 128) * sum w = sum w * (x - in_zero)
+  if (w.quads) {
+    // The padded HWC input as x + 128 (uint8); padding reads in_zero + 128, i.e. real 0 once the
+    // weight sum term is removed. Channels beyond in_c have zero weights.
+    scratch.padded8.assign(static_cast<size_t>(hp) * wp * cp, static_cast<uint8_t>(r.in_zero + 128));
+    for (int c = 0; c < s.in_c; ++c)
+      for (int y = 0; y < s.in_h; ++y) {
+        const int8_t* src = in + (static_cast<int64_t>(c) * s.in_h + y) * s.in_w;
+        uint8_t* dst = scratch.padded8.data() + (static_cast<int64_t>(y + s.pad) * wp + s.pad) * cp + c;
+        for (int x = 0; x < s.in_w; ++x) dst[static_cast<int64_t>(x) * cp] = static_cast<uint8_t>(src[x] + 128);
+      }
+    for (int32_t ws : w.weight_sum) adjust.push_back(-(r.in_zero + 128) * ws);
+  } else {
+    // The padded HWC input, x - in_zero: padding and the odd channel's partner are exactly 0.
+    scratch.padded.assign(static_cast<size_t>(hp) * wp * cp, 0);
+    for (int c = 0; c < s.in_c; ++c)
+      for (int y = 0; y < s.in_h; ++y) {
+        const int8_t* src = in + (static_cast<int64_t>(c) * s.in_h + y) * s.in_w;
+        int16_t* dst = scratch.padded.data() + (static_cast<int64_t>(y + s.pad) * wp + s.pad) * cp + c;
+        for (int x = 0; x < s.in_w; ++x) dst[static_cast<int64_t>(x) * cp] = static_cast<int16_t>(src[x] - r.in_zero);
+      }
+  }
   // Requantization parameters per 8 channels (a 16-lane block is two of them).
   std::vector<BlockRequant> requant;
-  for (int h = 0; h < (s.out_c + 7) / 8; ++h) requant.push_back(block_requant(r, h, s.out_c));
+  for (int h = 0; h < (s.out_c + 7) / 8; ++h)
+    requant.push_back(block_requant(r, h, s.out_c, adjust.empty() ? nullptr : adjust.data()));
   const Isa isa = active_isa();
-  const int L = w.lanes;
   const bool avx2 = isa >= Isa::kAvx2, vnni = isa == Isa::kAvx512Vnni;
   const int16_t* rows[8];
+  const uint8_t* rows8[8];
   alignas(64) int32_t acc[128];
   for (int y = 0; y < oh; ++y)
     for (int x0 = 0; x0 < ow; x0 += 8) {
       const int nb = std::min(8, ow - x0);
-      for (int j = 0; j < 8; ++j)  // past the row's end: recompute the last pixel, not stored
-        rows[j] = scratch.padded.data() +
-                  (static_cast<int64_t>(y) * s.stride * wp + static_cast<int64_t>(x0 + std::min(j, nb - 1)) * s.stride) * cp;
+      for (int j = 0; j < 8; ++j) {  // past the row's end: recompute the last pixel, not stored
+        const int64_t off =
+            (static_cast<int64_t>(y) * s.stride * wp + static_cast<int64_t>(x0 + std::min(j, nb - 1)) * s.stride) * cp;
+        rows[j] = scratch.padded.data() + (w.quads ? 0 : off);
+        rows8[j] = scratch.padded8.data() + (w.quads ? off : 0);
+      }
       for (int b = 0; b < blocks; ++b) {
-        const int16_t* wb = w.data.data() + static_cast<size_t>(b) * s.kernel * pairs * 2 * L;
-        if (L == 16 && vnni)
-          block_vnni512(wb, s.kernel, pairs, rows, row_stride, acc);
-        else if (L == 8 && vnni)
-          block_vnni(wb, s.kernel, pairs, rows, row_stride, acc);
-        else if (L == 8 && avx2)
-          block_avx2(wb, s.kernel, pairs, rows, row_stride, acc);
-        else
-          block_generic(wb, L, s.kernel, pairs, rows, row_stride, acc);
+        if (w.quads) {
+          const int8_t* wb = w.data8.data() + static_cast<size_t>(b) * s.kernel * steps * 64;
+          if (vnni)
+            block_dpbusd(wb, s.kernel, steps, rows8, row_stride, acc);
+          else
+            block_generic_quads(wb, s.kernel, steps, rows8, row_stride, acc);
+        } else {
+          const int16_t* wb = w.data.data() + static_cast<size_t>(b) * s.kernel * steps * 2 * L;
+          if (L == 16 && vnni)
+            block_vnni512(wb, s.kernel, steps, rows, row_stride, acc);
+          else if (L == 8 && vnni)
+            block_vnni(wb, s.kernel, steps, rows, row_stride, acc);
+          else if (L == 8 && avx2)
+            block_avx2(wb, s.kernel, steps, rows, row_stride, acc);
+          else
+            block_generic(wb, L, s.kernel, steps, rows, row_stride, acc);
+        }
         for (int h = 0; h < L / 8 && (b * L + h * 8) < s.out_c; ++h) {
           const BlockRequant& q = requant[static_cast<size_t>(b * L / 8 + h)];
           int8_t* dst = out + static_cast<int64_t>(b * L + h * 8) * pixels + static_cast<int64_t>(y) * ow + x0;

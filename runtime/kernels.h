@@ -43,15 +43,24 @@ Isa active_isa();
 // the weight of output channel block * L + lane at (ky, kx, c) with kx * in_cp + c = 2 p + e, zero
 // where the channel does not exist (in_cp = in_c rounded up to even, out_c up to a multiple of L).
 // Packed for the instruction set active when packing (active_isa()).
+//
+// With AVX-512 VNNI the weights are int8 quads instead (u8 x s8 products, four per lane per
+// instruction): data8[((block * kernel + ky) * quads + q) * 64 + lane * 4 + e], 16 lanes,
+// quads = kernel * in_cq / 4 (in_cq = in_c rounded up to a multiple of 4), with each channel's
+// weight sum, which turns sum w * (x + 128) back into sum w * (x - in_zero).
 struct PackedConvWeights {
   std::vector<int16_t> data;
+  std::vector<int8_t> data8;
+  std::vector<int32_t> weight_sum;  // [out_c], quads only
+  bool quads = false;
   int out_c = 0, in_c = 0, in_cp = 0, kernel = 1, lanes = 8;
 };
 PackedConvWeights pack_conv_weights(const int8_t* weight, const ConvShape& s);  // weight [O, I, k, k]
 
-// A reused buffer: the zero-padded input (HWC, int16, minus its zero point).
+// Reused buffers: the padded input (HWC; int16 x - in_zero, or uint8 x + 128 for quads).
 struct ConvScratch {
   std::vector<int16_t> padded;
+  std::vector<uint8_t> padded8;
 };
 
 // out[O, OH, OW] = clamp(out_zero + M[o] * (bias[o] + sum w * (x - in_zero))), padding = in_zero.
