@@ -1,4 +1,5 @@
-// Integer-only int8 kernels of the edge runtime: im2col convolution over a blocked int8 GEMM with
+// Integer-only int8 kernels of the edge runtime: a blocked int8 GEMM (the classifier) and a direct
+// convolution that reads its im2col rows in place from a padded HWC copy of the input, both with
 // int32 accumulation, requantized per output channel by a fixed-point multiplier. No LibTorch, no
 // floating point in the arithmetic. Tensors are single images in CHW order.
 #pragma once
