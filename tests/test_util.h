@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <random>
@@ -47,6 +48,15 @@ inline ProcResult run_command(const std::string& cmd) {
   const int status = ::pclose(p);
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return r;
+}
+
+// The Python that scripts/setup.sh installs torch and onnxruntime into (scripts/common.sh's
+// qd_python): the project's .venv if setup made one, else $PYTHON, else python3.
+inline std::string setup_python(const std::string& source_dir) {
+  const std::string venv = source_dir + "/.venv/bin/python";
+  if (::access(venv.c_str(), X_OK) == 0) return venv;
+  const char* env = std::getenv("PYTHON");
+  return env && *env ? env : "python3";
 }
 
 }  // namespace qd::test

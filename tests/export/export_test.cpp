@@ -182,10 +182,11 @@ TEST(ExportCli, TrainedPrunedQatRunExportsVerifiesAndRuns) {
   EXPECT_EQ(fs::file_size(logits), 1000u * 10u * sizeof(float));
 
   // ONNX Runtime on the int8 QDQ file against the simulation's logits.
-  if (std::system("python3 -c 'import onnxruntime' >/dev/null 2>&1") != 0) {
-    GTEST_SKIP() << "onnxruntime not installed for python3: run scripts/setup.sh (ONNX Runtime check skipped)";
+  const std::string py = test::setup_python(QD_SOURCE_DIR);
+  if (std::system((py + " -c 'import onnxruntime' >/dev/null 2>&1").c_str()) != 0) {
+    GTEST_SKIP() << "onnxruntime not installed for " << py << ": run scripts/setup.sh (ONNX Runtime check skipped)";
   }
-  r = test::run_command("python3 " + std::string(QD_SOURCE_DIR) + "/tests/export/ort_run.py " +
+  r = test::run_command(py + " " + std::string(QD_SOURCE_DIR) + "/tests/export/ort_run.py " +
                         (run / "export" / "student.int8.onnx").string() + " --images " + kFmnist +
                         "/t10k-images-idx3-ubyte.gz --limit 1000 --reference " + sim + " --min-agreement 0.995 2>&1");
   EXPECT_EQ(r.code, 0) << r.output;

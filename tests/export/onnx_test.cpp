@@ -432,14 +432,6 @@ TEST(OnnxWriter, ClampsAndPaddingOtherThanTheCommonCase) {
 
 // ---- ONNX Runtime vs the integer interpreter ----------------------------------------------------
 
-// The Python that scripts/setup.sh installs onnxruntime into (scripts/common.sh's qd_python).
-std::string python() {
-  const std::string venv = std::string(QD_SOURCE_DIR) + "/.venv/bin/python";
-  if (::access(venv.c_str(), X_OK) == 0) return venv;
-  const char* env = std::getenv("PYTHON");
-  return env && *env ? env : "python3";
-}
-
 std::string quoted(const std::string& s) {
   std::string q = "'";
   for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
@@ -506,7 +498,7 @@ TEST(OnnxWriter, SyntheticModelUsesItsInt8Range) {
 }
 
 TEST(OnnxWriter, OnnxRuntimeAgreesWithTheInterpreter) {
-  const std::string py = python();
+  const std::string py = test::setup_python(QD_SOURCE_DIR);
   if (std::system((py + " -c 'import onnxruntime, numpy' >/dev/null 2>&1").c_str()) != 0) {
     std::printf("[  SKIPPED ] onnxruntime not installed: run scripts/setup.sh\n");
     GTEST_SKIP() << "onnxruntime not installed: run scripts/setup.sh";
