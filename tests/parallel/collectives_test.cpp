@@ -78,7 +78,9 @@ TEST(Collectives, BarrierOrdersRanks) {
   if (c->rank() == 1) std::this_thread::sleep_for(std::chrono::milliseconds(300));
   c->barrier();
   const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  if (c->rank() == 0) EXPECT_GE(waited, 0.25);
+  if (c->rank() == 0) {
+    EXPECT_GE(waited, 0.25);
+  }
 }
 
 TEST(Collectives, NonContiguousAndUnsupportedDtypesAreRejected) {
