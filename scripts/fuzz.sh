@@ -24,7 +24,7 @@ sources=(runtime/qdm.cpp runtime/model.cpp runtime/kernels.cpp runtime/interpret
 # Rebuilt when a runtime source, the target or this script changed. -fno-sanitize-recover makes
 # every UBSan report (signed overflow, bad shift, float-to-int overflow) fatal, so it is a finding;
 # -ffp-contract=off as CMakeLists.txt compiles interpreter.cpp.
-if [ ! -x "$bin" ] || [ -n "$(find runtime tests/fuzz scripts/fuzz.sh -newer "$bin" -print -quit)" ]; then
+if [ ! -x "$bin" ] || [ -n "$(find runtime tests/fuzz tests/runtime/model_builders.h scripts/fuzz.sh -newer "$bin" -print -quit)" ]; then
   qd_note "building $bin (clang++ -fsanitize=fuzzer,address,undefined -O1 -g)"
   "$cxx" -std=c++17 -O1 -g -fno-omit-frame-pointer -ffp-contract=off -I"$QD_ROOT" \
     -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \

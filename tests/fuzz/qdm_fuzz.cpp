@@ -21,21 +21,15 @@
 
 #include "runtime/interpreter.h"
 #include "runtime/qdm.h"
+#include "tests/runtime/model_builders.h"
 
 namespace {
 
 using namespace qd::rt;
+using namespace qd::rt::test_models;
 
 constexpr size_t kHeaderBytes = 40;  // docs/qdm.md: payload size (u64) at 24, CRC-32 at 32
 
-uint32_t crc32(const uint8_t* p, size_t n) {
-  uint32_t c = 0xFFFFFFFFu;
-  for (size_t i = 0; i < n; ++i) {
-    c ^= p[i];
-    for (int k = 0; k < 8; ++k) c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1u)));
-  }
-  return ~c;
-}
 
 [[noreturn]] void finding(const char* what, const std::string& detail) {
   std::fprintf(stderr, "qdm_fuzz: FINDING: %s%s%s\n", what, detail.empty() ? "" : ": ", detail.c_str());
@@ -99,88 +93,6 @@ void check(const uint8_t* data, size_t size) {
 }
 
 // ---- the seed corpus: a few valid models that cover every layer kind -----------------------------
-
-TensorInfo tensor(int32_t c, int32_t h, int32_t w, float scale, int32_t zero_point) {
-  TensorInfo t;
-  t.c = c, t.h = h, t.w = w, t.scale = scale, t.zero_point = zero_point;
-  return t;
-}
-
-uint32_t seed_state = 1;
-int32_t next_int(int32_t lo, int32_t hi) {  // a fixed LCG: the seeds are the same on every run
-  seed_state = seed_state * 1664525u + 1013904223u;
-  return lo + static_cast<int32_t>((seed_state >> 8) % static_cast<uint32_t>(hi - lo + 1));
-}
-
-Layer conv(const std::string& name, const Model& m, int32_t input, int32_t out_c, int32_t kernel, int32_t stride,
-           int32_t pad, float out_scale) {
-  const TensorInfo& in = m.tensors[static_cast<size_t>(input)];
-  Layer l;
-  l.kind = OpKind::kConv2d;
-  l.name = name;
-  l.input = input;
-  l.kernel = kernel, l.stride = stride, l.pad = pad;
-  l.in_c = in.c, l.out_c = out_c;
-  l.weight.resize(static_cast<size_t>(out_c * in.c * kernel * kernel));
-  for (auto& w : l.weight) w = static_cast<int8_t>(next_int(-127, 127));
-  for (int32_t o = 0; o < out_c; ++o) {
-    l.bias.push_back(next_int(-2000, 2000));
-    l.weight_scale.push_back(0.002f * static_cast<float>(o + 1));
-    l.multiplier.push_back(quantize_multiplier(double{in.scale} * l.weight_scale.back() / out_scale));
-  }
-  return l;
-}
-
-Layer linear(const Model& m, int32_t input, int32_t classes) {
-  const TensorInfo& in = m.tensors[static_cast<size_t>(input)];
-  Layer l;
-  l.kind = OpKind::kLinear;
-  l.name = "classifier";
-  l.input = input;
-  l.in_c = static_cast<int32_t>(in.numel()), l.out_c = classes;
-  l.weight.resize(static_cast<size_t>(l.in_c * classes));
-  for (auto& w : l.weight) w = static_cast<int8_t>(next_int(-127, 127));
-  for (int32_t o = 0; o < classes; ++o) {
-    l.bias.push_back(next_int(-500, 500));
-    l.weight_scale.push_back(0.01f);
-    l.output_scale.push_back(in.scale * 0.01f);
-  }
-  return l;
-}
-
-Layer pool(const std::string& name, int32_t input, int32_t kernel, int32_t stride, int32_t pad) {
-  Layer l;
-  l.kind = OpKind::kMaxPool2d;
-  l.name = name;
-  l.input = input;
-  l.kernel = kernel, l.stride = stride, l.pad = pad;
-  return l;
-}
-
-Layer gap(const Model& m, int32_t input, float out_scale) {
-  const TensorInfo& in = m.tensors[static_cast<size_t>(input)];
-  Layer l;
-  l.kind = OpKind::kGlobalAvgPool;
-  l.name = "gap";
-  l.input = input;
-  l.multiplier = {quantize_multiplier(double{in.scale} / (double{out_scale} * in.h * in.w))};
-  return l;
-}
-
-Layer add(const Model& m, int32_t a, int32_t b, float out_scale) {
-  const float sa = m.tensors[static_cast<size_t>(a)].scale, sb = m.tensors[static_cast<size_t>(b)].scale;
-  const double twice_max = 2.0 * std::max(sa, sb);
-  Layer l;
-  l.kind = OpKind::kAdd;
-  l.name = "residual";
-  l.input = a, l.input2 = b;
-  l.left_shift = 20;
-  l.input_multiplier = quantize_multiplier(sa / twice_max);
-  l.input2_multiplier = quantize_multiplier(sb / twice_max);
-  l.output_multiplier = quantize_multiplier(twice_max / (double{1 << 20} * out_scale));
-  l.act_min = -128;
-  return l;
-}
 
 std::vector<Model> seed_models() {
   std::vector<Model> seeds;

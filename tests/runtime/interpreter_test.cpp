@@ -9,6 +9,7 @@
 
 #include "runtime/interpreter.h"
 #include "runtime/qdm.h"
+#include "tests/runtime/model_builders.h"
 
 namespace qd::rt {
 namespace {
@@ -17,72 +18,24 @@ double real(QuantizedMultiplier q) { return q.multiplier * std::pow(2.0, q.shift
 int32_t round_half_up(double v) { return static_cast<int32_t>(std::floor(v + 0.5)); }
 int8_t clamp8(int64_t v, int32_t lo = -128, int32_t hi = 127) { return static_cast<int8_t>(std::clamp<int64_t>(v, lo, hi)); }
 
-TensorInfo tensor(int32_t c, int32_t h, int32_t w, float scale, int32_t zp) {
-  TensorInfo t;
-  t.c = c, t.h = h, t.w = w, t.scale = scale, t.zero_point = zp;
-  return t;
-}
+using namespace test_models;
 
 // input 1x6x6 -> A: conv 3x3 s1 p1 (4x6x6, ReLU) -> B: conv 1x1 (4x6x6, clamp [-90, 100])
 // -> add(A, B) (ReLU) -> maxpool 3 s2 p1 (4x3x3) -> gap (4x1x1) -> linear (5)
-Model model(std::mt19937& gen) {
-  std::uniform_int_distribution<int> wv(-127, 127), bv(-3000, 3000);
+Model model() {
   Model m;
   m.mean = {0.3f};
   m.inv_std = {1.0f / 0.35f};
   m.tensors = {tensor(1, 6, 6, 0.0213f, -10), tensor(4, 6, 6, 0.031f, -128), tensor(4, 6, 6, 0.027f, 5),
                tensor(4, 6, 6, 0.045f, -128), tensor(4, 3, 3, 0.045f, -128), tensor(4, 1, 1, 0.02f, -120),
                tensor(5, 1, 1, 1.0f, 0)};
-  auto conv = [&](const char* name, int input, int in_c, int k, int pad) {
-    Layer l;
-    l.kind = OpKind::kConv2d;
-    l.name = name;
-    l.input = input;
-    l.kernel = k, l.stride = 1, l.pad = pad, l.in_c = in_c, l.out_c = 4;
-    for (int i = 0; i < 4 * in_c * k * k; ++i) l.weight.push_back(static_cast<int8_t>(wv(gen)));
-    for (int o = 0; o < 4; ++o) {
-      l.bias.push_back(bv(gen));
-      l.weight_scale.push_back(0.003f + 0.0007f * o);
-      l.multiplier.push_back(quantize_multiplier(double{m.tensors[input].scale} * l.weight_scale.back() /
-                                                 m.tensors[static_cast<size_t>(input) + 1].scale));
-    }
-    return l;
-  };
-  Layer a = conv("A", 0, 1, 3, 1);
-  a.act_min = -128;
-  Layer b = conv("B", 1, 4, 1, 0);
-  b.act_min = -90, b.act_max = 100;
-  Layer add;
-  add.kind = OpKind::kAdd;
-  add.name = "sum";
-  add.input = 1, add.input2 = 2;
-  add.left_shift = 20;
-  add.input_multiplier = quantize_multiplier(0.031 / (2 * 0.031));
-  add.input2_multiplier = quantize_multiplier(0.027 / (2 * 0.031));
-  add.output_multiplier = quantize_multiplier(2 * 0.031 / (std::pow(2.0, 20) * 0.045));
-  add.act_min = -128;
-  Layer pool;
-  pool.kind = OpKind::kMaxPool2d;
-  pool.name = "pool";
-  pool.input = 3;
-  pool.kernel = 3, pool.stride = 2, pool.pad = 1;
-  Layer gap;
-  gap.kind = OpKind::kGlobalAvgPool;
-  gap.name = "gap";
-  gap.input = 4;
-  gap.multiplier = {quantize_multiplier(0.045 / (0.02 * 9))};
-  Layer fc;
-  fc.kind = OpKind::kLinear;
-  fc.name = "fc";
-  fc.input = 5;
-  fc.in_c = 4, fc.out_c = 5;
-  for (int i = 0; i < 20; ++i) fc.weight.push_back(static_cast<int8_t>(wv(gen)));
-  for (int o = 0; o < 5; ++o) {
-    fc.bias.push_back(bv(gen));
-    fc.weight_scale.push_back(0.01f);
-    fc.output_scale.push_back(0.02f * 0.01f);
-  }
-  m.layers = {a, b, add, pool, gap, fc};
+  m.layers.push_back(conv("A", m, 0, 4, 3, 1, 1, 0.031f));  // act_min -128 = the zero point: ReLU
+  m.layers.push_back(conv("B", m, 1, 4, 1, 1, 0, 0.027f));
+  m.layers.back().act_min = -90, m.layers.back().act_max = 100;
+  m.layers.push_back(add(m, 1, 2, 0.045f));
+  m.layers.push_back(pool("pool", 3, 3, 2, 1));
+  m.layers.push_back(gap(m, 4, 0.02f));
+  m.layers.push_back(linear(m, 5, 5));
   return m;
 }
 
@@ -148,10 +101,10 @@ std::vector<std::vector<int32_t>> reference(const Model& m, const std::vector<fl
 }
 
 TEST(Interpreter, EveryOpMatchesTheReference) {
-  std::mt19937 gen(5);
-  const Model m = model(gen);
+  const Model m = model();
   ASSERT_EQ(validate(m), "");
   Interpreter interp(m);
+  std::mt19937 gen(5);
   std::uniform_real_distribution<float> px(0.0f, 1.0f);
   int add_off_by_one = 0, add_values = 0, nonzero_relu = 0;
   for (int img = 0; img < 200; ++img) {
@@ -193,8 +146,7 @@ TEST(Interpreter, InputQuantizationRoundsHalfToEvenAndClamps) {
 }
 
 TEST(Interpreter, RefusesAnInvalidModel) {
-  std::mt19937 gen(5);
-  Model m = model(gen);
+  Model m = model();
   m.layers[0].weight.pop_back();
   EXPECT_THROW(Interpreter{m}, QdmError);
 }

@@ -2,6 +2,7 @@
 // truncation, every corrupted payload byte, a newer version and each broken invariant that the
 // interpreter relies on; atomic saves. No LibTorch: the runtime must stand alone.
 #include "runtime/qdm.h"
+#include "tests/runtime/model_builders.h"
 
 #include <gtest/gtest.h>
 
@@ -20,15 +21,7 @@
 namespace qd::rt {
 namespace {
 
-// The format's CRC-32, written independently of the runtime's (the standard one: zlib, PNG).
-uint32_t ref_crc32(const uint8_t* p, size_t n) {
-  uint32_t c = 0xFFFFFFFFu;
-  for (size_t i = 0; i < n; ++i) {
-    c ^= p[i];
-    for (int k = 0; k < 8; ++k) c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1u)));
-  }
-  return ~c;
-}
+using test_models::crc32;
 
 constexpr size_t kHeader = 40;
 
@@ -44,7 +37,7 @@ void reseal(std::vector<uint8_t>& b) {
   const uint64_t payload = b.size() - kHeader;
   put_u32(b, 24, static_cast<uint32_t>(payload));
   put_u32(b, 28, static_cast<uint32_t>(payload >> 32));
-  put_u32(b, 32, ref_crc32(b.data() + kHeader, b.size() - kHeader));
+  put_u32(b, 32, crc32(b.data() + kHeader, b.size() - kHeader));
 }
 // Where a layer's name starts in the file (names are unique in the test model).
 size_t name_offset(const std::vector<uint8_t>& b, const std::string& name) {
@@ -83,11 +76,7 @@ Model tiny_model() {
   Model m;
   m.mean = {0.2860f};
   m.inv_std = {1.0f / 0.3530f};
-  auto tensor = [](int32_t c, int32_t h, int32_t w, float scale, int32_t zp) {
-    TensorInfo t;
-    t.c = c, t.h = h, t.w = w, t.scale = scale, t.zero_point = zp;
-    return t;
-  };
+  using test_models::tensor;
   m.tensors = {tensor(1, 8, 8, 0.0215f, -17), tensor(4, 8, 8, 0.05f, -128), tensor(4, 4, 4, 0.05f, -128),
                tensor(4, 4, 4, 0.04f, 3),     tensor(4, 4, 4, 0.06f, -128), tensor(4, 1, 1, 0.03f, -100),
                tensor(10, 1, 1, 1.0f, 0)};
@@ -208,7 +197,7 @@ void expect_same(const Model& a, const Model& b) {
 }
 
 TEST(Qdm, ReferenceCrcIsTheStandardOne) {
-  EXPECT_EQ(ref_crc32(reinterpret_cast<const uint8_t*>("123456789"), 9), 0xCBF43926u);
+  EXPECT_EQ(crc32(reinterpret_cast<const uint8_t*>("123456789"), 9), 0xCBF43926u);
 }
 
 TEST(Qdm, TestModelIsValid) { EXPECT_EQ(validate(tiny_model()), ""); }
@@ -236,7 +225,7 @@ TEST(Qdm, HeaderLayoutMatchesTheDocs) {
   EXPECT_EQ(get_u32(b, 20), m.mean.size());
   EXPECT_EQ(get_u32(b, 24), b.size() - kHeader);  // payload size, u64
   EXPECT_EQ(get_u32(b, 28), 0u);
-  EXPECT_EQ(get_u32(b, 32), ref_crc32(b.data() + kHeader, b.size() - kHeader));
+  EXPECT_EQ(get_u32(b, 32), crc32(b.data() + kHeader, b.size() - kHeader));
   EXPECT_EQ(get_u32(b, 36), 0u);
   EXPECT_EQ(b.size() % 4, 0u);  // every array stays 4-byte aligned
   // The payload starts with mean, then inv_std, then the tensor table.

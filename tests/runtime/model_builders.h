@@ -1,0 +1,111 @@
+// Hand-built integer models for the runtime's tests and the fuzzer's seed corpus: one place for
+// the layer builders (weights from a fixed LCG, so models are the same on every run) and the
+// format's CRC-32, written independently of runtime/qdm.cpp. Header-only, no LibTorch.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "runtime/model.h"
+
+namespace qd::rt::test_models {
+
+// The standard CRC-32 (zlib, PNG), as docs/qdm.md specifies it.
+inline uint32_t crc32(const uint8_t* p, size_t n) {
+  uint32_t c = 0xFFFFFFFFu;
+  for (size_t i = 0; i < n; ++i) {
+    c ^= p[i];
+    for (int k = 0; k < 8; ++k) c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1u)));
+  }
+  return ~c;
+}
+
+inline TensorInfo tensor(int32_t c, int32_t h, int32_t w, float scale, int32_t zero_point) {
+  TensorInfo t;
+  t.c = c, t.h = h, t.w = w, t.scale = scale, t.zero_point = zero_point;
+  return t;
+}
+
+inline uint32_t& seed_state() {
+  static uint32_t state = 1;
+  return state;
+}
+inline int32_t next_int(int32_t lo, int32_t hi) {  // a fixed LCG: the seeds are the same on every run
+  uint32_t& s = seed_state();
+  s = s * 1664525u + 1013904223u;
+  return lo + static_cast<int32_t>((s >> 8) % static_cast<uint32_t>(hi - lo + 1));
+}
+
+inline Layer conv(const std::string& name, const Model& m, int32_t input, int32_t out_c, int32_t kernel, int32_t stride,
+           int32_t pad, float out_scale) {
+  const TensorInfo& in = m.tensors[static_cast<size_t>(input)];
+  Layer l;
+  l.kind = OpKind::kConv2d;
+  l.name = name;
+  l.input = input;
+  l.kernel = kernel, l.stride = stride, l.pad = pad;
+  l.in_c = in.c, l.out_c = out_c;
+  l.weight.resize(static_cast<size_t>(out_c * in.c * kernel * kernel));
+  for (auto& w : l.weight) w = static_cast<int8_t>(next_int(-127, 127));
+  for (int32_t o = 0; o < out_c; ++o) {
+    l.bias.push_back(next_int(-2000, 2000));
+    l.weight_scale.push_back(0.002f * static_cast<float>(o + 1));
+    l.multiplier.push_back(quantize_multiplier(double{in.scale} * l.weight_scale.back() / out_scale));
+  }
+  return l;
+}
+
+inline Layer linear(const Model& m, int32_t input, int32_t classes) {
+  const TensorInfo& in = m.tensors[static_cast<size_t>(input)];
+  Layer l;
+  l.kind = OpKind::kLinear;
+  l.name = "classifier";
+  l.input = input;
+  l.in_c = static_cast<int32_t>(in.numel()), l.out_c = classes;
+  l.weight.resize(static_cast<size_t>(l.in_c * classes));
+  for (auto& w : l.weight) w = static_cast<int8_t>(next_int(-127, 127));
+  for (int32_t o = 0; o < classes; ++o) {
+    l.bias.push_back(next_int(-500, 500));
+    l.weight_scale.push_back(0.01f);
+    l.output_scale.push_back(in.scale * 0.01f);
+  }
+  return l;
+}
+
+inline Layer pool(const std::string& name, int32_t input, int32_t kernel, int32_t stride, int32_t pad) {
+  Layer l;
+  l.kind = OpKind::kMaxPool2d;
+  l.name = name;
+  l.input = input;
+  l.kernel = kernel, l.stride = stride, l.pad = pad;
+  return l;
+}
+
+inline Layer gap(const Model& m, int32_t input, float out_scale) {
+  const TensorInfo& in = m.tensors[static_cast<size_t>(input)];
+  Layer l;
+  l.kind = OpKind::kGlobalAvgPool;
+  l.name = "gap";
+  l.input = input;
+  l.multiplier = {quantize_multiplier(double{in.scale} / (double{out_scale} * in.h * in.w))};
+  return l;
+}
+
+inline Layer add(const Model& m, int32_t a, int32_t b, float out_scale) {
+  const float sa = m.tensors[static_cast<size_t>(a)].scale, sb = m.tensors[static_cast<size_t>(b)].scale;
+  const double twice_max = 2.0 * std::max(sa, sb);
+  Layer l;
+  l.kind = OpKind::kAdd;
+  l.name = "residual";
+  l.input = a, l.input2 = b;
+  l.left_shift = 20;
+  l.input_multiplier = quantize_multiplier(sa / twice_max);
+  l.input2_multiplier = quantize_multiplier(sb / twice_max);
+  l.output_multiplier = quantize_multiplier(twice_max / (double{1 << 20} * out_scale));
+  l.act_min = -128;
+  return l;
+}
+
+}  // namespace qd::rt::test_models
