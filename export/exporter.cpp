@@ -6,7 +6,6 @@
 
 #include "common/error.h"
 #include "common/progress.h"
-#include "common/log.h"
 #include "runtime/interpreter.h"
 #include "runtime/qdm.h"
 

@@ -64,8 +64,9 @@ PackedConvWeights pack_conv_weights(const int8_t* weight, const ConvShape& s) {
         }
     return p;
   }
-  // 512-bit registers hold 16 channels; below 9 channels the second half would be idle.
-  p.lanes = active_isa() == Isa::kAvx512Vnni && s.out_c > 8 ? 16 : 8;
+  // int16 pairs, 8 channels per block (VNNI layers of 8 channels or fewer come here too: a
+  // 16-lane block would leave half its lanes idle).
+  p.lanes = 8;
   const int L = p.lanes, blocks = (s.out_c + L - 1) / L, run = s.kernel * p.in_cp, pairs = run / 2;
   p.data.assign(static_cast<size_t>(blocks) * s.kernel * pairs * 2 * L, 0);
   for (int b = 0; b < blocks; ++b)
@@ -131,20 +132,18 @@ void store_scalar(const int32_t* acc, int stride, const BlockRequant& b, const R
 // acc[j * 8 + lane]. rows[j] points at pixel j's receptive field (row ky at + ky * row_stride) in
 // the padded input.
 
-void block_generic(const int16_t* w, int lanes, int kernel, int pairs, const int16_t* const* rows, int row_stride,
-                   int32_t* acc) {
+void block_generic(const int16_t* w, int kernel, int pairs, const int16_t* const* rows, int row_stride, int32_t* acc) {
   for (int j = 0; j < 8; ++j) {
-    int32_t a[16] = {};
+    int32_t a[8] = {};
     for (int ky = 0; ky < kernel; ++ky) {
       const int16_t* x = rows[j] + static_cast<int64_t>(ky) * row_stride;
-      const int16_t* wk = w + static_cast<int64_t>(ky) * pairs * 2 * lanes;
+      const int16_t* wk = w + static_cast<int64_t>(ky) * pairs * 16;
       for (int p = 0; p < pairs; ++p) {
         const int32_t x0 = x[2 * p], x1 = x[2 * p + 1];
-        const int16_t* wp = wk + p * 2 * lanes;
-        for (int lane = 0; lane < lanes; ++lane) a[lane] += wp[2 * lane] * x0 + wp[2 * lane + 1] * x1;
+        for (int lane = 0; lane < 8; ++lane) a[lane] += wk[p * 16 + 2 * lane] * x0 + wk[p * 16 + 2 * lane + 1] * x1;
       }
     }
-    std::memcpy(acc + j * lanes, a, sizeof(int32_t) * static_cast<size_t>(lanes));
+    std::memcpy(acc + j * 8, a, sizeof(a));
   }
 }
 
@@ -210,30 +209,6 @@ __attribute__((target("avx2,avx512vl,avx512vnni"))) void block_vnni(const int16_
 }
 #undef QD_RT_BLOCK_BODY
 
-// 16 channels per 512-bit register (weights packed with lanes = 16): twice the products per
-// broadcast pixel pair.
-__attribute__((target("avx512f,avx512bw,avx512vnni"))) void block_vnni512(const int16_t* w, int kernel, int pairs,
-                                                                           const int16_t* const* rows, int row_stride,
-                                                                           int32_t* acc) {
-  __m512i a[8];
-  for (int j = 0; j < 8; ++j) a[j] = _mm512_setzero_si512();
-  for (int ky = 0; ky < kernel; ++ky) {
-    const int64_t off = static_cast<int64_t>(ky) * row_stride;
-    const int16_t* r[8];
-    for (int j = 0; j < 8; ++j) r[j] = rows[j] + off;
-    const int16_t* wk = w + static_cast<int64_t>(ky) * pairs * 32;
-    for (int p = 0; p < pairs; ++p) {
-      const __m512i wv = _mm512_loadu_si512(wk + p * 32);
-      for (int j = 0; j < 8; ++j) {
-        int32_t v;
-        std::memcpy(&v, r[j] + 2 * p, sizeof(v));
-        a[j] = _mm512_dpwssd_epi32(a[j], wv, _mm512_set1_epi32(v));
-      }
-    }
-  }
-  for (int j = 0; j < 8; ++j) _mm512_storeu_si512(acc + j * 16, a[j]);
-}
-
 // The quad format with vpdpbusd: four u8 x s8 products per lane per instruction (no saturation).
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) void block_dpbusd(const int8_t* w, int kernel, int quads,
                                                                           const uint8_t* const* rows, int row_stride,
@@ -295,7 +270,6 @@ Isa detect_isa() { return Isa::kGeneric; }
 void block_vnni(const int16_t*, int, int, const int16_t* const*, int, int32_t*) {}
 void block_avx2(const int16_t*, int, int, const int16_t* const*, int, int32_t*) {}
 void store_avx2(const int32_t*, int, const BlockRequant&, const Requant&, int, int8_t*, int64_t) {}
-void block_vnni512(const int16_t*, int, int, const int16_t* const*, int, int32_t*) {}
 void block_dpbusd(const int8_t*, int, int, const uint8_t* const*, int, int32_t*) {}
 #endif
 
@@ -370,14 +344,12 @@ void conv2d_s8(const int8_t* in, const PackedConvWeights& w, const ConvShape& s,
             block_generic_quads(wb, s.kernel, steps, rows8, row_stride, acc);
         } else {
           const int16_t* wb = w.data.data() + static_cast<size_t>(b) * s.kernel * steps * 2 * L;
-          if (L == 16 && vnni)
-            block_vnni512(wb, s.kernel, steps, rows, row_stride, acc);
-          else if (L == 8 && vnni)
+          if (vnni)
             block_vnni(wb, s.kernel, steps, rows, row_stride, acc);
-          else if (L == 8 && avx2)
+          else if (avx2)
             block_avx2(wb, s.kernel, steps, rows, row_stride, acc);
           else
-            block_generic(wb, L, s.kernel, steps, rows, row_stride, acc);
+            block_generic(wb, s.kernel, steps, rows, row_stride, acc);
         }
         for (int h = 0; h < L / 8 && (b * L + h * 8) < s.out_c; ++h) {
           const BlockRequant& q = requant[static_cast<size_t>(b * L / 8 + h)];

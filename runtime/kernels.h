@@ -37,15 +37,14 @@ Isa best_isa();             // what this CPU supports best
 void force_isa(Isa isa);    // for tests: use `isa` (must be <= best_isa()) from now on
 Isa active_isa();
 
-// Convolution weights rearranged once (at model load) for the kernel: int16, blocks of L = 8 (or
-// 16 with AVX-512 VNNI and more than 8 channels) output channels, per kernel row the
-// (kx, channel) run in channel pairs:
-//   data[((block * kernel + ky) * pairs + p) * 2L + lane * 2 + e],  pairs = kernel * in_cp / 2,
-// the weight of output channel block * L + lane at (ky, kx, c) with kx * in_cp + c = 2 p + e, zero
-// where the channel does not exist (in_cp = in_c rounded up to even, out_c up to a multiple of L).
+// Convolution weights rearranged once (at model load) for the kernel: int16, blocks of 8 output
+// channels, per kernel row the (kx, channel) run in channel pairs:
+//   data[((block * kernel + ky) * pairs + p) * 16 + lane * 2 + e],  pairs = kernel * in_cp / 2,
+// the weight of output channel block * 8 + lane at (ky, kx, c) with kx * in_cp + c = 2 p + e, zero
+// where the channel does not exist (in_cp = in_c rounded up to even, out_c up to a multiple of 8).
 // Packed for the instruction set active when packing (active_isa()).
 //
-// With AVX-512 VNNI the weights are int8 quads instead (u8 x s8 products, four per lane per
+// With AVX-512 VNNI and more than 8 output channels the weights are int8 quads instead (u8 x s8 products, four per lane per
 // instruction): data8[((block * kernel + ky) * quads + q) * 64 + lane * 4 + e], 16 lanes,
 // quads = kernel * in_cq / 4 (in_cq = in_c rounded up to a multiple of 4), with each channel's
 // weight sum, which turns sum w * (x + 128) back into sum w * (x - in_zero).
