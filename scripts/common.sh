@@ -4,6 +4,7 @@ QD_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 QD_BUILD="${QD_BUILD:-$QD_ROOT/build}"
 QD_TORCH_VERSION="2.11.0"
 QD_ORT_VERSION="1.23.2"
+QD_NUMPY_VERSION="2.4.6"
 
 qd_die() { echo "qdistill setup: error: $*" >&2; exit 1; }
 qd_note() { echo "==> $*" >&2; }

@@ -53,9 +53,9 @@ if ! have_torch "$py"; then
 fi
 # ONNX Runtime (and numpy) in the same interpreter: the client the exported ONNX file is checked
 # against, and the latency benchmark's baseline.
-if ! "$py" -c 'import onnxruntime, numpy' 2>/dev/null; then
-  qd_note "pip: installing onnxruntime==$QD_ORT_VERSION numpy into $py"
-  "$py" -m pip install -q "onnxruntime==$QD_ORT_VERSION" numpy || qd_die "pip install onnxruntime==$QD_ORT_VERSION failed"
+if ! "$py" -c "import sys, onnxruntime, numpy; sys.exit(onnxruntime.__version__ != '$QD_ORT_VERSION' or numpy.__version__ != '$QD_NUMPY_VERSION')" 2>/dev/null; then
+  qd_note "pip: installing onnxruntime==$QD_ORT_VERSION numpy==$QD_NUMPY_VERSION into $py"
+  "$py" -m pip install -q "onnxruntime==$QD_ORT_VERSION" "numpy==$QD_NUMPY_VERSION" || qd_die "pip install onnxruntime==$QD_ORT_VERSION failed"
 fi
 [ -d /usr/share/datasets/fashion-mnist ] || qd_die "dataset-fashion-mnist installed but /usr/share/datasets/fashion-mnist is missing"
 qd_note "setup complete (torch $QD_TORCH_VERSION via $py)"
