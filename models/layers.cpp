@@ -37,22 +37,6 @@ ExportGraph Model::export_graph() {
   throw UserError(concat("export: the ", kind(), " model cannot be exported to int8; use convnet or resnet"));
 }
 
-FakeQuantize make_activation_quant(const QatConfig& cfg, int64_t channels, bool relu) {
-  FakeQuantizeOptions o;
-  o.spec = cfg.activation;
-  o.channels = channels;
-  o.relu = relu;
-  return FakeQuantize(o);
-}
-
-FakeQuantize make_weight_quant(const QatConfig& cfg, int64_t out_channels) {
-  FakeQuantizeOptions o;
-  o.spec = cfg.weight;
-  o.channels = out_channels;
-  o.weight = true;
-  return FakeQuantize(o);
-}
-
 void ConvBnReluImpl::prepare_qat(const QatConfig& cfg) {
   const int64_t out = conv->options.out_channels();
   qat = register_module("qat", ConvBnQat(cfg, out));

@@ -137,12 +137,6 @@ struct ChannelGroup {
   int64_t channels = 0;
 };
 
-// The activation quantizer of a [N, channels, ...] tensor; `relu`: the input is pre-ReLU and
-// the ReLU is fused in (see FakeQuantizeOptions).
-FakeQuantize make_activation_quant(const QatConfig& cfg, int64_t channels, bool relu);
-// The per-output-channel quantizer of a [out, ...] weight.
-FakeQuantize make_weight_quant(const QatConfig& cfg, int64_t out_channels);
-
 // Converts 4-d parameters and buffers to channels-last (NHWC) memory format: about 1.3x faster
 // convolutions on CPU with oneDNN. Values are unchanged.
 void to_channels_last(torch::nn::Module& m);

@@ -21,11 +21,7 @@ FoldedWeights fold_bn(const torch::Tensor& weight, const torch::Tensor& bias, co
 }
 
 ConvBnQatImpl::ConvBnQatImpl(const QatConfig& cfg, int64_t out_channels) {
-  FakeQuantizeOptions o;
-  o.spec = cfg.weight;
-  o.channels = out_channels;
-  o.weight = true;
-  weight_quant = register_module("weight_quant", FakeQuantize(o));
+  weight_quant = register_module("weight_quant", make_weight_quant(cfg, out_channels));
   frozen_flag = register_buffer("bn_frozen", torch::zeros({1}, torch::kUInt8));
 }
 

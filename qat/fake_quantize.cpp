@@ -24,6 +24,22 @@ std::pair<torch::Tensor, torch::Tensor> compute_qparams(const torch::Tensor& lo,
   return {scale.to(torch::kFloat32), zp};
 }
 
+FakeQuantize make_activation_quant(const QatConfig& cfg, int64_t channels, bool relu) {
+  FakeQuantizeOptions o;
+  o.spec = cfg.activation;
+  o.channels = channels;
+  o.relu = relu;
+  return FakeQuantize(o);
+}
+
+FakeQuantize make_weight_quant(const QatConfig& cfg, int64_t out_channels) {
+  FakeQuantizeOptions o;
+  o.spec = cfg.weight_spec();
+  o.channels = out_channels;
+  o.weight = true;
+  return FakeQuantize(o);
+}
+
 std::vector<FakeQuantize> fake_quantizers(torch::nn::Module& m) {
   std::vector<FakeQuantize> out;
   for (const auto& sub : m.modules(/*include_self=*/true))

@@ -107,6 +107,12 @@ torch::Tensor bias_integers(const torch::Tensor& bias, const torch::Tensor& in_s
 // input quantizer `in` is absent or has no scale yet.
 torch::Tensor fake_quantize_bias(const torch::Tensor& bias, const FakeQuantizeImpl* in, const torch::Tensor& w_scale);
 
+// The activation quantizer of a [N, channels, ...] tensor; `relu`: the input is pre-ReLU and
+// the ReLU is fused in (see FakeQuantizeOptions).
+FakeQuantize make_activation_quant(const QatConfig& cfg, int64_t channels, bool relu);
+// The per-output-channel quantizer of a [out, ...] weight, on the grid of cfg.target.
+FakeQuantize make_weight_quant(const QatConfig& cfg, int64_t out_channels);
+
 // Every FakeQuantize inside `m`, in registration order.
 std::vector<FakeQuantize> fake_quantizers(torch::nn::Module& m);
 

@@ -27,8 +27,10 @@ void QatHook::on_train_begin(TrainState& state) {
     if (auto c = std::dynamic_pointer_cast<ConvBnQatImpl>(m)) conv_bns_.emplace_back(c);
   QD_CHECK(!quantizers_.empty(), UserError, "qat: the model has no quantizers (Model::prepare_qat was not called)");
   state.best_from_epoch = std::max(state.best_from_epoch, qat_first_full_epoch(cfg_, state.steps_per_epoch));
-  log_info("qat: ", quantizers_.size(), " quantizers, ", conv_bns_.size(), " folded conv-BN layers; weights ",
-           cfg_.weight.bits, "-bit ", cfg_.weight.per_channel ? "per-channel" : "per-tensor", ", activations ",
+  const QuantSpec w = cfg_.weight_spec();
+  log_info("qat: ", quantizers_.size(), " quantizers, ", conv_bns_.size(), " folded conv-BN layers; target ",
+           target_name(cfg_.target), ": weights ", w.bits, "-bit in [", w.quant_min(), ", ", w.quant_max(), "] ",
+           w.per_channel ? "per-channel" : "per-tensor", ", activations ",
            cfg_.activation.bits, "-bit ", cfg_.activation.symmetric ? "symmetric" : "asymmetric",
            cfg_.start_step >= 0 ? concat("; from step ", cfg_.start_step) : concat("; from epoch ", cfg_.start_epoch + 1));
 }

@@ -263,7 +263,7 @@ int run_eval(const EvalCommand& cmd) {
   const fs::path cfg_path = dir / "config.resolved.yaml";
   QD_CHECK(fs::is_regular_file(cfg_path), UserError, cfg_path.string(),
            ": not found; expected a run directory made by `qdistill train`");
-  ExperimentConfig cfg = load_experiment_config(cfg_path.string());
+  ExperimentConfig cfg = load_run_config(cfg_path.string());
   QD_CHECK(!cmd.int8 || cfg.qat.enabled, UserError, "--int8: ", dir.string(), " has no quantization-aware training "
            "(no qat section in its config); int8 simulation needs a QAT run");
   set_threads(cfg.trainer.threads);

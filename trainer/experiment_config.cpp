@@ -27,6 +27,13 @@ ExperimentConfig load_experiment_config(const std::string& path, const std::vect
   return read(ConfigDoc::from_file(path), overrides);
 }
 
+ExperimentConfig load_run_config(const std::string& path) {
+  ConfigDoc doc = ConfigDoc::from_file(path);
+  const YAML::Node qat = doc.root()["qat"];
+  if (qat.IsMap() && !qat["target"]) doc.set("qat.target=x86_vnni");
+  return read(std::move(doc), {});
+}
+
 ExperimentConfig parse_experiment_config(const std::string& yaml, const std::string& name,
                                          const std::vector<std::string>& overrides) {
   return read(ConfigDoc::from_string(yaml, name), overrides);

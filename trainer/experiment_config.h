@@ -156,6 +156,10 @@ struct ExperimentConfig {
 ExperimentConfig load_experiment_config(const std::string& path, const std::vector<std::string>& overrides = {});
 ExperimentConfig parse_experiment_config(const std::string& yaml, const std::string& name,
                                          const std::vector<std::string>& overrides = {});
+// A run directory's config.resolved.yaml (written by `qdistill train`). Runs written before
+// qat.target existed have no such key; they trained on the full 8-bit weight grid, so they read as
+// qat.target: x86_vnni (the grid their checkpoints hold), not as today's default.
+ExperimentConfig load_run_config(const std::string& path);
 std::string to_yaml(ExperimentConfig cfg);
 std::vector<ConfigKeyDoc> list_config_keys();
 

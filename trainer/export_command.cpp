@@ -56,7 +56,7 @@ int run_export(const ExportCommand& cmd) {
   const fs::path src = pruned ? run / "pruned" : run;
   QD_CHECK(!pruned || cmd.checkpoint == "best", UserError, "--checkpoint ", cmd.checkpoint, ": ", run.string(),
            " is channel-pruned and its pruned model exists for the best checkpoint only; use --checkpoint best");
-  ExperimentConfig cfg = load_experiment_config((src / "config.resolved.yaml").string());
+  ExperimentConfig cfg = load_run_config((src / "config.resolved.yaml").string());
   QD_CHECK(cfg.qat.enabled, UserError, "export: ", run.string(), " was trained without quantization-aware training "
            "(qat.enabled is false): there are no trained int8 scales to export. Train with a qat section, e.g. "
            "configs/fmnist_student_kd_qat.yaml");

@@ -10,6 +10,8 @@
 #include "qat/conv_bn.h"
 #include "qat/fake_quantize.h"
 #include "qat/qat_hook.h"
+#include "common/atomic_file.h"
+#include "tests/test_util.h"
 #include "trainer/experiment_config.h"
 
 namespace qd {
@@ -384,6 +386,63 @@ TEST(QatConfig, BadValuesNameTheKey) {
   EXPECT_NE(err("  weight: {symmetric: false}\n").find("qat.weight.symmetric"), std::string::npos);
   EXPECT_NE(err("  activation: {observer: histo}\n").find("qat.activation.observer"), std::string::npos);
   EXPECT_NE(err("  weight: {observer: percentile}\n").find("weights are observed exactly"), std::string::npos);
+}
+
+TEST(QatTarget, PortableLimitsWeightsTo64TheOthersUseTheFullGrid) {
+  auto cfg = [](const std::string& qat) {
+    return parse_experiment_config("experiment: {name: t}\nmodel: {name: convnet}\nqat: {enabled: true" + qat + "}\n",
+                                   "q.yaml")
+        .qat;
+  };
+  EXPECT_EQ(cfg("").target, QatTarget::kPortable) << "portable is the default";
+  EXPECT_EQ(cfg("").weight_spec().quant_max(), 64);
+  EXPECT_EQ(cfg("").weight_spec().quant_min(), -64);
+  EXPECT_EQ(cfg(", target: x86_vnni").weight_spec().quant_max(), 127);
+  EXPECT_EQ(cfg(", target: tensorrt, activation: {symmetric: true}").weight_spec().quant_max(), 127);
+  EXPECT_EQ(cfg(", weight: {bits: 4}").weight_spec().quant_max(), 7) << "narrower grids are portable already";
+  EXPECT_EQ(cfg("").activation.quant_max(), 127) << "activations keep their 8 bits";
+  EXPECT_EQ(cfg("").activation.quant_min(), -128);
+
+  // The weight quantizer trains on that grid: scale = max|w| / 64, integers in [-64, 64].
+  FakeQuantize fq = make_weight_quant(cfg(""), 2);
+  fq->set_enabled(true);
+  fq->set_observing(true);
+  const torch::Tensor w = torch::tensor({{0.64f, -0.32f, 0.015f}, {-1.28f, 0.5f, 0.0f}});
+  const torch::Tensor y = fq(w);
+  const torch::Tensor scale = fq->effective_scale();
+  EXPECT_FLOAT_EQ(scale[0].item<float>(), 0.01f);
+  EXPECT_FLOAT_EQ(scale[1].item<float>(), 0.02f);
+  const torch::Tensor q = torch::round(y / scale.view({2, 1}));
+  EXPECT_EQ(q.abs().max().item<float>(), 64.0f);
+  EXPECT_TRUE(torch::equal(q, torch::tensor({{64.0f, -32.0f, 2.0f}, {-64.0f, 25.0f, 0.0f}}))) << q;
+  FakeQuantize full = make_weight_quant(cfg(", target: x86_vnni"), 2);
+  full->set_enabled(true);
+  full->set_observing(true);
+  full(w);
+  EXPECT_FLOAT_EQ(full->effective_scale()[1].item<float>(), 1.28f / 127.0f);
+}
+
+TEST(QatTarget, TensorRtNeedsSymmetricActivations) {
+  try {
+    parse_experiment_config("experiment: {name: t}\nmodel: {name: convnet}\nqat: {enabled: true, target: tensorrt}\n",
+                            "q.yaml");
+    FAIL() << "no error";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("qat.activation.symmetric"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("TensorRT"), std::string::npos) << e.what();
+  }
+}
+
+TEST(QatTarget, RunsFromBeforeTheTargetReadAsTheFullGrid) {
+  test::TempDir dir;
+  const std::string body = "experiment: {name: t}\nmodel: {name: convnet}\nqat: {enabled: true}\n";
+  write_file_atomic(dir.file("old.yaml"), body);
+  EXPECT_EQ(load_run_config(dir.file("old.yaml")).qat.target, QatTarget::kX86Vnni);
+  // A resolved config written today names its target, which is read as written.
+  write_file_atomic(dir.file("new.yaml"), to_yaml(parse_experiment_config(body, "t.yaml")));
+  EXPECT_EQ(load_run_config(dir.file("new.yaml")).qat.target, QatTarget::kPortable);
+  EXPECT_EQ(load_experiment_config(dir.file("old.yaml")).qat.target, QatTarget::kPortable)
+      << "experiment configs (not run directories) take today's default";
 }
 
 TEST(Int8Size, CountsInt8WeightsAndPerChannelBiasAndScale) {
