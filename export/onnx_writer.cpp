@@ -438,7 +438,7 @@ class Builder {
   std::set<int32_t> params_done_;   // tensors whose scale / zero point initializers exist
 };
 
-onnx::ModelProto build_model(const Model& m, OnnxPrecision p) {
+onnx::ModelProto build_model(const Model& m, OnnxPrecision p, const OnnxMetadata& extra) {
   onnx::ModelProto model;
   model.set_ir_version(kIrVersion);
   model.set_producer_name("qdistill");
@@ -458,6 +458,7 @@ onnx::ModelProto build_model(const Model& m, OnnxPrecision p) {
   };
   meta("qdistill.format", q ? "qdq-int8" : "fp32");
   meta("qdistill.num_classes", std::to_string(m.num_classes()));
+  for (const auto& [k, v] : extra) meta(k, v);
   onnx::GraphProto* g = model.mutable_graph();
   g->set_name(q ? "qdistill_int8" : "qdistill_fp32");
   Builder(m, p, g).build();
@@ -509,16 +510,16 @@ void write_atomic(const std::string& path, const std::string& bytes) {
 
 }  // namespace
 
-std::string onnx_model_bytes(const rt::Model& m, OnnxPrecision p) {
-  const onnx::ModelProto model = build_model(m, p);
+std::string onnx_model_bytes(const rt::Model& m, OnnxPrecision p, const OnnxMetadata& metadata) {
+  const onnx::ModelProto model = build_model(m, p, metadata);
   full_check(model);
   std::string bytes;
   if (!model.SerializeToString(&bytes)) fail("protobuf serialization failed (model over 2 GiB?)");
   return bytes;
 }
 
-void write_onnx(const rt::Model& m, OnnxPrecision p, const std::string& path) {
-  write_atomic(path, onnx_model_bytes(m, p));
+void write_onnx(const rt::Model& m, OnnxPrecision p, const std::string& path, const OnnxMetadata& metadata) {
+  write_atomic(path, onnx_model_bytes(m, p, metadata));
 }
 
 }  // namespace qd

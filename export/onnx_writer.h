@@ -16,6 +16,7 @@
 // "block1.weight_q", "block1.out"); the input's normalization and quantization are "input.*".
 #pragma once
 
+#include <map>
 #include <string>
 
 #include "runtime/model.h"
@@ -28,9 +29,11 @@ enum class OnnxPrecision { kInt8Qdq, kFloat32 };
 // and type inference, which also checks the declared output shape), and writes it atomically
 // (path.tmp.<pid> + rename). Throws std::runtime_error with a clear message on failure (an
 // inconsistent model, missing float weights for kFloat32, the checker's verdict, an I/O error).
-void write_onnx(const rt::Model& m, OnnxPrecision p, const std::string& path);
+// `metadata`: extra metadata_props (the exporter's "qdistill.target", "qdistill.exact_on").
+using OnnxMetadata = std::map<std::string, std::string>;
+void write_onnx(const rt::Model& m, OnnxPrecision p, const std::string& path, const OnnxMetadata& metadata = {});
 
 // The serialized bytes of the same (checked) model, for tests.
-std::string onnx_model_bytes(const rt::Model& m, OnnxPrecision p);
+std::string onnx_model_bytes(const rt::Model& m, OnnxPrecision p, const OnnxMetadata& metadata = {});
 
 }  // namespace qd

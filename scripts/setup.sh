@@ -13,6 +13,7 @@ APT_PACKAGES=(
   libgtest-dev                        # tests
   libonnx-dev libprotobuf-dev         # export: ONNX's protobuf schema and checker
   clang libclang-rt-14-dev            # the libFuzzer target of the .qdm loader (scripts/fuzz.sh)
+  qemu-user                           # tests: ONNX Runtime on an emulated AVX2-only x86 (its saturating int8 kernels)
   dataset-fashion-mnist               # the default dataset, in /usr/share/datasets/fashion-mnist
 )
 
@@ -57,5 +58,7 @@ if ! "$py" -c "import sys, onnxruntime, numpy; sys.exit(onnxruntime.__version__ 
   qd_note "pip: installing onnxruntime==$QD_ORT_VERSION numpy==$QD_NUMPY_VERSION into $py"
   "$py" -m pip install -q "onnxruntime==$QD_ORT_VERSION" "numpy==$QD_NUMPY_VERSION" || qd_die "pip install onnxruntime==$QD_ORT_VERSION failed"
 fi
+# ONNX Runtime's ARM64 build under QEMU, for the tests that check the exported files on ARM64 CPUs.
+"$QD_ROOT/scripts/emulated_python.sh" setup
 [ -d /usr/share/datasets/fashion-mnist ] || qd_die "dataset-fashion-mnist installed but /usr/share/datasets/fashion-mnist is missing"
 qd_note "setup complete (torch $QD_TORCH_VERSION via $py)"

@@ -59,4 +59,39 @@ inline std::string setup_python(const std::string& source_dir) {
   return env && *env ? env : "python3";
 }
 
+// A command that starts a Python with ONNX Runtime and numpy importable, either the setup Python on
+// this CPU or one on an emulated CPU (scripts/emulated_python.sh, QEMU user mode), so that ONNX
+// Runtime picks that CPU's int8 kernels. When it cannot run, `command` is empty and `skip` (a tool
+// or the ARM64 sysroot is missing: scripts/setup.sh installs them) or `error` (the emulated CPU is
+// not the class asked for) says why.
+struct OrtPython {
+  std::string command;
+  std::string skip;   // the test skips and prints this
+  std::string error;  // the test fails with this
+  std::string cpu;    // "native", or the emulated CPU class
+};
+
+// `cpu`: "native", or one of emulated_python.sh's classes: "x86_avx2" (AVX2 and FMA, no AVX-512,
+// no VNNI), "arm64_neon" (no dot product), "arm64_dot", "arm64_i8mm".
+inline OrtPython ort_python(const std::string& source_dir, const std::string& cpu = "native") {
+  OrtPython p;
+  p.cpu = cpu;
+  if (cpu == "native") {
+    const std::string py = setup_python(source_dir);
+    if (run_command(py + " -c 'import onnxruntime, numpy' >/dev/null 2>&1").code != 0)
+      p.skip = "onnxruntime or numpy not importable from " + py + ": run scripts/setup.sh";
+    else
+      p.command = py;
+    return p;
+  }
+  const std::string script = "'" + source_dir + "/scripts/emulated_python.sh'";
+  const ProcResult check = run_command(script + " check " + cpu + " 2>&1");
+  std::string out = check.output;
+  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
+  if (check.code == 2) p.skip = out;  // one line: what is missing and how to get it
+  else if (check.code != 0) p.error = "emulated CPU " + cpu + ": " + out;
+  else p.command = script + " run " + cpu;
+  return p;
+}
+
 }  // namespace qd::test

@@ -1,5 +1,6 @@
 #include "trainer/export_command.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -10,6 +11,7 @@
 #include "common/checkpoint.h"
 #include "common/error.h"
 #include "common/log.h"
+#include "export/deploy_targets.h"
 #include "export/exporter.h"
 #include "export/onnx_writer.h"
 #include "qat/qat_hook.h"
@@ -41,6 +43,76 @@ double runtime_latency_us(const rt::Model& m, const torch::Tensor& images) {
   }
   std::nth_element(us.begin(), us.begin() + static_cast<long>(us.size() / 2), us.end());
   return us[us.size() / 2];
+}
+
+// Which platforms compute the exported integers exactly (proved from them, export/deploy_targets.h),
+// printed and as report.json's "deployment".
+struct Deployment {
+  std::vector<PlatformVerdict> verdicts;
+  nlohmann::json json;
+  std::string exact_on;  // comma-separated platform ids
+};
+
+Deployment check_deployment(const rt::Model& m, const QatConfig& qat) {
+  Deployment d;
+  const QuantSpec w = qat.weight_spec();
+  nlohmann::json platforms = nlohmann::json::array(), exact = nlohmann::json::array();
+  for (const DeployPlatform& p : deploy_platforms()) {
+    const PlatformVerdict v = check_platform(m, p);
+    nlohmann::json j = {{"id", p.id}, {"name", p.name}, {"cpus", p.cpus}, {"kernel", p.kernel}, {"exact", v.exact}};
+    if (!v.reason.empty()) j["reason"] = v.reason;
+    if (v.pair_limit > 0) j.update({{"worst_pair_sum", v.worst_pair}, {"pair_limit", v.pair_limit}, {"worst_layer", v.worst_layer}});
+    platforms.push_back(j);
+    if (v.exact) {
+      exact.push_back(p.id);
+      d.exact_on += (d.exact_on.empty() ? "" : ",") + std::string(p.id);
+    }
+    d.verdicts.push_back(v);
+  }
+  d.json = {{"target", target_name(qat.target)},
+            {"weight_range", {w.quant_min(), w.quant_max()}},
+            {"exact_on", exact},
+            {"this_machine", this_cpu_platform()},
+            {"platforms", platforms}};
+  return d;
+}
+
+void print_deployment(const Deployment& d) {
+  const nlohmann::json& j = d.json;
+  std::printf("deployment target %s (weights in [%lld, %lld]); exact, as proved from the integers, on:\n",
+              j["target"].get<std::string>().c_str(), static_cast<long long>(j["weight_range"][0].get<int64_t>()),
+              static_cast<long long>(j["weight_range"][1].get<int64_t>()));
+  const std::string here = j["this_machine"].get<std::string>();
+  for (const PlatformVerdict& v : d.verdicts)
+    if (v.exact) std::printf("  %-16s %s%s\n", v.platform->id, v.platform->name, here == v.platform->id ? " (this machine)" : "");
+  for (const PlatformVerdict& v : d.verdicts)
+    if (!v.exact)
+      std::printf("NOT exact on %s (%s%s): %s\n", v.platform->id, v.platform->name,
+                  here == v.platform->id ? ", this machine" : "", v.reason.c_str());
+}
+
+// The answers of the kernels that can clip (ONNX Runtime on x86 without VNNI), emulated on the
+// verification images next to the simulation's: what a user of such a CPU would get.
+nlohmann::json emulate_clipping_kernels(const rt::Model& m, const torch::Tensor& images, const torch::Tensor& labels,
+                                        const std::vector<float>& sim_logits) {
+  KernelEmulator e(m, DotProduct::kPairSaturate16);
+  const int64_t n = images.size(0), classes = m.num_classes();
+  const torch::Tensor x = images.to(torch::kFloat32).div(255.0f).contiguous();
+  const int64_t per = x[0].numel();
+  std::vector<float> logits(static_cast<size_t>(classes));
+  int64_t agree = 0, correct = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    e.run(x.data_ptr<float>() + i * per, logits.data());
+    const int64_t a = std::max_element(logits.begin(), logits.end()) - logits.begin();
+    const float* s = &sim_logits[static_cast<size_t>(i * classes)];
+    agree += a == std::max_element(s, s + classes) - s;
+    correct += a == labels[i].item<int64_t>();
+  }
+  int64_t pairs = 0, clipped = 0;
+  for (size_t l = 0; l < m.layers.size(); ++l) pairs += e.pairs()[l], clipped += e.saturated()[l];
+  const double d = static_cast<double>(std::max<int64_t>(1, n));
+  return {{"samples", n}, {"argmax_agreement", agree / d}, {"accuracy", 100.0 * correct / d},
+          {"clipped_pair_sums", clipped}, {"pair_sums", pairs}};
 }
 
 }  // namespace
@@ -75,19 +147,19 @@ int run_export(const ExportCommand& cmd) {
   const rt::Model int_model = build_int_model(*model, input_spec(data));
   const fs::path out = run / "export";
   fs::create_directories(out);
+  const Deployment deployment = check_deployment(int_model, cfg.qat);
+  const OnnxMetadata onnx_meta{{"qdistill.target", target_name(cfg.qat.target)}, {"qdistill.exact_on", deployment.exact_on}};
   nlohmann::json files = nlohmann::json::object();
   if (cmd.format != "onnx") {
     rt::save_qdm(int_model, (out / "student.qdm").string());
     files["student.qdm"] = file_bytes(out / "student.qdm");
   }
   if (cmd.format != "qdm") {
-    write_onnx(int_model, OnnxPrecision::kInt8Qdq, (out / "student.int8.onnx").string());
+    write_onnx(int_model, OnnxPrecision::kInt8Qdq, (out / "student.int8.onnx").string(), onnx_meta);
     write_onnx(int_model, OnnxPrecision::kFloat32, (out / "student.fp32.onnx").string());
     files["student.int8.onnx"] = file_bytes(out / "student.int8.onnx");
     files["student.fp32.onnx"] = file_bytes(out / "student.fp32.onnx");
   }
-  bool asymmetric = false;
-  for (size_t t = 0; t + 1 < int_model.tensors.size(); ++t) asymmetric = asymmetric || int_model.tensors[t].zero_point != 0;
   int64_t weights = 0;
   for (const rt::Layer& l : int_model.layers) weights += static_cast<int64_t>(l.weight.size());
   std::printf("exported %s (epoch %lld%s): %zu layers, %lld int8 weights\n", ckpt.string().c_str(),
@@ -95,17 +167,15 @@ int run_export(const ExportCommand& cmd) {
               static_cast<long long>(weights));
   for (const auto& [name, bytes] : files.items())
     std::printf("  %-40s %8lld bytes\n", (out / name).string().c_str(), static_cast<long long>(bytes.get<int64_t>()));
+  print_deployment(deployment);
 
-  if (asymmetric && cmd.format != "qdm")
-    std::printf("note: activations have zero points (qat.activation.symmetric: false). ONNX Runtime runs them; "
-                "TensorRT accepts only zero-point-0 int8, so for TensorRT train with qat.activation.symmetric=true.\n");
   nlohmann::json report = {{"run_dir", run.string()}, {"source", src.string()}, {"checkpoint", ckpt.string()},
                            {"epoch", meta.epoch}, {"pruned", pruned}, {"files", files}, {"layers", int_model.layers.size()},
-                           {"int8_weights", weights}};
+                           {"int8_weights", weights}, {"deployment", deployment.json}};
   if (cmd.verify) {
     std::vector<float> sim_logits;
-    const Agreement a = compare_with_simulation(*model, int_model, data.test.images, data.test.labels, stderr_is_tty(),
-                                                cmd.simulation_logits.empty() ? nullptr : &sim_logits);
+    const Agreement a =
+        compare_with_simulation(*model, int_model, data.test.images, data.test.labels, stderr_is_tty(), &sim_logits);
     if (!cmd.simulation_logits.empty())
       write_file_atomic(cmd.simulation_logits, std::string(reinterpret_cast<const char*>(sim_logits.data()),
                                                            sim_logits.size() * sizeof(float)));
@@ -128,6 +198,21 @@ int run_export(const ExportCommand& cmd) {
                   static_cast<long long>(la.end_to_end.elements), pct(la.end_to_end), la.end_to_end.max_diff, "",
                   pct(la.local), la.local.max_diff);
       layers.push_back({{"name", la.name}, {"end_to_end", js(la.end_to_end)}, {"alone", js(la.local)}});
+    }
+    // Where the proof fails, what those CPUs would compute instead.
+    const bool clipping = std::any_of(deployment.verdicts.begin(), deployment.verdicts.end(), [](const PlatformVerdict& v) {
+      return !v.exact && v.platform->dot == DotProduct::kPairSaturate16;
+    });
+    if (clipping) {
+      const nlohmann::json em = emulate_clipping_kernels(int_model, data.test.images, data.test.labels, sim_logits);
+      std::printf("emulated ONNX Runtime on x86 without VNNI (vpmaddubsw): argmax agreement with the simulation "
+                  "%.2f%%, accuracy %.2f%%, %lld of %lld pair sums clipped\n",
+                  100.0 * em["argmax_agreement"].get<double>(), em["accuracy"].get<double>(),
+                  static_cast<long long>(em["clipped_pair_sums"].get<int64_t>()),
+                  static_cast<long long>(em["pair_sums"].get<int64_t>()));
+      for (auto& p : report["deployment"]["platforms"])
+        for (const PlatformVerdict& v : deployment.verdicts)
+          if (p["id"] == v.platform->id && !v.exact && v.platform->dot == DotProduct::kPairSaturate16) p["emulated"] = em;
     }
     report["verify"] = {{"split", data.test.name},         {"samples", a.samples},
                         {"runtime_accuracy", rt_acc},       {"simulation_accuracy", sim_acc},

@@ -5,10 +5,12 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
 #include "common/atomic_file.h"
+#include "export/deploy_targets.h"
 #include "export/exporter.h"
 #include "models/registry.h"
 #include "qat/qat_hook.h"
@@ -134,31 +136,71 @@ TEST(ExportIntModel, RefusesWhatTheRuntimeCannotRun) {
 
 // ---- end to end: train -> export -> qdistill-run (-> ONNX Runtime) ---------------------------
 
+// ort_run.py's "argmax agreement with ...: 0.9990 (999/1000), ..." line, and its fraction.
+std::string agreement_line(const std::string& out) {
+  const size_t at = out.find("argmax agreement");
+  return at == std::string::npos ? "" : out.substr(at, out.find('\n', at) - at);
+}
+double agreement_of(const std::string& out) {
+  const std::string line = agreement_line(out);
+  const size_t colon = line.find(": ");
+  return colon == std::string::npos ? -1.0 : std::stod(line.substr(colon + 2));
+}
+
 test::ProcResult tool(const std::string& exe, const std::string& args) {
   return test::run_command(std::string(QD_BINARY_DIR) + "/" + exe + " " + args + " 2>&1");
 }
 
+// ONNX Runtime (tests/export/ort_run.py) on `cpu` ("native" or an emulated class, test::ort_python)
+// over the first 1,000 test images of `onnx`: its argmax agreement with the simulation's logits
+// `sim`. -1 when it did not run: skipped (printed, a tool is missing) or failed (recorded).
+double ort_agreement(const std::string& cpu, const fs::path& onnx, const std::string& sim, const std::string& extra = "") {
+  const test::OrtPython py = test::ort_python(QD_SOURCE_DIR, cpu);
+  if (!py.error.empty()) ADD_FAILURE() << py.error;
+  if (!py.skip.empty()) std::printf("[  SKIPPED ] ONNX Runtime on %s: %s\n", cpu.c_str(), py.skip.c_str());
+  if (py.command.empty()) return -1.0;
+  const test::ProcResult r =
+      test::run_command(py.command + " " + std::string(QD_SOURCE_DIR) + "/tests/export/ort_run.py " + onnx.string() +
+                        " --images " + kFmnist + "/t10k-images-idx3-ubyte.gz --limit 1000 --reference " + sim +
+                        " --min-agreement 0 " + extra + " 2>&1");
+  EXPECT_EQ(r.code, 0) << cpu << ": " << r.output;
+  std::printf("ONNX Runtime on %s%s: %s\n", cpu.c_str(), extra.empty() ? "" : (" (" + extra + ")").c_str(),
+              agreement_line(r.output).c_str());
+  return r.code == 0 ? agreement_of(r.output) : -1.0;
+}
+
+// Trains `name` under `dir` on the first `train_subset` Fashion-MNIST training images (and 1,000
+// test images) with the config's remaining `sections`; returns the run directory, or an empty path
+// after a failure that the test has recorded.
+fs::path train_run(const test::TempDir& dir, const std::string& name, int train_subset, const std::string& sections) {
+  const std::string cfg = dir.file(name + ".yaml");
+  write_file_atomic(cfg, "experiment: {name: " + name + ", output_dir: " + dir.path().string() +
+                             "/runs, seed: 0, role: student}\n"
+                             "data: {dataset: fashion_mnist, root: " + std::string(kFmnist) +
+                             ", batch_size: 64, train_subset: " + std::to_string(train_subset) + ", test_subset: 1000}\n" +
+                             sections);
+  const test::ProcResult r = tool("qdistill", "train " + cfg);
+  EXPECT_EQ(r.code, 0) << r.output;
+  return r.code == 0 ? dir.path() / "runs" / name : fs::path();
+}
+
 TEST(ExportCli, TrainedPrunedQatRunExportsVerifiesAndRuns) {
   test::TempDir dir;
-  const std::string cfg = dir.file("exp.yaml");
   // 3 epochs on 4,000 images: channel pruning to 50% in epoch 0 -> 1, QAT from epoch 1.
-  write_file_atomic(cfg, "experiment: {name: e2e, output_dir: " + dir.path().string() + "/runs, seed: 0, role: student}\n"
-                         "data: {dataset: fashion_mnist, root: " + std::string(kFmnist) + ", batch_size: 64, "
-                         "train_subset: 4000, test_subset: 1000}\n"
-                         "model: {name: convnet, width: 8, depth: 4, blocks_per_stage: 2, head: gap}\n"
-                         "optimizer: {name: sgd, lr: 0.05, momentum: 0.9}\n"
-                         "trainer: {epochs: 3, device: cpu, threads: 2}\n"
-                         "prune: {enabled: true, method: channel, criterion: bn_gamma, target_sparsity: 0.5, "
-                         "start_epoch: 0, end_epoch: 1, exclude: [block0]}\n"
-                         "qat: {enabled: true, start_epoch: 1}\n");
-  test::ProcResult r = tool("qdistill", "train " + cfg);
-  ASSERT_EQ(r.code, 0) << r.output;
-  const fs::path run = dir.path() / "runs" / "e2e";
-  ASSERT_TRUE(fs::exists(run / "pruned" / "checkpoints" / "best.pt")) << r.output;
+  const fs::path run = train_run(dir, "e2e", 4000,
+                                 "model: {name: convnet, width: 8, depth: 4, blocks_per_stage: 2, head: gap}\n"
+                                 "optimizer: {name: sgd, lr: 0.05, momentum: 0.9}\n"
+                                 "trainer: {epochs: 3, device: cpu, threads: 2}\n"
+                                 "prune: {enabled: true, method: channel, criterion: bn_gamma, target_sparsity: 0.5, "
+                                 "start_epoch: 0, end_epoch: 1, exclude: [block0]}\n"
+                                 "qat: {enabled: true, start_epoch: 1}\n");
+  ASSERT_FALSE(run.empty());
+  ASSERT_TRUE(fs::exists(run / "pruned" / "checkpoints" / "best.pt"));
 
   const std::string sim = dir.file("sim.f32");
-  r = tool("qdistill", "export " + run.string() + " --simulation-logits " + sim);
+  test::ProcResult r = tool("qdistill", "export " + run.string() + " --simulation-logits " + sim);
   ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("deployment target portable"), std::string::npos) << r.output;
   for (const char* f : {"student.qdm", "student.int8.onnx", "student.fp32.onnx", "report.json"})
     EXPECT_TRUE(fs::is_regular_file(run / "export" / f)) << f << "\n" << r.output;
   const nlohmann::json report = nlohmann::json::parse(read_file((run / "export" / "report.json").string()));
@@ -181,15 +223,94 @@ TEST(ExportCli, TrainedPrunedQatRunExportsVerifiesAndRuns) {
   EXPECT_NEAR(run_json["accuracy"].get<double>(), v["runtime_accuracy"].get<double>(), 1e-3);
   EXPECT_EQ(fs::file_size(logits), 1000u * 10u * sizeof(float));
 
-  // ONNX Runtime on the int8 QDQ file against the simulation's logits.
-  const std::string py = test::setup_python(QD_SOURCE_DIR);
-  if (std::system((py + " -c 'import onnxruntime' >/dev/null 2>&1").c_str()) != 0) {
-    GTEST_SKIP() << "onnxruntime not installed for " << py << ": run scripts/setup.sh (ONNX Runtime check skipped)";
+  // The default target is portable: the proof covers every CPU class (TensorRT aside: this run's
+  // activations have zero points), and the file says so.
+  const nlohmann::json& d = report["deployment"];
+  EXPECT_EQ(d["target"], "portable");
+  EXPECT_EQ(d["weight_range"], nlohmann::json::array({-64, 64}));
+  std::set<std::string> exact;
+  for (const auto& id : d["exact_on"]) exact.insert(id.get<std::string>());
+  EXPECT_EQ(exact, (std::set<std::string>{"qdistill_run", "ort_x86_vnni", "ort_x86_avx512", "ort_x86_avx2",
+                                          "ort_arm64_dot", "ort_arm64_neon"}))
+      << d.dump(2);
+  for (const auto& p : d["platforms"]) {
+    if (p["id"] == "ort_x86_avx2") {
+      EXPECT_LE(p["worst_pair_sum"].get<int64_t>(), 32640) << p.dump();
+    }
   }
-  r = test::run_command(py + " " + std::string(QD_SOURCE_DIR) + "/tests/export/ort_run.py " +
-                        (run / "export" / "student.int8.onnx").string() + " --images " + kFmnist +
-                        "/t10k-images-idx3-ubyte.gz --limit 1000 --reference " + sim + " --min-agreement 0.995 2>&1");
-  EXPECT_EQ(r.code, 0) << r.output;
+
+  // ONNX Runtime on the int8 QDQ file against the simulation's logits, on this CPU and on emulated
+  // ones of the other classes (QEMU): the same answers on all.
+  for (const char* cpu : {"native", "x86_avx2", "arm64_neon", "arm64_dot", "arm64_i8mm"}) {
+    const double a = ort_agreement(cpu, run / "export" / "student.int8.onnx", sim);
+    if (a >= 0) {
+      EXPECT_GE(a, 0.995) << cpu;
+    }
+  }
+}
+
+// qat.target: x86_vnni trains on the full 8-bit grid. Export proves it exact where products
+// accumulate in int32, refutes it for ONNX Runtime on x86 without VNNI, and emulates what such a
+// CPU computes; ONNX Runtime itself, on an emulated AVX2-only CPU, agrees with that emulation
+// (and with the simulation once its session option session.x64quantprecision=1 picks u8 x u8
+// kernels, as export's message says).
+TEST(ExportCli, FullGridTargetReportsWhereItClipsAndTheEmulationMatchesOnnxRuntime) {
+  test::TempDir dir;
+  const fs::path run = train_run(dir, "vnni", 3000,
+                                 "model: {name: convnet, width: 8, depth: 4, head: gap}\n"
+                                 "optimizer: {name: sgd, lr: 0.05, momentum: 0.9}\n"
+                                 "trainer: {epochs: 2, device: cpu, threads: 2}\n"
+                                 "qat: {enabled: true, start_epoch: 1, target: x86_vnni}\n");
+  ASSERT_FALSE(run.empty());
+  const std::string sim = dir.file("sim.f32");
+  test::ProcResult r = tool("qdistill", "export " + run.string() + " --format onnx --simulation-logits " + sim);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("NOT exact on ort_x86_avx2"), std::string::npos) << r.output;
+  const nlohmann::json d = nlohmann::json::parse(read_file((run / "export" / "report.json").string()))["deployment"];
+  EXPECT_EQ(d["target"], "x86_vnni");
+  EXPECT_EQ(d["weight_range"], nlohmann::json::array({-127, 127}));
+  std::set<std::string> exact;
+  for (const auto& id : d["exact_on"]) exact.insert(id.get<std::string>());
+  EXPECT_EQ(exact, (std::set<std::string>{"qdistill_run", "ort_x86_vnni", "ort_arm64_dot", "ort_arm64_neon"})) << d.dump(2);
+  double emulated = -1.0;
+  for (const auto& p : d["platforms"]) {
+    if (p["id"] != "ort_x86_avx2") continue;
+    EXPECT_FALSE(p["exact"].get<bool>());
+    EXPECT_GT(p["worst_pair_sum"].get<int64_t>(), 32767);
+    ASSERT_TRUE(p.contains("emulated")) << p.dump(2);
+    emulated = p["emulated"]["argmax_agreement"].get<double>();
+    EXPECT_GT(p["emulated"]["clipped_pair_sums"].get<int64_t>(), 0);
+  }
+  std::printf("full grid: emulated ONNX Runtime on x86 without VNNI agrees with the simulation on %.4f\n", emulated);
+
+  const fs::path onnx = run / "export" / "student.int8.onnx";
+  // This CPU: the exact answers, or the emulated clipped ones where its kernels clip.
+  bool clips = false;
+  for (const DeployPlatform& p : deploy_platforms())
+    clips = clips || (p.id == this_cpu_platform() && p.dot == DotProduct::kPairSaturate16);
+  const double here = ort_agreement("native", onnx, sim);
+  if (here >= 0) {
+    if (clips) {
+      EXPECT_NEAR(here, emulated, 0.005);
+    } else {
+      EXPECT_GE(here, 0.995);
+    }
+  }
+  const double avx2 = ort_agreement("x86_avx2", onnx, sim);
+  if (avx2 >= 0) {
+    EXPECT_NEAR(avx2, emulated, 0.005);
+  }
+  const double u8u8 = ort_agreement("x86_avx2", onnx, sim, "--session-config session.x64quantprecision=1");
+  if (u8u8 >= 0) {
+    EXPECT_GE(u8u8, 0.995) << "u8 x u8 kernels should give the simulation's answers";
+  }
+  // ARM64 accumulates in int32 (or in int16 lanes that symmetric weights cannot overflow): exact.
+  for (const char* cpu : {"arm64_neon", "arm64_dot", "arm64_i8mm"}) {
+    const double a = ort_agreement(cpu, onnx, sim);
+    if (a >= 0) {
+      EXPECT_GE(a, 0.995) << cpu;
+    }
+  }
 }
 
 TEST(ExportCli, BadInputGetsExitCode2AndOneMessage) {

@@ -24,6 +24,7 @@
 #include "runtime/fixed_point.h"
 #include "runtime/interpreter.h"
 #include "runtime/model.h"
+#include "tests/export/ort_util.h"
 #include "tests/test_util.h"
 
 namespace qd {
@@ -41,16 +42,17 @@ TensorInfo tensor(int32_t c, int32_t h, int32_t w, float scale, int32_t zero_poi
   return t;
 }
 
-// Random symmetric int8 weights [out_c][per_out] in [-127, 127] with per-channel scales around
-// `w_range` / 127 (so the float weights span about +-w_range), a bias of about +-b_range in units of
+// Random symmetric int8 weights [out_c][per_out] on the portable grid [-64, 64] (what
+// qat.target: portable trains; exact in ONNX Runtime on every CPU) with per-channel scales around
+// `w_range` / 64 (so the float weights span about +-w_range), a bias of about +-b_range in units of
 // in_scale * weight_scale[o], and the float weights the fp32 model is built from.
 void fill_weights(Layer& l, int64_t per_out, float in_scale, float w_range, float b_range, std::mt19937& rng) {
-  std::uniform_int_distribution<int> w(-127, 127);
+  std::uniform_int_distribution<int> w(-64, 64);
   std::uniform_real_distribution<float> u(0.8f, 1.2f), b(-b_range, b_range);
   l.weight.resize(static_cast<size_t>(l.out_c * per_out));
   for (int8_t& x : l.weight) x = static_cast<int8_t>(w(rng));
   for (int32_t o = 0; o < l.out_c; ++o) {
-    const float ws = w_range / 127.0f * u(rng);
+    const float ws = w_range / 64.0f * u(rng);
     l.weight_scale.push_back(ws);
     l.bias.push_back(static_cast<int32_t>(std::lround(b(rng) / (in_scale * ws))));
     l.float_bias.push_back(static_cast<float>(l.bias.back()) * in_scale * ws);
@@ -432,29 +434,6 @@ TEST(OnnxWriter, ClampsAndPaddingOtherThanTheCommonCase) {
 
 // ---- ONNX Runtime vs the integer interpreter ----------------------------------------------------
 
-std::string quoted(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
-void write_f32(const std::string& path, const std::vector<float>& v) {
-  std::ofstream f(path, std::ios::binary);
-  f.write(reinterpret_cast<const char*>(v.data()), static_cast<std::streamsize>(v.size() * sizeof(float)));
-  if (!f) throw std::runtime_error("cannot write " + path);
-}
-
-std::vector<float> read_f32(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  const std::string bytes{std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
-  std::vector<float> v(bytes.size() / sizeof(float));
-  std::copy(bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(v.size() * sizeof(float)),
-            reinterpret_cast<char*>(v.data()));
-  return v;
-}
-
-int argmax(const float* v, int n) { return static_cast<int>(std::max_element(v, v + n) - v); }
-
 // `n` random 1x8x8 images in [0, 1]: a brightness, a contrast along a random direction and noise
 // per image. Independent noise alone would average out in the global pool and give every image
 // nearly the same logits (and the same class).
@@ -485,7 +464,7 @@ TEST(OnnxWriter, SyntheticModelUsesItsInt8Range) {
   for (int img = 0; img < kN; ++img) {
     float logits[10];
     interp.run(&px[img * 64], logits);
-    classes.insert(argmax(logits, 10));
+    classes.insert(test::argmax(logits, 10));
     for (int t = 0; t < 6; ++t)
       for (int8_t q : interp.tensor(t)) {
         saturated[t] += q == 127;
@@ -497,74 +476,37 @@ TEST(OnnxWriter, SyntheticModelUsesItsInt8Range) {
   EXPECT_GE(classes.size(), 3u);
 }
 
-TEST(OnnxWriter, OnnxRuntimeAgreesWithTheInterpreter) {
-  const std::string py = test::setup_python(QD_SOURCE_DIR);
-  if (std::system((py + " -c 'import onnxruntime, numpy' >/dev/null 2>&1").c_str()) != 0) {
-    std::printf("[  SKIPPED ] onnxruntime not installed: run scripts/setup.sh\n");
-    GTEST_SKIP() << "onnxruntime not installed: run scripts/setup.sh";
-  }
-
+// ONNX Runtime (on `cpu`: this one, or an emulated one) runs the int8 file with the
+// interpreter's answers. Both compute the same integers except near a half: ORT requantizes in
+// float (x * scale, round half to even), the interpreter with a fixed-point multiplier (round half
+// up), so a value can be 1 LSB off where the two roundings differ: ~0.2% of the conv outputs and a
+// few percent of the pooled values here. An int8 flip upstream of the pool moves its input by one
+// of 16 values (0.0128 / (16 * 0.0035) = 0.23 LSB of the pooled value), so each pooled value is at
+// most 1 LSB away, and each logit within test::one_lsb_tolerance (about 0.02 here, against logits
+// spread over about +-3). A real graph error (a wrong scale, a missing ReLU, transposed weights), or
+// int16 saturation (the weights' grid is the portable one so that none can happen), moves logits by
+// far more.
+void expect_ort_agrees_with_the_interpreter(const std::string& cpu) {
+  const test::OrtPython py = test::ort_python(QD_SOURCE_DIR, cpu);
+  QD_REQUIRE_ORT(py);
   const Model m = make_model();
-  test::TempDir dir;
-  const std::string model = dir.file("int8.onnx"), in = dir.file("input.f32"), out = dir.file("logits.f32");
-  write_onnx(m, OnnxPrecision::kInt8Qdq, model);
-
-  constexpr int kN = 64, kClasses = 10, kPixels = 64;
+  constexpr int kN = 64, kClasses = 10;
   const std::vector<float> pixels = random_images(kN, 2024);
-  ASSERT_EQ(pixels.size(), static_cast<size_t>(kN * kPixels));
-  write_f32(in, pixels);
-
-  const std::string cmd = py + " " + quoted(std::string(QD_SOURCE_DIR) + "/tests/export/ort_run.py") + " " +
-                          quoted(model) + " --input " + quoted(in) + " --shape 64,1,8,8 --output " + quoted(out);
-  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
-  const std::vector<float> ort = read_f32(out);
-  ASSERT_EQ(ort.size(), static_cast<size_t>(kN * kClasses));
-
+  const std::vector<float> ort = test::ort_logits(py, m, pixels, kN);
   rt::Interpreter interp(m);
   std::vector<float> ref(kN * kClasses);
   interp.run_batch(pixels.data(), kN, ref.data());
+  const test::LogitAgreement a = test::compare_logits(ort, ref, kClasses, test::one_lsb_tolerance(m));
+  std::printf("ORT (%s) vs interpreter: %s\n", cpu.c_str(), test::describe(a).c_str());
+  EXPECT_EQ(a.within_tolerance, kN);
+  EXPECT_GE(a.argmax_equal, 62);
+}
 
-  // Tolerance. Both sides compute the same integers except near a half: ORT requantizes in float
-  // (x * scale, round half to even), the interpreter with gemmlowp's fixed-point multiply, which
-  // rounds twice (the doubling high multiply, then the right shift by -shift bits), so its result
-  // can be 1 LSB off exact rounding for a value within 2^(shift - 1) of a half. Measured on this
-  // model: ~0.2% of the conv outputs (shift about -7) and ~14% of the pooled values (the pool's
-  // multiplier 0.23 has shift -2: the intermediate keeps only a quarter LSB), every one 1 LSB.
-  // An int8 flip upstream of the pool moves its input by one of 16 values: 0.0128 / (16 * 0.0035)
-  // = 0.23 LSB of the pooled value; with the pool's own error (< 0.13 LSB) a pooled value could be
-  // 2 LSB away only after 4 upstream flips in one channel of one image (we see < 0.3 per image).
-  // So each pooled value is at most 1 LSB away and a logit at most sum_c 1 LSB * |w[o, c]| =
-  // gap_scale * weight_scale[o] * sum_c |w_q[o, c]| (about 0.02 here, against logits spread over
-  // about +-3), plus float rounding of the Gemm (relative 1e-5 is ample for 4 terms). A real graph
-  // error (a wrong scale, a missing ReLU, transposed weights) moves logits by far more.
-  const Layer& fc = m.layers.back();
-  const float gap_scale = m.tensors[5].scale;
-  std::vector<float> tol(kClasses);
-  for (int o = 0; o < kClasses; ++o) {
-    int sum = 0;
-    for (int c = 0; c < fc.in_c; ++c) sum += std::abs(fc.weight[o * fc.in_c + c]);
-    tol[o] = gap_scale * fc.weight_scale[o] * static_cast<float>(sum);
-  }
-  int agree = 0, identical = 0;
-  float max_diff = 0.0f, max_ratio = 0.0f;
-  for (int i = 0; i < kN; ++i) {
-    const float* a = &ort[i * kClasses];
-    const float* b = &ref[i * kClasses];
-    agree += argmax(a, kClasses) == argmax(b, kClasses);
-    bool same = true;
-    for (int o = 0; o < kClasses; ++o) {
-      const float d = std::fabs(a[o] - b[o]);
-      max_diff = std::max(max_diff, d);
-      max_ratio = std::max(max_ratio, d / tol[o]);
-      EXPECT_LE(d, tol[o] + 1e-5f * (1.0f + std::fabs(b[o]))) << "image " << i << " logit " << o;
-      same = same && d <= 1e-5f * (1.0f + std::fabs(b[o]));
-    }
-    identical += same;
-  }
-  std::printf("ORT vs interpreter: argmax agrees on %d/%d, logits equal (float rounding) on %d/%d, max |diff| %g "
-              "(%.2f of the tolerance)\n",
-              agree, kN, identical, kN, static_cast<double>(max_diff), static_cast<double>(max_ratio));
-  EXPECT_GE(agree, 62);
+TEST(OnnxWriter, OnnxRuntimeAgreesWithTheInterpreter) { expect_ort_agrees_with_the_interpreter("native"); }
+
+// The same file on an x86-64 with AVX2 but no VNNI, where ONNX Runtime multiplies with vpmaddubsw.
+TEST(OnnxWriter, OnnxRuntimeOnAnAvx2CpuAgreesWithTheInterpreter) {
+  expect_ort_agrees_with_the_interpreter("x86_avx2");
 }
 
 }  // namespace

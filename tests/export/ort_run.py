@@ -3,7 +3,7 @@
 
     ort_run.py MODEL.onnx --input RAW_F32 --shape N,C,H,W [--output RAW_F32]
     ort_run.py MODEL.onnx --images IDX[.gz] [--labels IDX[.gz]] [--reference RAW_F32 [--min-agreement 0.995]]
-                          [--output RAW_F32]
+                          [--output RAW_F32] [--session-config KEY=VALUE ...]
 
 --input is raw little-endian float32 pixels in [0, 1], NCHW. --images is an IDX ubyte image file
 (Fashion-MNIST); its pixels become float32 exactly as qdistill's loader computes them
@@ -92,6 +92,8 @@ def main():
     ap.add_argument("--limit", type=int, default=0, help="use only the first N images (default 0: all)")
     ap.add_argument("--batch", type=int, default=1000, help="images per session run (default 1000)")
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads (default 0: ORT decides)")
+    ap.add_argument("--session-config", action="append", default=[], metavar="KEY=VALUE",
+                    help="an ONNX Runtime session config entry, e.g. session.x64quantprecision=1 (repeatable)")
     args = ap.parse_args()
     if args.batch <= 0:
         die("--batch must be > 0")
@@ -123,6 +125,11 @@ def main():
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if args.threads > 0:
         opts.intra_op_num_threads = args.threads
+    for entry in args.session_config:
+        key, sep, value = entry.partition("=")
+        if not sep or not key:
+            die(f"--session-config {entry!r}: expected KEY=VALUE")
+        opts.add_session_config_entry(key, value)
     try:
         sess = ort.InferenceSession(args.model, sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
