@@ -2,6 +2,7 @@
 """Batch-1 latency of ONNX models with ONNX Runtime on the CPU.
 
     ort_latency.py MODEL.onnx [MODEL2.onnx ...] [--threads 1] [--iters 2000] [--warmup 200] [--json FILE]
+                   [--session-config KEY=VALUE ...]
 
 Each model runs one input of its own input shape (batch 1; a Fashion-MNIST [1, 1, 28, 28] where
 the model leaves a dim symbolic) in a session with intra_op_num_threads=--threads,
@@ -31,6 +32,41 @@ def die(msg):
     sys.exit(2)
 
 
+# The CPU flags that decide which int8 kernels ONNX Runtime's MLAS picks, and the platform class
+# `qdistill export` reports on (export/deploy_targets.h): x86 without VNNI multiplies u8 x s8 with
+# vpmaddubsw, whose pair sums saturate at int16 (exact only on the portable grid).
+KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "avx_vnni", "amx_int8",
+                "asimd", "asimddp", "i8mm", "sve")
+
+
+def cpu_info():
+    """{"model", "flags" (the relevant ones present), "ort_platform"} from /proc/cpuinfo."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip().lower()
+                if key in ("model name", "cpu model") and model in ("", platform.machine(), platform.processor()):
+                    model = value.strip()
+                if key in ("flags", "features"):
+                    flags.update(value.split())
+    except OSError:
+        pass
+    has = lambda *names: all(n in flags for n in names)
+    if platform.machine() in ("aarch64", "arm64"):
+        cls = "ort_arm64_dot" if has("asimddp") else "ort_arm64_neon"
+    elif has("avx512_vnni") or has("avx_vnni"):
+        cls = "ort_x86_vnni"
+    elif has("avx512bw", "avx512dq", "avx512vl"):
+        cls = "ort_x86_avx512"
+    elif has("avx2", "fma"):
+        cls = "ort_x86_avx2"
+    else:
+        cls = "ort_x86_sse"
+    return {"model": model, "flags": [f for f in KERNEL_FLAGS if f in flags], "ort_platform": cls}
+
+
 def input_shape(inp):
     shape = []
     for axis, d in enumerate(inp.shape):
@@ -54,6 +90,8 @@ def main():
     ap.add_argument("--block", type=int, default=100, help="runs per model per round-robin turn (default 100)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--session-config", action="append", default=[], metavar="KEY=VALUE",
+                    help="an ONNX Runtime session config entry for every model, e.g. session.x64quantprecision=1")
     args = ap.parse_args()
     if args.threads <= 0 or args.iters <= 0 or args.warmup < 0 or args.block <= 0:
         die("--threads, --iters and --block must be > 0 and --warmup >= 0")
@@ -63,11 +101,19 @@ def main():
 
     import onnxruntime as ort
 
+    cpu = cpu_info()
+    print(f"cpu: {cpu['model']}; {' '.join(cpu['flags']) or 'no int8-relevant flags'}; "
+          f"ONNX Runtime int8 kernels: {cpu['ort_platform']}")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = args.threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    for entry in args.session_config:
+        key, sep, value = entry.partition("=")
+        if not sep or not key:
+            die(f"--session-config {entry!r}: expected KEY=VALUE")
+        opts.add_session_config_entry(key, value)
     runs = []  # per model: (path, run function)
     for path in args.models:
         try:
@@ -117,7 +163,7 @@ def main():
 
     if args.json:
         doc = {"onnxruntime": ort.__version__, "machine": platform.machine(), "processor": platform.processor(),
-               "cpus": os.cpu_count(), "threads": args.threads, "iters": args.iters, "warmup": args.warmup,
+               "cpu": cpu, "session_config": args.session_config, "cpus": os.cpu_count(), "threads": args.threads, "iters": args.iters, "warmup": args.warmup,
                "block": args.block, "models": results, "ratios": ratios}
         tmp = f"{args.json}.tmp.{os.getpid()}"
         with open(tmp, "w") as f:

@@ -4,7 +4,8 @@
 #   2. the student: distilled from it, channel-pruned to 50% and trained with int8 QAT, in one
 #      experiment                                 (configs/fmnist_student_full.yaml -> runs/fmnist_student_full)
 #   3. export it (runs/fmnist_student_full/export/student.{qdm,int8.onnx,fp32.onnx}), verified
-#      against the simulation, and run it with qdistill-run and ONNX Runtime: the final table.
+#      against the simulation, and run it with qdistill-run and ONNX Runtime (on this CPU, and on an
+#      emulated x86 with AVX2 but no VNNI): the final table, with this CPU's int8 kernel flags.
 # A stage whose run directory
 # already has summary.json is skipped (delete the directory to redo it); an interrupted stage
 # resumes from its last checkpoint. Extra arguments go to every `qdistill train`, e.g.
@@ -44,6 +45,10 @@ py="$(qd_python)"
 "$py" tests/export/ort_run.py "$E/student.int8.onnx" --images "$T-images-idx3-ubyte.gz" \
   --labels "$T-labels-idx1-ubyte.gz" --threads 1 > "$E/ort_int8.txt"
 "$py" bench/ort_latency.py "$E/student.fp32.onnx" "$E/student.int8.onnx" --threads 1 --json "$E/ort_latency.json" >/dev/null
+# The same int8 file on an emulated x86 with AVX2 but no VNNI (QEMU), where ONNX Runtime's int8
+# kernels saturate pair sums at int16: the portable grid (qat.target: portable) keeps it exact.
+scripts/emulated_python.sh run x86_avx2 tests/export/ort_run.py "$E/student.int8.onnx" \
+  --images "$T-images-idx3-ubyte.gz" --labels "$T-labels-idx1-ubyte.gz" > "$E/ort_int8_avx2.txt"
 
 "$py" - <<'PY'
 import json, os, re
@@ -51,7 +56,10 @@ t = json.load(open("runs/fmnist_teacher/summary.json"))
 s = json.load(open("runs/fmnist_student_full/summary.json"))
 e = "runs/fmnist_student_full/export"
 rt = json.load(open(e + "/qdistill_run.json"))
-lat = {os.path.basename(m["model"]): m["median_us"] for m in json.load(open(e + "/ort_latency.json"))["models"]}
+ort_lat = json.load(open(e + "/ort_latency.json"))
+lat = {os.path.basename(m["model"]): m["median_us"] for m in ort_lat["models"]}
+cpu = ort_lat["cpu"]
+dep = json.load(open(e + "/report.json"))["deployment"]
 acc = lambda f: float(re.search(r"accuracy: ([0-9.]+)", open(os.path.join(e, f)).read()).group(1)) * 100
 size = lambda f: os.path.getsize(os.path.join(e, f))
 print("\nfinal table (Fashion-MNIST test set, 10,000 images; latency: batch 1, 1 thread, median)")
@@ -62,7 +70,13 @@ print("%-46s %9d %9.2f %12d %10.1fus" % ("student, fp32 (student.fp32.onnx, ONNX
       acc("ort_fp32.txt"), size("student.fp32.onnx"), lat["student.fp32.onnx"]))
 print("%-46s %9s %9.2f %12d %10.1fus" % ("student, int8 (student.int8.onnx, ONNX Runtime)", "", acc("ort_int8.txt"),
       size("student.int8.onnx"), lat["student.int8.onnx"]))
+print("    on this CPU: %s; %s -> ONNX Runtime's int8 kernels: %s" % (cpu["model"], " ".join(cpu["flags"]),
+      cpu["ort_platform"]))
+print("%-46s %9s %9.2f %12s %12s" % ("  same file, ONNX Runtime on an emulated AVX2 CPU", "", acc("ort_int8_avx2.txt"),
+      "", "(emulated)"))
 print("%-46s %9s %9.2f %12d %10.1fus" % ("student, int8 (student.qdm, qdistill-run)", "", rt["accuracy"],
       size("student.qdm"), rt["latency_us_median"]))
 print("(teacher bytes: fp32 parameters; student: KD, 50%% of channels removed, int8 QAT; files in %s)" % e)
+print("int8 file: qat.target %s, weights in %s; exact (proved) on: %s" % (dep["target"], dep["weight_range"],
+      ", ".join(dep["exact_on"])))
 PY
