@@ -6,6 +6,7 @@
 #include <stdexcept>
 
 #include "runtime/interpreter.h"
+#include "runtime/qdm.h"
 
 #if defined(__aarch64__) && defined(__linux__)
 #include <asm/hwcap.h>
@@ -76,6 +77,12 @@ const std::vector<DeployPlatform>& deploy_platforms() {
   return platforms;
 }
 
+const DeployPlatform* find_platform(const std::string& id) {
+  for (const DeployPlatform& p : deploy_platforms())
+    if (id == p.id) return &p;
+  return nullptr;
+}
+
 std::string this_cpu_platform() {
 #if defined(__x86_64__)
   if (__builtin_cpu_supports("avx512vnni") || __builtin_cpu_supports("avxvnni")) return "ort_x86_vnni";
@@ -111,6 +118,8 @@ std::vector<ValueRange> tensor_ranges(const Model& m) {
 }
 
 PlatformVerdict check_platform(const Model& m, const DeployPlatform& p) {
+  const std::string invalid = rt::validate(m);
+  if (!invalid.empty()) throw std::invalid_argument("check_platform: invalid model: " + invalid);
   PlatformVerdict v;
   v.platform = &p;
   if (p.needs_symmetric_activations) {
@@ -126,7 +135,6 @@ PlatformVerdict check_platform(const Model& m, const DeployPlatform& p) {
   if (p.dot == DotProduct::kExact) return v;
 
   const std::vector<ValueRange> ranges = tensor_ranges(m);
-  v.pair_limit = kInt16Max;
   for (const Layer& l : m.layers) {
     if (l.kind != OpKind::kConv2d && l.kind != OpKind::kLinear) continue;
     const ValueRange r = operand_range(m, ranges, l);
@@ -179,16 +187,22 @@ struct KernelEmulator::Impl {
   explicit Impl(Model model, DotProduct d) : interp(std::move(model)), dot(d) {
     if (dot == DotProduct::kPairWrap16) throw std::invalid_argument("KernelEmulator: kPairWrap16 is checked statically only");
     const Model& m = interp.model();
-    // ONNX Runtime fuses a Conv into its integer kernel only when the conv's output goes to one
-    // QuantizeLinear: a tensor that several layers read (a residual block's input) gets one Q/DQ
-    // pair per reader, and its producer stays a float Conv (exact up to float rounding).
+    // ONNX Runtime fuses a Conv into its integer kernel only when the conv's output goes straight
+    // to one QuantizeLinear: not when several layers read it (a residual block's input gets one
+    // Q/DQ pair per reader), nor when a Relu or Clip stays in between (the ONNX writer emits a
+    // Relu for a clamp at the zero point, which ONNX Runtime folds into the Q only when that zero
+    // point is the int8 minimum, and a Clip for any other clamp). Those convs run in float: exact
+    // up to float rounding.
     std::vector<int> readers(m.tensors.size(), 0);
     for (const Layer& l : m.layers) {
       ++readers[static_cast<size_t>(l.input)];
       if (l.kind == OpKind::kAdd) ++readers[static_cast<size_t>(l.input2)];
     }
-    for (size_t i = 0; i < m.layers.size(); ++i)
-      integer.push_back(m.layers[i].kind == OpKind::kLinear || readers[i + 1] == 1);
+    for (size_t i = 0; i < m.layers.size(); ++i) {
+      const Layer& l = m.layers[i];
+      integer.push_back(l.kind == OpKind::kLinear ||
+                        (readers[i + 1] == 1 && l.act_min == -128 && l.act_max == 127));
+    }
     for (const Layer& l : m.layers) {
       weights.push_back(l.kind == OpKind::kConv2d || l.kind == OpKind::kLinear ? reduction_order(l) : std::vector<int8_t>{});
       std::vector<int32_t> sums;

@@ -50,7 +50,10 @@ struct DeployPlatform {
 };
 // Every platform the export reports on, in a fixed order.
 const std::vector<DeployPlatform>& deploy_platforms();
-// The ONNX Runtime platform of the CPU this process runs on ("ort_x86_vnni", ...).
+// The platform with this id, or nullptr.
+const DeployPlatform* find_platform(const std::string& id);
+// The ONNX Runtime platform of the CPU this process runs on ("ort_x86_vnni", ...); "ort_x86_sse"
+// for an x86-64 without AVX2 and "other" elsewhere, which are not platforms of the report.
 std::string this_cpu_platform();
 
 // The static verdict for one platform: can any input make the kernel differ from int32 sums?
@@ -58,11 +61,13 @@ struct PlatformVerdict {
   const DeployPlatform* platform = nullptr;
   bool exact = true;
   std::string reason;        // why not exact, or "" when exact
-  int64_t worst_pair = 0;    // largest |sum of a pair| over all layers and inputs (pair kernels)
-  int64_t pair_limit = 0;    // what the pair's lane holds: 32767 (saturate) / 32767 (wrap)
-  std::string worst_layer;   // the layer where worst_pair occurs
+  // Pair kernels (kPairSaturate16, kPairWrap16): the largest |sum of a pair| over all layers and
+  // inputs, against the int16 lane's 32767, and the layer where it occurs.
+  int64_t worst_pair = 0;
+  std::string worst_layer;
 };
 // Proves or refutes exactness from the model's integers and the value range of every tensor.
+// Throws std::invalid_argument for a model that rt::validate rejects.
 PlatformVerdict check_platform(const rt::Model& m, const DeployPlatform& p);
 
 // The u8 x s8 pair sums of x86 vpmaddubsw: a1 * w1 + a2 * w2, saturated to int16.
@@ -78,9 +83,10 @@ std::vector<ValueRange> tensor_ranges(const rt::Model& m);
 // Runs an integer model the way a kernel family accumulates (kExact or kPairSaturate16), with
 // qdistill-run's requantization. kExact reproduces rt::Interpreter bit for bit. kPairSaturate16
 // models ONNX Runtime 1.23 on x86 without VNNI, including which layers it fuses into integer
-// kernels: the classifier and every conv whose output one layer reads; a conv whose output
-// several layers read (a residual block's input: one Q/DQ pair per reader) stays a float Conv and
-// is exact. The static check above does not rely on that: it assumes every layer is fused.
+// kernels: the classifier, and every conv whose output one layer reads with no clamp left between
+// them (none, or a ReLU at the int8 minimum); a conv read by several layers (a residual block's
+// input: one Q/DQ pair per reader) or clamped otherwise stays a float Conv and is exact. The
+// static check above does not rely on that: it assumes every layer is fused.
 class KernelEmulator {
  public:
   KernelEmulator(rt::Model m, DotProduct dot);

@@ -50,7 +50,6 @@ double runtime_latency_us(const rt::Model& m, const torch::Tensor& images) {
 struct Deployment {
   std::vector<PlatformVerdict> verdicts;
   nlohmann::json json;
-  std::string exact_on;  // comma-separated platform ids
 };
 
 Deployment check_deployment(const rt::Model& m, const QatConfig& qat) {
@@ -61,12 +60,10 @@ Deployment check_deployment(const rt::Model& m, const QatConfig& qat) {
     const PlatformVerdict v = check_platform(m, p);
     nlohmann::json j = {{"id", p.id}, {"name", p.name}, {"cpus", p.cpus}, {"kernel", p.kernel}, {"exact", v.exact}};
     if (!v.reason.empty()) j["reason"] = v.reason;
-    if (v.pair_limit > 0) j.update({{"worst_pair_sum", v.worst_pair}, {"pair_limit", v.pair_limit}, {"worst_layer", v.worst_layer}});
+    if (p.dot != DotProduct::kExact)
+      j.update({{"worst_pair_sum", v.worst_pair}, {"pair_limit", 32767}, {"worst_layer", v.worst_layer}});
     platforms.push_back(j);
-    if (v.exact) {
-      exact.push_back(p.id);
-      d.exact_on += (d.exact_on.empty() ? "" : ",") + std::string(p.id);
-    }
+    if (v.exact) exact.push_back(p.id);
     d.verdicts.push_back(v);
   }
   d.json = {{"target", target_name(qat.target)},
@@ -148,7 +145,9 @@ int run_export(const ExportCommand& cmd) {
   const fs::path out = run / "export";
   fs::create_directories(out);
   const Deployment deployment = check_deployment(int_model, cfg.qat);
-  const OnnxMetadata onnx_meta{{"qdistill.target", target_name(cfg.qat.target)}, {"qdistill.exact_on", deployment.exact_on}};
+  std::string exact_on;  // comma-separated platform ids
+  for (const auto& id : deployment.json["exact_on"]) exact_on += (exact_on.empty() ? "" : ",") + id.get<std::string>();
+  const OnnxMetadata onnx_meta{{"qdistill.target", target_name(cfg.qat.target)}, {"qdistill.exact_on", exact_on}};
   nlohmann::json files = nlohmann::json::object();
   if (cmd.format != "onnx") {
     rt::save_qdm(int_model, (out / "student.qdm").string());
@@ -210,9 +209,11 @@ int run_export(const ExportCommand& cmd) {
                   100.0 * em["argmax_agreement"].get<double>(), em["accuracy"].get<double>(),
                   static_cast<long long>(em["clipped_pair_sums"].get<int64_t>()),
                   static_cast<long long>(em["pair_sums"].get<int64_t>()));
-      for (auto& p : report["deployment"]["platforms"])
-        for (const PlatformVerdict& v : deployment.verdicts)
-          if (p["id"] == v.platform->id && !v.exact && v.platform->dot == DotProduct::kPairSaturate16) p["emulated"] = em;
+      // The platforms' JSON entries are in the verdicts' order.
+      for (size_t i = 0; i < deployment.verdicts.size(); ++i) {
+        const PlatformVerdict& v = deployment.verdicts[i];
+        if (!v.exact && v.platform->dot == DotProduct::kPairSaturate16) report["deployment"]["platforms"][i]["emulated"] = em;
+      }
     }
     report["verify"] = {{"split", data.test.name},         {"samples", a.samples},
                         {"runtime_accuracy", rt_acc},       {"simulation_accuracy", sim_acc},
