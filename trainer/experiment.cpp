@@ -99,6 +99,17 @@ void prepare_run_dir(const ExperimentConfig& cfg) {
         dir.string(), ": already holds a run (", last.string(), "); continue it with --resume, replace it with "
         "--set experiment.overwrite=true, or choose another --set experiment.name=..."));
   }
+  // A resumed QAT run continues on the weight grid its checkpoints were trained on.
+  const fs::path resolved = dir / "config.resolved.yaml";
+  if (fs::exists(last) && cfg.trainer.resume && cfg.qat.enabled && fs::is_regular_file(resolved)) {
+    const ExperimentConfig trained = load_run_config(resolved.string());
+    if (trained.qat.enabled && trained.qat.target != cfg.qat.target)
+      throw UserError(detail::concat(dir.string(), ": its checkpoints were trained with qat.target ",
+                                     target_name(trained.qat.target), " (", resolved.string(),
+                                     "), this config asks for ", target_name(cfg.qat.target),
+                                     ": resume with --set qat.target=", target_name(trained.qat.target),
+                                     ", or start over with --set experiment.overwrite=true"));
+  }
   fs::create_directories(dir / "checkpoints");
   // summary.json marks a finished run; until this run finishes there must be none.
   fs::remove(dir / "summary.json");

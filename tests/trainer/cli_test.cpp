@@ -101,5 +101,38 @@ TEST(Cli, TrainWritesRunDirThenRefusesToClobberThenResumesAndEvals) {
   EXPECT_EQ(qdistill("eval " + dir.path().string() + "/nope").code, 2);
 }
 
+// Resuming keeps the weight grid the checkpoints were trained on (qat.target), also for a run
+// written before the key existed (read as x86_vnni); a mismatch is one message, exit 2, and the
+// checkpoints stay as they were.
+TEST(Cli, ResumeRefusesAnotherQatTarget) {
+  test::TempDir dir;
+  const std::string cfg = write_config(dir,
+                                       "model: {name: convnet, width: 4, depth: 2}\n"
+                                       "data: {train_subset: 256, test_subset: 100, batch_size: 64}\n"
+                                       "trainer: {epochs: 1, threads: 1}\n"
+                                       "qat: {enabled: true}\n");
+  ProcResult r = qdistill("train " + cfg);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const fs::path run = dir.path() / "runs" / "cli";
+  const std::string before = read_file((run / "checkpoints/last.pt").string());
+  r = qdistill("train " + cfg + " --resume --set qat.target=x86_vnni --set trainer.epochs=2");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("trained with qat.target portable"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--set qat.target=portable"), std::string::npos) << r.output;
+  EXPECT_EQ(read_file((run / "checkpoints/last.pt").string()), before) << "checkpoint untouched";
+
+  // A run directory from before qat.target: its resolved config has no such key.
+  const fs::path resolved = run / "config.resolved.yaml";
+  std::string yaml = read_file(resolved.string());
+  const size_t at = yaml.find("  target: portable\n");
+  ASSERT_NE(at, std::string::npos) << yaml;
+  write_file_atomic(resolved.string(), yaml.erase(at, std::string("  target: portable\n").size()));
+  r = qdistill("train " + cfg + " --resume --set trainer.epochs=2");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("trained with qat.target x86_vnni"), std::string::npos) << r.output;
+  r = qdistill("train " + cfg + " --resume --set trainer.epochs=2 --set qat.target=x86_vnni");
+  EXPECT_EQ(r.code, 0) << r.output;
+}
+
 }  // namespace
 }  // namespace qd
