@@ -32,39 +32,29 @@ def die(msg):
     sys.exit(2)
 
 
-# The CPU flags that decide which int8 kernels ONNX Runtime's MLAS picks, and the platform class
-# `qdistill export` reports on (export/deploy_targets.h): x86 without VNNI multiplies u8 x s8 with
-# vpmaddubsw, whose pair sums saturate at int16 (exact only on the portable grid).
+# The CPU flags that decide which int8 kernels ONNX Runtime's MLAS picks (docs/export.md, "Exact on
+# which CPUs"; `qdistill export` names the resulting class in report.json's deployment.this_machine):
+# x86 without VNNI multiplies u8 x s8 with vpmaddubsw, whose pair sums saturate at int16.
 KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "avx_vnni", "amx_int8",
                 "asimd", "asimddp", "i8mm", "sve")
 
 
 def cpu_info():
-    """{"model", "flags" (the relevant ones present), "ort_platform"} from /proc/cpuinfo."""
-    model, flags = platform.processor() or platform.machine(), set()
+    """{"model", "flags": the KERNEL_FLAGS present} from /proc/cpuinfo."""
+    model, flags = "", set()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 key, _, value = line.partition(":")
                 key = key.strip().lower()
-                if key in ("model name", "cpu model") and model in ("", platform.machine(), platform.processor()):
+                if key in ("model name", "cpu model") and not model:
                     model = value.strip()
                 if key in ("flags", "features"):
                     flags.update(value.split())
     except OSError:
         pass
-    has = lambda *names: all(n in flags for n in names)
-    if platform.machine() in ("aarch64", "arm64"):
-        cls = "ort_arm64_dot" if has("asimddp") else "ort_arm64_neon"
-    elif has("avx512_vnni") or has("avx_vnni"):
-        cls = "ort_x86_vnni"
-    elif has("avx512bw", "avx512dq", "avx512vl"):
-        cls = "ort_x86_avx512"
-    elif has("avx2", "fma"):
-        cls = "ort_x86_avx2"
-    else:
-        cls = "ort_x86_sse"
-    return {"model": model, "flags": [f for f in KERNEL_FLAGS if f in flags], "ort_platform": cls}
+    return {"model": model or platform.processor() or platform.machine(),
+            "flags": [f for f in KERNEL_FLAGS if f in flags]}
 
 
 def input_shape(inp):
@@ -102,8 +92,7 @@ def main():
     import onnxruntime as ort
 
     cpu = cpu_info()
-    print(f"cpu: {cpu['model']}; {' '.join(cpu['flags']) or 'no int8-relevant flags'}; "
-          f"ONNX Runtime int8 kernels: {cpu['ort_platform']}")
+    print(f"cpu: {cpu['model']}; int8 kernel flags: {' '.join(cpu['flags']) or 'none'}")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = args.threads
     opts.inter_op_num_threads = 1

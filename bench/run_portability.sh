@@ -14,7 +14,11 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/common.sh"
 cd "$QD_ROOT"
 limit=0
-if [ "${1:-}" = --limit ]; then limit="$2"; shift 2; fi
+if [ "${1:-}" = --limit ]; then
+  [ $# -ge 2 ] && [[ "$2" =~ ^[0-9]+$ ]] || qd_die "--limit needs a number of images"
+  limit="$2"
+  shift 2
+fi
 [ $# -gt 0 ] || qd_die "usage: bench/run_portability.sh [--limit N] RUN_DIR [RUN_DIR ...]"
 py="$(qd_python)"
 T=/usr/share/datasets/fashion-mnist/t10k
@@ -25,7 +29,7 @@ for run in "$@"; do
   "$QD_BUILD/qdistill" export "$run" --simulation-logits "$run/export/simulation_logits.f32" > "$run/export/export.log"
 done
 "$py" - "$limit" "$T" "$@" <<'PY'
-import json, os, re, subprocess, sys
+import json, os, re, subprocess, sys, tempfile
 limit, T, runs = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
 emulated = ["x86_avx2", "arm64_neon", "arm64_dot", "arm64_i8mm"]
 
@@ -42,9 +46,11 @@ def ort(prefix, onnx, sim, extra=()):
     return acc, agree
 
 def latency(onnx, extra=()):
-    subprocess.run([sys.executable, "bench/ort_latency.py", onnx, "--threads", "1", "--iters", "3000",
-                    "--json", "/tmp/qd_portability_latency.json", *extra], check=True, capture_output=True)
-    j = json.load(open("/tmp/qd_portability_latency.json"))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "latency.json")
+        subprocess.run([sys.executable, "bench/ort_latency.py", onnx, "--threads", "1", "--iters", "3000",
+                        "--json", out, *extra], check=True, capture_output=True)
+        j = json.load(open(out))
     return j["models"][0]["median_us"], j["cpu"]
 
 rows = []
@@ -55,6 +61,7 @@ for run in runs:
     onnx = os.path.join(e, "student.int8.onnx")
     v, d = rep["verify"], rep["deployment"]
     r = {"run": os.path.basename(run), "target": d["target"], "weights": d["weight_range"], "exact_on": d["exact_on"],
+         "this_machine": d["this_machine"],
          "simulation": v["simulation_accuracy"], "qdistill-run": (v["runtime_accuracy"], 100 * v["argmax_agreement"])}
     r["ort native"] = ort([sys.executable], onnx, sim)
     for cpu in emulated:
@@ -68,8 +75,10 @@ for run in runs:
             r["emulated x86_avx2"] = (p["emulated"]["accuracy"], 100 * p["emulated"]["argmax_agreement"])
     rows.append(r)
 
-print("CPU: %s; %s -> ONNX Runtime's int8 kernels here: %s" % (cpu["model"], " ".join(cpu["flags"]), cpu["ort_platform"]))
-print("test accuracy %% / argmax agreement with the simulation %%%s" % (" (first %d images)" % limit if limit else ""))
+print("CPU: %s; %s -> ONNX Runtime's int8 kernels here: %s" % (cpu["model"], " ".join(cpu["flags"]),
+      rows[0]["this_machine"]))
+print("test accuracy %% / argmax agreement with the simulation %%%s" %
+      (" (ONNX Runtime on the first %d images; simulation and qdistill-run on all)" % limit if limit else ""))
 cols = ["qdistill-run", "ort native", *("ort " + c for c in emulated), "ort x86_avx2 u8u8"]
 print("%-34s %-9s %10s" % ("run (target, weights)", "", "simulation") + "".join(" %16s" % c for c in cols))
 for r in rows:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Python with ONNX Runtime on an EMULATED CPU (QEMU user mode), so that the tests can check what
-# ONNX Runtime's int8 kernels compute on CPU classes this machine is not: every class that
-# `qdistill export` reports on (export/deploy_targets.h) can be run here.
+# ONNX Runtime's int8 kernels compute on CPU classes this machine is not: the x86 AVX2 and ARM64
+# classes that `qdistill export` reports on (export/deploy_targets.h). Not AVX-512 (QEMU 7.2's
+# TCG has none) nor TensorRT.
 #
 #   scripts/emulated_python.sh setup             # once: the ARM64 sysroot (idempotent; ~0.3 s when done)
 #   scripts/emulated_python.sh run CPU ARGS...   # the setup Python's ARGS on CPU
@@ -19,11 +20,14 @@
 # $QD_ARM64_ROOT (default <repo>/.cache/arm64, ~235 MB; ~48 MB downloaded, ~10 s). setup downloads from
 # deb.debian.org with a private apt state in that directory (the system's apt/dpkg configuration is not
 # touched) and from PyPI with pip download. The guest does not see the caller's PYTHONPATH (x86-64
-# packages): give it QD_ARM64_PYTHONPATH instead. Errors are one line on stderr and exit 2.
+# packages): give it QD_ARM64_PYTHONPATH instead. Errors are one line on stderr and exit 2; "cannot
+# emulate that CPU here" (QEMU or the ARM64 sysroot missing, a non-x86 host for x86_avx2) exits 3,
+# which the tests report as a skip.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 die() { echo "emulated_python.sh: error: $*" >&2; exit 2; }
+unavailable() { echo "emulated_python.sh: $*" >&2; exit 3; }
 usage() { die "usage: scripts/emulated_python.sh setup | run CPU [PYTHON-ARGS...] | check CPU (CPU: x86_avx2, arm64_neon, arm64_dot, arm64_i8mm)"; }
 
 ARM64_ROOT="${QD_ARM64_ROOT:-$QD_ROOT/.cache/arm64}"
@@ -46,10 +50,10 @@ DEBS=(
   libffi8 libbz2-1.0 liblzma5                                 # ctypes; bz2, lzma (imported by numpy)
 )
 WHEELS=("onnxruntime==$QD_ORT_VERSION" "numpy==$QD_NUMPY_VERSION")  # no other imports needed
-KEY="v1 $SUITE ${DEBS[*]} ${WHEELS[*]}"
+KEY="v2 $SUITE ${DEBS[*]} ${WHEELS[*]}"
 
 have() { command -v "$1" >/dev/null 2>&1; }
-need_qemu() { have "$1" || die "$1 not found: apt-get install qemu-user (scripts/setup.sh installs it)"; }
+need_qemu() { have "$1" || unavailable "$1 not found: apt-get install qemu-user (scripts/setup.sh installs it)"; }
 
 # apt-get on a private state: own lists, cache, sources and an empty dpkg status, arm64 only.
 private_apt() {
@@ -138,6 +142,10 @@ cmd_setup() {
   # An empty loader cache: the guest's ld.so searches its own default directories instead of
   # reading the host's /etc/ld.so.cache.
   : >"$new/etc/ld.so.cache"
+  # Paths missing from the sysroot fall through to the host's: Debian's site.py puts
+  # /usr/local/lib/python3.11/dist-packages first, where a host may keep x86-64 packages.
+  mkdir -p "$new/usr/local/lib/python3.11/dist-packages" "$new/usr/local/lib/python3/dist-packages" \
+    || die "cannot create $new/usr/local"
   {
     for f in "$ARM64_ROOT"/debs/*.deb; do dpkg-deb -W --showformat='${Package} ${Version}\n' "$f"; done
     (cd "$ARM64_ROOT/wheels" && sha256sum -- *.whl)
@@ -178,7 +186,7 @@ X86_AVX2_MODEL="Haswell-noTSX,-pcid,-x2apic,-tsc-deadline,-invpcid"  # without t
 run_on() {
   local cpu="$1"; shift
   if [ "$cpu" = x86_avx2 ]; then
-    [ "$(uname -m)" = x86_64 ] || die "x86_avx2 needs an x86-64 host (this is $(uname -m))"
+    [ "$(uname -m)" = x86_64 ] || unavailable "x86_avx2 needs an x86-64 host (this is $(uname -m))"
     need_qemu qemu-x86_64
     local exe
     # QEMU runs ELF binaries, not wrapper scripts such as pyenv's shims: the interpreter itself.
@@ -188,7 +196,11 @@ run_on() {
   local model
   model="$(arm64_model "$cpu")" || die "unknown CPU '$cpu': expected x86_avx2, arm64_neon, arm64_dot or arm64_i8mm"
   need_qemu qemu-aarch64
-  ready || die "no arm64 sysroot (or an outdated one) in $ARM64_ROOT: run scripts/emulated_python.sh setup"
+  if have flock && [ -f "$ARM64_ROOT/.lock" ]; then  # a setup rebuilding the sysroot finishes first
+    exec 9<"$ARM64_ROOT/.lock"
+    flock -s 9 || die "cannot lock $ARM64_ROOT/.lock"
+  fi
+  ready || unavailable "no arm64 sysroot (or an outdated one) in $ARM64_ROOT: run scripts/emulated_python.sh setup"
   guest --exec "$model" "$@"
 }
 

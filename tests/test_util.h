@@ -50,6 +50,13 @@ inline ProcResult run_command(const std::string& cmd) {
   return r;
 }
 
+// `s` as one single-quoted shell word.
+inline std::string quoted(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
 // The Python that scripts/setup.sh installs torch and onnxruntime into (scripts/common.sh's
 // qd_python): the project's .venv if setup made one, else $PYTHON, else python3.
 inline std::string setup_python(const std::string& source_dir) {
@@ -61,9 +68,10 @@ inline std::string setup_python(const std::string& source_dir) {
 
 // A command that starts a Python with ONNX Runtime and numpy importable, either the setup Python on
 // this CPU or one on an emulated CPU (scripts/emulated_python.sh, QEMU user mode), so that ONNX
-// Runtime picks that CPU's int8 kernels. When it cannot run, `command` is empty and `skip` (a tool
-// or the ARM64 sysroot is missing: scripts/setup.sh installs them) or `error` (the emulated CPU is
-// not the class asked for) says why.
+// Runtime picks that CPU's int8 kernels. When it cannot run, `command` is empty and `skip` (QEMU or
+// the ARM64 sysroot is missing, which scripts/setup.sh installs, or this host cannot emulate that
+// CPU: the script's exit code 3) or `error` (anything else, e.g. the guest is not the class asked
+// for) says why.
 struct OrtPython {
   std::string command;
   std::string skip;   // the test skips and prints this
@@ -84,13 +92,13 @@ inline OrtPython ort_python(const std::string& source_dir, const std::string& cp
       p.command = py;
     return p;
   }
-  const std::string script = "'" + source_dir + "/scripts/emulated_python.sh'";
-  const ProcResult check = run_command(script + " check " + cpu + " 2>&1");
+  const std::string script = quoted(source_dir + "/scripts/emulated_python.sh");
+  const ProcResult check = run_command(script + " check " + quoted(cpu) + " 2>&1");
   std::string out = check.output;
   while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
-  if (check.code == 2) p.skip = out;  // one line: what is missing and how to get it
+  if (check.code == 3) p.skip = out;  // one line: what is missing and how to get it
   else if (check.code != 0) p.error = "emulated CPU " + cpu + ": " + out;
-  else p.command = script + " run " + cpu;
+  else p.command = script + " run " + quoted(cpu);
   return p;
 }
 

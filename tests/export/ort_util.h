@@ -20,12 +20,6 @@
 
 namespace qd::test {
 
-inline std::string quoted(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
 inline void write_f32(const std::string& path, const std::vector<float>& v) {
   std::ofstream f(path, std::ios::binary);
   f.write(reinterpret_cast<const char*>(v.data()), static_cast<std::streamsize>(v.size() * sizeof(float)));
@@ -52,8 +46,7 @@ inline std::vector<float> read_f32(const std::string& path) {
   } while (0)
 
 // ONNX Runtime's logits [n, classes] for `pixels` [n, c, h, w] on m's int8 QDQ file.
-inline std::vector<float> ort_logits(const OrtPython& py, const rt::Model& m, const std::vector<float>& pixels, int n,
-                                     const std::string& extra_args = "") {
+inline std::vector<float> ort_logits(const OrtPython& py, const rt::Model& m, const std::vector<float>& pixels, int n) {
   TempDir dir;
   const std::string model = dir.file("int8.onnx"), in = dir.file("input.f32"), out = dir.file("logits.f32");
   write_onnx(m, OnnxPrecision::kInt8Qdq, model);
@@ -62,7 +55,7 @@ inline std::vector<float> ort_logits(const OrtPython& py, const rt::Model& m, co
   const std::string cmd = py.command + " " + quoted(std::string(QD_SOURCE_DIR) + "/tests/export/ort_run.py") + " " +
                           quoted(model) + " --input " + quoted(in) + " --shape " + std::to_string(n) + "," +
                           std::to_string(t.c) + "," + std::to_string(t.h) + "," + std::to_string(t.w) + " --output " +
-                          quoted(out) + " " + extra_args + " 2>&1";
+                          quoted(out) + " 2>&1";
   const ProcResult r = run_command(cmd);
   if (r.code != 0) throw std::runtime_error("ONNX Runtime failed (" + py.cpu + "): " + cmd + "\n" + r.output);
   std::vector<float> logits = read_f32(out);
