@@ -1,0 +1,143 @@
+#include "models/bert.h"
+
+#include <nlohmann/json.hpp>
+
+#include "formats/mapped_file.h"
+#include "formats/safetensors.h"
+
+namespace qd {
+
+using fmt::FormatError;
+
+namespace {
+std::string shape_text(const std::vector<int64_t>& s) {
+  std::string t = "[";
+  for (size_t i = 0; i < s.size(); ++i) t += (i ? ", " : "") + std::to_string(s[i]);
+  return t + "]";
+}
+}  // namespace
+
+BertLayerImpl::BertLayerImpl(const BertOptions& o) : heads_(o.heads) {
+  query = register_module("query", torch::nn::Linear(o.hidden, o.hidden));
+  key = register_module("key", torch::nn::Linear(o.hidden, o.hidden));
+  value = register_module("value", torch::nn::Linear(o.hidden, o.hidden));
+  attn_out = register_module("attn_out", torch::nn::Linear(o.hidden, o.hidden));
+  attn_norm = register_module("attn_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.hidden}).eps(o.layer_norm_eps)));
+  ffn_in = register_module("ffn_in", torch::nn::Linear(o.hidden, o.ffn));
+  ffn_out = register_module("ffn_out", torch::nn::Linear(o.ffn, o.hidden));
+  ffn_norm = register_module("ffn_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.hidden}).eps(o.layer_norm_eps)));
+}
+
+torch::Tensor BertLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& key_mask) {
+  const int64_t b = x.size(0), t = x.size(1), h = x.size(2), hd = h / heads_;
+  const auto split = [&](const torch::Tensor& y) { return y.view({b, t, heads_, hd}).transpose(1, 2); };  // [B, nh, T, hd]
+  torch::Tensor a = at::scaled_dot_product_attention(split(query(x)), split(key(x)), split(value(x)), key_mask);
+  a = a.transpose(1, 2).reshape({b, t, h});
+  torch::Tensor y = attn_norm(x + attn_out(a));
+  return ffn_norm(y + ffn_out(torch::gelu(ffn_in(y))));
+}
+
+BertEncoderImpl::BertEncoderImpl(const BertOptions& o) : opts_(o) {
+  word = register_module("word", torch::nn::Embedding(o.vocab, o.hidden));
+  position = register_module("position", torch::nn::Embedding(o.max_positions, o.hidden));
+  token_type = register_module("token_type", torch::nn::Embedding(o.type_vocab, o.hidden));
+  embed_norm = register_module("embed_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.hidden}).eps(o.layer_norm_eps)));
+  for (int64_t i = 0; i < o.layers; ++i) layers.push_back(register_module("layer" + std::to_string(i), BertLayer(o)));
+}
+
+torch::Tensor BertEncoderImpl::forward(const torch::Tensor& ids, const torch::Tensor& mask) {
+  const int64_t t = ids.size(1);
+  TORCH_CHECK(t <= opts_.max_positions, "a sequence of ", t, " tokens is longer than the model's ", opts_.max_positions,
+              " positions");
+  const torch::Tensor pos = torch::arange(t, ids.options().dtype(torch::kLong));
+  torch::Tensor x = word(ids) + position(pos).unsqueeze(0) + token_type->weight[0];  // token type 0 throughout
+  x = embed_norm(x);
+  const torch::Tensor key_mask = mask.to(torch::kBool).view({ids.size(0), 1, 1, t});
+  for (auto& l : layers) x = l(x, key_mask);
+  return x;
+}
+
+torch::Tensor BertEncoderImpl::embed(const torch::Tensor& ids, const torch::Tensor& mask) {
+  const torch::Tensor h = forward(ids, mask);                            // [B, T, H]
+  const torch::Tensor m = mask.to(h.dtype()).unsqueeze(-1);              // [B, T, 1]
+  const torch::Tensor mean = (h * m).sum(1) / m.sum(1).clamp_min(1e-9);  // sentence-transformers' clamp
+  return torch::nn::functional::normalize(mean, torch::nn::functional::NormalizeFuncOptions().p(2).dim(1));
+}
+
+BertOptions read_bert_config(const std::string& path) {
+  const fmt::MappedFile f(path);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(f.data(), f.data() + f.size());
+  } catch (const nlohmann::json::exception& e) {
+    throw FormatError(path + ": not valid JSON: " + e.what());
+  }
+  const auto integer = [&](const char* key, int64_t lo, int64_t hi) {
+    if (!j.contains(key) || !j[key].is_number_integer() || j[key].get<int64_t>() < lo || j[key].get<int64_t>() > hi)
+      throw FormatError(path + ": " + key + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+    return j[key].get<int64_t>();
+  };
+  if (j.value("model_type", "") != "bert") throw FormatError(path + ": model_type must be \"bert\"");
+  if (j.value("hidden_act", "gelu") != "gelu") throw FormatError(path + ": hidden_act " + j["hidden_act"].dump() + " is not supported (gelu)");
+  if (j.value("position_embedding_type", "absolute") != "absolute")
+    throw FormatError(path + ": position_embedding_type must be \"absolute\"");
+  BertOptions o;
+  o.vocab = integer("vocab_size", 1, 1 << 22);
+  o.hidden = integer("hidden_size", 1, 1 << 16);
+  o.layers = integer("num_hidden_layers", 1, 512);
+  o.heads = integer("num_attention_heads", 1, 1024);
+  o.ffn = integer("intermediate_size", 1, 1 << 18);
+  o.max_positions = integer("max_position_embeddings", 1, 1 << 20);
+  o.type_vocab = integer("type_vocab_size", 1, 1 << 10);
+  if (o.hidden % o.heads != 0) throw FormatError(path + ": hidden_size is not a multiple of num_attention_heads");
+  if (j.contains("layer_norm_eps")) {
+    if (!j["layer_norm_eps"].is_number() || !(j["layer_norm_eps"].get<double>() > 0))
+      throw FormatError(path + ": layer_norm_eps must be a positive number");
+    o.layer_norm_eps = j["layer_norm_eps"].get<double>();
+  }
+  return o;
+}
+
+BertEncoder load_bert(const std::string& folder) {
+  const BertOptions o = read_bert_config(folder + "/config.json");
+  const fmt::SafetensorsFile f(folder + "/model.safetensors");
+  const std::string prefix = f.find("bert.embeddings.word_embeddings.weight") ? "bert." : "";
+  BertEncoder m(o);
+  torch::NoGradGuard g;
+  const auto load = [&](const std::string& name, torch::Tensor& dst) {
+    const fmt::SafetensorsTensor& t = f.at(prefix + name);
+    if (t.shape != dst.sizes().vec())
+      throw FormatError(f.path() + ": tensor '" + t.name + "' has shape " + shape_text(t.shape) + ", config.json implies " +
+                        shape_text(dst.sizes().vec()));
+    const std::vector<float> v = f.to_float(t);
+    dst.copy_(torch::from_blob(const_cast<float*>(v.data()), dst.sizes(), torch::kFloat32));
+  };
+  const auto linear = [&](const std::string& name, torch::nn::Linear& l) {
+    load(name + ".weight", l->weight);
+    load(name + ".bias", l->bias);
+  };
+  const auto norm = [&](const std::string& name, torch::nn::LayerNorm& l) {
+    load(name + ".weight", l->weight);
+    load(name + ".bias", l->bias);
+  };
+  load("embeddings.word_embeddings.weight", m->word->weight);
+  load("embeddings.position_embeddings.weight", m->position->weight);
+  load("embeddings.token_type_embeddings.weight", m->token_type->weight);
+  norm("embeddings.LayerNorm", m->embed_norm);
+  for (int64_t i = 0; i < o.layers; ++i) {
+    const std::string p = "encoder.layer." + std::to_string(i) + ".";
+    BertLayer& l = m->layers[static_cast<size_t>(i)];
+    linear(p + "attention.self.query", l->query);
+    linear(p + "attention.self.key", l->key);
+    linear(p + "attention.self.value", l->value);
+    linear(p + "attention.output.dense", l->attn_out);
+    norm(p + "attention.output.LayerNorm", l->attn_norm);
+    linear(p + "intermediate.dense", l->ffn_in);
+    linear(p + "output.dense", l->ffn_out);
+    norm(p + "output.LayerNorm", l->ffn_norm);
+  }
+  m->eval();
+  return m;
+}
+
+}  // namespace qd

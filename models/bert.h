@@ -1,0 +1,58 @@
+// A BERT encoder (Hugging Face's BertModel: post-LayerNorm, absolute positions, token types,
+// exact GELU) and its sentence embedding (sentence-transformers' mean pooling over the attention
+// mask, then L2 normalization), loadable from a Hugging Face folder (config.json +
+// model.safetensors, read by formats/) such as all-MiniLM-L6-v2's.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <string>
+#include <vector>
+
+namespace qd {
+
+struct BertOptions {
+  int64_t vocab = 30522, hidden = 384, layers = 6, heads = 12, ffn = 1536, max_positions = 512, type_vocab = 2;
+  double layer_norm_eps = 1e-12;
+};
+
+class BertLayerImpl : public torch::nn::Module {
+ public:
+  explicit BertLayerImpl(const BertOptions& o);
+  // x [B, T, H], key_mask [B, 1, 1, T] bool (true: attend) -> [B, T, H]
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& key_mask);
+  torch::nn::Linear query{nullptr}, key{nullptr}, value{nullptr}, attn_out{nullptr}, ffn_in{nullptr}, ffn_out{nullptr};
+  torch::nn::LayerNorm attn_norm{nullptr}, ffn_norm{nullptr};
+
+ private:
+  int64_t heads_;
+};
+TORCH_MODULE(BertLayer);
+
+class BertEncoderImpl : public torch::nn::Module {
+ public:
+  explicit BertEncoderImpl(const BertOptions& o);
+  // ids [B, T] int64, mask [B, T] (1: token, 0: padding) -> last hidden states [B, T, H].
+  torch::Tensor forward(const torch::Tensor& ids, const torch::Tensor& mask);
+  // The sentence embedding: masked mean of the last hidden states, L2-normalized. [B, H]
+  torch::Tensor embed(const torch::Tensor& ids, const torch::Tensor& mask);
+  const BertOptions& options() const { return opts_; }
+
+  torch::nn::Embedding word{nullptr}, position{nullptr}, token_type{nullptr};
+  torch::nn::LayerNorm embed_norm{nullptr};
+  std::vector<BertLayer> layers;
+
+ private:
+  BertOptions opts_;
+};
+TORCH_MODULE(BertEncoder);
+
+// Options from a Hugging Face config.json (model_type bert, hidden_act gelu, absolute positions);
+// FormatError naming the file and key otherwise.
+BertOptions read_bert_config(const std::string& config_json);
+// The encoder of a Hugging Face BERT folder (config.json, model.safetensors): every tensor the
+// encoder needs, shape-checked, names as BertModel's (with or without a "bert." prefix; the
+// pooler is not used). FormatError for a missing or misshapen tensor.
+BertEncoder load_bert(const std::string& folder);
+
+}  // namespace qd

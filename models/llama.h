@@ -1,0 +1,78 @@
+// A Llama-architecture decoder (Hugging Face's LlamaForCausalLM: RMSNorm, rotary positions in the
+// rotate-half layout, grouped-query attention, SwiGLU feed-forward, optionally tied embeddings),
+// loadable from a llama.cpp GGUF file (formats/), whose quantized tensors are dequantized to float
+// and whose Q/K rows are brought back from llama.cpp's interleaved rotary layout.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <string>
+#include <vector>
+
+namespace qd {
+
+namespace fmt {
+class GgufFile;
+}
+
+struct LlamaOptions {
+  int64_t vocab = 49152, hidden = 576, layers = 30, heads = 9, kv_heads = 3, ffn = 1536, max_positions = 8192;
+  double rope_theta = 100000.0, rms_eps = 1e-5;
+  bool tied_embeddings = true;
+  int64_t head_dim() const { return hidden / heads; }
+};
+
+class RmsNormImpl : public torch::nn::Module {
+ public:
+  RmsNormImpl(int64_t dim, double eps);
+  torch::Tensor forward(const torch::Tensor& x);  // as Hugging Face's LlamaRMSNorm, in float32
+  torch::Tensor weight;
+
+ private:
+  double eps_;
+};
+TORCH_MODULE(RmsNorm);
+
+class LlamaLayerImpl : public torch::nn::Module {
+ public:
+  explicit LlamaLayerImpl(const LlamaOptions& o);
+  // x [B, T, H]; cos, sin [T, head_dim]; mask [B, 1, T, T] bool (true: attend) -> [B, T, H]
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, const torch::Tensor& mask);
+  RmsNorm attn_norm{nullptr}, ffn_norm{nullptr};
+  torch::nn::Linear q{nullptr}, k{nullptr}, v{nullptr}, out{nullptr}, gate{nullptr}, up{nullptr}, down{nullptr};
+
+ private:
+  int64_t heads_, kv_heads_, head_dim_;
+};
+TORCH_MODULE(LlamaLayer);
+
+class LlamaImpl : public torch::nn::Module {
+ public:
+  explicit LlamaImpl(const LlamaOptions& o);
+  // ids [B, T] int64, mask [B, T] (1: token, 0: padding at the end) -> logits [B, T, vocab]
+  torch::Tensor forward(const torch::Tensor& ids, const torch::Tensor& mask);
+  torch::Tensor hidden_states(const torch::Tensor& ids, const torch::Tensor& mask);  // [B, T, H], after the final norm
+  const LlamaOptions& options() const { return opts_; }
+
+  torch::nn::Embedding embed{nullptr};
+  std::vector<LlamaLayer> layers;
+  RmsNorm norm{nullptr};
+  torch::nn::Linear lm_head{nullptr};  // untied embeddings only
+
+ private:
+  LlamaOptions opts_;
+  torch::Tensor inv_freq_;  // [head_dim / 2], float32, as Hugging Face computes it
+};
+TORCH_MODULE(Llama);
+
+// Options from GGUF metadata (general.architecture "llama", llama.*); FormatError otherwise.
+LlamaOptions read_llama_options(const fmt::GgufFile& f);
+// The model of a llama.cpp GGUF file, every tensor dequantized and shape-checked.
+Llama load_llama(const std::string& gguf_path);
+
+// llama.cpp's converter stores Q and K rows interleaved for its rotary kernel; these map between
+// that layout and Hugging Face's ([heads * head_dim, in] weights, `heads` of the tensor).
+torch::Tensor unpermute_rotary_rows(const torch::Tensor& w, int64_t heads);
+torch::Tensor permute_rotary_rows(const torch::Tensor& w, int64_t heads);
+
+}  // namespace qd
