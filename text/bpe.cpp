@@ -133,7 +133,7 @@ BpeTokenizer BpeTokenizer::from_gguf(const fmt::GgufFile& f) {
     for (size_t i = 0; i < t.tokens_.size(); ++i)
       if ((types->ints[i] == 3 || types->ints[i] == 4) && !t.tokens_[i].empty())  // CONTROL, USER_DEFINED
         t.specials_.emplace_back(t.tokens_[i], static_cast<int32_t>(i));
-  std::sort(t.specials_.begin(), t.specials_.end(), [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
+  sort_longest_first(t.specials_);
   const std::vector<std::string>& merges = f.get_strings("tokenizer.ggml.merges");
   for (size_t r = 0; r < merges.size(); ++r) {
     const size_t sp = merges[r].find(' ', 1);
@@ -214,24 +214,10 @@ void BpeTokenizer::encode_text(std::string_view text, std::vector<int32_t>& out)
 std::vector<int32_t> BpeTokenizer::encode(std::string_view text, bool parse_special, bool add_bos) const {
   std::vector<int32_t> out;
   if (add_bos && add_bos_ && bos_ >= 0) out.push_back(bos_);
-  size_t pos = 0, from = 0;
-  while (parse_special && pos < text.size()) {
-    const std::pair<std::string, int32_t>* hit = nullptr;
-    for (const auto& sp : specials_)
-      if (text.compare(pos, sp.first.size(), sp.first) == 0) {
-        hit = &sp;
-        break;
-      }
-    if (!hit) {
-      ++pos;
-      continue;
-    }
-    encode_text(text.substr(from, pos - from), out);
-    out.push_back(hit->second);
-    pos += hit->first.size();
-    from = pos;
-  }
-  encode_text(text.substr(from), out);
+  static const SpecialTokens kNone;
+  split_on_specials(
+      text, parse_special ? specials_ : kNone, [&](std::string_view plain) { encode_text(plain, out); },
+      [&](int32_t id) { out.push_back(id); });
   return out;
 }
 

@@ -17,6 +17,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "text/special_tokens.h"
+
 namespace qd::fmt {
 class GgufFile;
 }
@@ -52,7 +54,7 @@ class BpeTokenizer {
   std::vector<std::string> tokens_;
   std::unordered_map<std::string, int32_t> ids_;
   std::map<std::pair<std::string, std::string>, int32_t> ranks_;
-  std::vector<std::pair<std::string, int32_t>> specials_;  // longest first
+  SpecialTokens specials_;  // control and user-defined tokens, longest first
   std::string pre_;
   bool split_digits_ = true;
   int32_t bos_ = -1, eos_ = -1;

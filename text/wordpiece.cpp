@@ -92,7 +92,7 @@ WordPieceTokenizer WordPieceTokenizer::from_file(const std::string& path) {
         throw FormatError(path + ": added token " + a["content"].dump() + " has id " + std::to_string(id) + ", outside the vocabulary");
       if (!a["content"].get<std::string>().empty()) t.added_.emplace_back(a["content"].get<std::string>(), static_cast<int32_t>(id));
     }
-  std::sort(t.added_.begin(), t.added_.end(), [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
+  sort_longest_first(t.added_);
   return t;
 }
 
@@ -172,26 +172,10 @@ void WordPieceTokenizer::encode_words(std::u32string_view text, std::vector<int3
 std::vector<int32_t> WordPieceTokenizer::encode(std::string_view text, bool add_special) const {
   std::vector<int32_t> out;
   if (add_special) out.push_back(cls_);
-  // The added tokens are matched on the raw text first (they are not normalized); the text between
-  // them is tokenized normally.
-  size_t pos = 0, from = 0;
-  while (pos < text.size()) {
-    const std::pair<std::string, int32_t>* hit = nullptr;
-    for (const auto& a : added_)
-      if (text.compare(pos, a.first.size(), a.first) == 0) {
-        hit = &a;
-        break;
-      }
-    if (!hit) {
-      ++pos;
-      continue;
-    }
-    encode_words(decode_utf8(text.substr(from, pos - from)), out);
-    out.push_back(hit->second);
-    pos += hit->first.size();
-    from = pos;
-  }
-  encode_words(decode_utf8(text.substr(from)), out);
+  // The added tokens are matched on the raw text first (they are not normalized).
+  split_on_specials(
+      text, added_, [&](std::string_view plain) { encode_words(decode_utf8(plain), out); },
+      [&](int32_t id) { out.push_back(id); });
   if (add_special) out.push_back(sep_);
   return out;
 }

@@ -14,6 +14,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "text/special_tokens.h"
+
 namespace qd::text {
 
 class WordPieceTokenizer {
@@ -40,7 +42,7 @@ class WordPieceTokenizer {
 
   std::unordered_map<std::string, int32_t> vocab_;
   std::vector<std::string> id_to_token_;
-  std::vector<std::pair<std::string, int32_t>> added_;  // literal special tokens, longest first
+  SpecialTokens added_;  // literal special tokens, longest first
   bool clean_text_ = true, handle_chinese_ = true, strip_accents_ = true, lowercase_ = true;
   std::string prefix_ = "##";
   size_t max_chars_ = 100;
