@@ -2,7 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "formats/mapped_file.h"
+#include "formats/json_file.h"
 #include "formats/safetensors.h"
 
 namespace qd {
@@ -65,13 +65,7 @@ torch::Tensor BertEncoderImpl::embed(const torch::Tensor& ids, const torch::Tens
 }
 
 BertOptions read_bert_config(const std::string& path) {
-  const fmt::MappedFile f(path);
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(f.data(), f.data() + f.size());
-  } catch (const nlohmann::json::exception& e) {
-    throw FormatError(path + ": not valid JSON: " + e.what());
-  }
+  const nlohmann::json j = fmt::read_json_file(path);
   const auto integer = [&](const char* key, int64_t lo, int64_t hi) {
     if (!j.contains(key) || !j[key].is_number_integer() || j[key].get<int64_t>() < lo || j[key].get<int64_t>() > hi)
       throw FormatError(path + ": " + key + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");

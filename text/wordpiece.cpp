@@ -1,11 +1,9 @@
 #include "text/wordpiece.h"
 
 #include <algorithm>
-#include <fstream>
-#include <iterator>
 #include <nlohmann/json.hpp>
 
-#include "formats/mapped_file.h"
+#include "formats/json_file.h"
 #include "text/unicode.h"
 
 namespace qd::text {
@@ -36,13 +34,7 @@ const nlohmann::json& need(const nlohmann::json& j, const char* key, const std::
 }  // namespace
 
 WordPieceTokenizer WordPieceTokenizer::from_file(const std::string& path) {
-  const fmt::MappedFile file(path);
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(file.data(), file.data() + file.size());
-  } catch (const nlohmann::json::exception& e) {
-    throw FormatError(path + ": not valid JSON: " + e.what());
-  }
+  const nlohmann::json j = fmt::read_json_file(path);
   WordPieceTokenizer t;
   const nlohmann::json& model = need(j, "model", path, "");
   if (need(model, "type", path, "model.") != "WordPiece")
