@@ -67,6 +67,8 @@ void save_checkpoint(const std::string& path, const torch::nn::Module& model,
   archive.write("global_step", c10::IValue(meta.global_step));
   archive.write("test_accuracy", c10::IValue(meta.test_accuracy));
   archive.write("best_accuracy", c10::IValue(meta.best_accuracy));
+  archive.write("step_in_epoch", c10::IValue(meta.step_in_epoch));
+  archive.write("epoch_sums", torch::tensor(meta.epoch_sums, torch::kFloat64), /*is_buffer=*/true);
 
   torch::serialize::OutputArchive model_archive;
   model.save(model_archive);
@@ -123,6 +125,13 @@ CheckpointMeta load_checkpoint_bytes(const char* data, size_t size, const std::s
     meta.global_step = read_int(archive, "global_step");
     meta.test_accuracy = read_double(archive, "test_accuracy");
     meta.best_accuracy = read_double(archive, "best_accuracy");
+    c10::IValue step;  // absent in checkpoints written before mid-epoch checkpoints existed
+    if (archive.try_read("step_in_epoch", step)) meta.step_in_epoch = step.toInt();
+    torch::Tensor sums;
+    if (archive.try_read("epoch_sums", sums, /*is_buffer=*/true) && sums.numel() > 0) {
+      sums = sums.to(torch::kCPU, torch::kFloat64).contiguous();
+      meta.epoch_sums.assign(sums.data_ptr<double>(), sums.data_ptr<double>() + sums.numel());
+    }
     torch::serialize::InputArchive model_archive;
     archive.read("model", model_archive);
     load_module_strict(model, model_archive, "");

@@ -16,8 +16,13 @@ namespace qd {
 struct CheckpointMeta {
   int64_t epoch = 0;        // epochs completed
   int64_t global_step = 0;  // optimizer steps completed
-  double test_accuracy = 0.0;
-  double best_accuracy = 0.0;
+  double test_accuracy = 0.0;  // the task's score (image: accuracy) of the last evaluation
+  double best_accuracy = 0.0;  // the best score (picks best.pt)
+  // A mid-epoch checkpoint (trainer.checkpoint_every_steps/minutes): optimizer steps done in the
+  // epoch in progress (`epoch` is the number of whole epochs before it), and that epoch's training
+  // statistics summed over all ranks so far. 0 and empty at epoch ends.
+  int64_t step_in_epoch = 0;
+  std::vector<double> epoch_sums;
 };
 
 // Serializes to bytes (for the atomic write) and writes `path` atomically.

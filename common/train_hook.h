@@ -34,9 +34,18 @@ struct TrainState {
 
   // Current step (valid from on_step_begin to on_after_optimizer_step).
   std::vector<int64_t> sample_indices;  // [B] training-set indices of this micro-batch
-  torch::Tensor inputs;   // [B, C, H, W] float in [0, 1], augmented, on `device`
-  torch::Tensor targets;  // [B] int64
-  torch::Tensor logits;   // [B, classes], set after the forward pass
+  // Set by the task (trainer/task.h):
+  //   image_classification  inputs [B, C, H, W] float in [0, 1], augmented; targets [B] int64;
+  //                         logits [B, classes]; mask undefined
+  //   causal_lm             inputs [B, T] int64 token ids; mask [B, T] int64 (1 token, 0 padding);
+  //                         targets [B, T] next token ids (-100 where nothing is predicted);
+  //                         logits [B, T, vocab]
+  //   sentence_embedding    inputs, mask as causal_lm; targets [B, D] the teacher's embeddings;
+  //                         logits [B, D] the student's L2-normalized embeddings
+  torch::Tensor inputs;   // on `device`
+  torch::Tensor mask;
+  torch::Tensor targets;
+  torch::Tensor logits;   // set after the forward pass
   torch::Tensor loss;     // scalar; hooks may add terms in on_loss
   // Named loss terms, logged separately in metrics.jsonl (hooks add theirs in on_loss).
   std::map<std::string, torch::Tensor> loss_terms;

@@ -3,13 +3,14 @@
 
 #include <cstdint>
 #include <string>
+#include <string>
 #include <vector>
 
 #include "common/config.h"
 
 namespace qd {
 
-enum class DatasetKind { kFashionMnist, kMnist };
+enum class DatasetKind { kFashionMnist, kMnist, kFortunes, kWordNet };
 
 struct AugmentConfig {
   bool random_crop = false;  // zero-pad by crop_padding, then crop back to the input size
@@ -48,11 +49,23 @@ struct DataConfig {
   std::vector<double> mean;   // per-channel normalization; empty: computed from the training set
   std::vector<double> std;
   AugmentConfig augment;
+  // Text (task causal_lm: fortunes; sentence_embedding: wordnet). See data/text_corpus.h.
+  std::string text_root;  // empty: the Debian package's folder
+  int seq_len = 128;      // causal_lm: tokens per training sequence; sentence_embedding: longest text in tokens
+
+  bool is_text() const { return dataset == DatasetKind::kFortunes || dataset == DatasetKind::kWordNet; }
+  std::string text_folder() const {
+    if (!text_root.empty()) return text_root;
+    return dataset == DatasetKind::kWordNet ? "/usr/share/wordnet" : "/usr/share/games/fortunes";
+  }
 
   template <class V>
   void visit(V& v) {
-    v.field("dataset", dataset, "which IDX dataset layout to read",
-            Choices<DatasetKind>{{{"fashion_mnist", DatasetKind::kFashionMnist}, {"mnist", DatasetKind::kMnist}}});
+    v.field("dataset", dataset,
+            "images: fashion_mnist | mnist (IDX files under root); text: fortunes (causal_lm corpus) | wordnet "
+            "(sentence_embedding reverse dictionary), split train/validation/test by a fixed hash (docs/text_data.md)",
+            Choices<DatasetKind>{{{"fashion_mnist", DatasetKind::kFashionMnist}, {"mnist", DatasetKind::kMnist},
+                                   {"fortunes", DatasetKind::kFortunes}, {"wordnet", DatasetKind::kWordNet}}});
     v.field("root", root, "folder holding the train-/t10k- IDX files (.gz or raw)");
     v.field("batch_size", batch_size, "training batch per process", Range<int>{1, 65536});
     v.field("eval_batch_size", eval_batch_size, "evaluation batch per process", Range<int>{1, 65536});
@@ -70,6 +83,12 @@ struct DataConfig {
             Range<double>{0.0, 1e6, true, false});
     v.check(mean.size() == std.size(), "std", "data.mean and data.std must have the same length");
     v.section("augment", augment);
+    v.field("text_root", text_root,
+            "text datasets: the folder to read (empty: /usr/share/games/fortunes or /usr/share/wordnet)");
+    v.field("seq_len", seq_len,
+            "causal_lm: tokens per training sequence (packed documents); sentence_embedding: texts are cut to "
+            "this many tokens",
+            Range<int>{2, 1 << 16});
   }
 };
 

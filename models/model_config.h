@@ -1,13 +1,14 @@
 // The `model` section of an experiment.
 #pragma once
 
+#include <string>
 #include <vector>
 
 #include "common/config.h"
 
 namespace qd {
 
-enum class ModelKind { kMlp, kConvNet, kResNet };
+enum class ModelKind { kMlp, kConvNet, kResNet, kBert, kLlama };
 enum class HeadKind { kGap, kFlatten };
 
 struct ModelConfig {
@@ -20,11 +21,19 @@ struct ModelConfig {
   // Explicit output channels of every channel group (Model::channel_groups() order; a pruned
   // model after physical removal). Empty: derived from width.
   std::vector<int> channels;
+  // Transformers (bert, llama).
+  std::string pretrained;  // a teacher's files (folder / .gguf) or name (minilm-l6, smollm2-135m); empty: from scratch
+  std::string tokenizer;   // from scratch: whose tokenizer (a pretrained name or path); fixes the vocabulary
+  int hidden = 256, layers = 4, heads = 4, kv_heads = 0, ffn = 1024, max_positions = 512;
+  double rope_theta = 10000.0;
+
+  bool is_text() const { return name == ModelKind::kBert || name == ModelKind::kLlama; }
 
   template <class V>
   void visit(V& v) {
     v.field("name", name, "architecture from the model zoo",
-            Choices<ModelKind>{{{"mlp", ModelKind::kMlp}, {"convnet", ModelKind::kConvNet}, {"resnet", ModelKind::kResNet}}},
+            Choices<ModelKind>{{{"mlp", ModelKind::kMlp}, {"convnet", ModelKind::kConvNet}, {"resnet", ModelKind::kResNet},
+                                    {"bert", ModelKind::kBert}, {"llama", ModelKind::kLlama}}},
             kRequired);
     v.field("width", width, "mlp: hidden units; convnet/resnet: channels of the first stage", Range<int>{1, 4096});
     v.field("depth", depth, "mlp: hidden layers; convnet: conv blocks; resnet: layers (6n+2)", Range<int>{0, 200});
@@ -36,6 +45,30 @@ struct ModelConfig {
             "explicit output channels per channel group, in `qdistill layers` group order (what physical "
             "channel removal writes); empty: derived from width",
             Range<int>{1, 65536});
+    v.field("pretrained", pretrained,
+            "bert/llama: load a pretrained model: a Hugging Face BERT folder (config.json, model.safetensors, "
+            "tokenizer.json), a llama GGUF file, or the name of an installed teacher (minilm-l6, smollm2-135m); "
+            "the architecture keys below are then ignored");
+    v.field("tokenizer", tokenizer,
+            "bert/llama from scratch: the tokenizer (and so the vocabulary): a pretrained name or path as in "
+            "model.pretrained");
+    v.field("hidden", hidden, "bert/llama: hidden size", Range<int>{8, 16384});
+    v.field("layers", layers, "bert/llama: transformer layers", Range<int>{1, 512});
+    v.field("heads", heads, "bert/llama: attention heads (hidden must be a multiple)", Range<int>{1, 1024});
+    v.field("kv_heads", kv_heads, "llama: key/value heads, grouped-query attention (0: = heads)", Range<int>{0, 1024});
+    v.field("ffn", ffn, "bert/llama: feed-forward inner size", Range<int>{1, 1 << 18});
+    v.field("max_positions", max_positions, "bert: position embeddings; llama: longest sequence",
+            Range<int>{1, 1 << 20});
+    v.field("rope_theta", rope_theta, "llama: rotary base frequency", Range<double>{1.0, 1e9});
+    v.check(!is_text() || !pretrained.empty() || !tokenizer.empty(), "tokenizer",
+            "a bert/llama model from scratch needs a tokenizer: model.tokenizer: minilm-l6 (bert) or smollm2-135m "
+            "(llama), or a path");
+    v.check(!is_text() || !pretrained.empty() || hidden % heads == 0, "heads", "hidden must be a multiple of heads");
+    v.check(name != ModelKind::kLlama || !pretrained.empty() ||
+                ((hidden / heads) % 2 == 0 && heads % (kv_heads ? kv_heads : heads) == 0),
+            "kv_heads", "llama needs an even head size (hidden / heads) and heads a multiple of kv_heads");
+    v.check(!is_text() || pretrained.empty() || tokenizer.empty(), "tokenizer",
+            "a pretrained model brings its own tokenizer; remove model.tokenizer");
     v.check(name != ModelKind::kResNet || (depth >= 8 && (depth - 2) % 6 == 0), "depth",
             "resnet depth must be 6n+2 with n >= 1 (8, 14, 20, 32, ...)");
     v.check(name != ModelKind::kConvNet || depth >= 1, "depth", "convnet needs depth >= 1 conv blocks");

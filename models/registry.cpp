@@ -3,6 +3,7 @@
 #include <functional>
 #include <map>
 
+#include "models/text_model.h"
 #include "models/zoo.h"
 
 namespace qd {
@@ -15,6 +16,9 @@ const std::map<ModelKind, std::pair<std::string, Factory>>& registry() {
       {ModelKind::kMlp, {"mlp", [](const ModelConfig& c, const InputSpec& i) { return std::make_shared<Mlp>(c, i); }}},
       {ModelKind::kConvNet, {"convnet", [](const ModelConfig& c, const InputSpec& i) { return std::make_shared<ConvNet>(c, i); }}},
       {ModelKind::kResNet, {"resnet", [](const ModelConfig& c, const InputSpec& i) { return std::make_shared<ResNet>(c, i); }}},
+      // Transformers read tokens, not InputSpec's images; their shape comes from the config or the pretrained files.
+      {ModelKind::kBert, {"bert", [](const ModelConfig& c, const InputSpec&) -> std::shared_ptr<Model> { return make_text_model(c); }}},
+      {ModelKind::kLlama, {"llama", [](const ModelConfig& c, const InputSpec&) -> std::shared_ptr<Model> { return make_text_model(c); }}},
   };
   return r;
 }

@@ -26,6 +26,8 @@ constexpr const char* kDescription =
     "  qdistill train configs/fmnist_teacher.yaml --set trainer.epochs=2 --set experiment.name=quick\n"
     "  qdistill train configs/fmnist_teacher.yaml --resume        # continue from checkpoints/last.pt\n"
     "  qdistill eval runs/fmnist_teacher                          # accuracy of the best checkpoint\n"
+    "  qdistill eval configs/smollm2_teacher.yaml --json          # a pretrained teacher's held-out perplexity\n"
+    "  qdistill embed configs/minilm_teacher.yaml --input s.txt   # one sentence embedding per line\n"
     "  qdistill export runs/fmnist_student_full                   # int8 student -> export/student.{qdm,int8.onnx}\n"
     "  qdistill keys                                              # every config key, its default and meaning\n"
     "  qdistill layers configs/fmnist_student_kd.yaml             # layer names for feature distillation\n"
@@ -105,11 +107,26 @@ int run_cli(int argc, char** argv) {
   train_cmd->add_flag("--resume", train.resume, "continue from <run dir>/checkpoints/last.pt (trainer.resume=true)");
 
   EvalCommand eval;
-  CLI::App* eval_cmd = app.add_subcommand("eval", "test accuracy of a run's checkpoint");
-  eval_cmd->add_option("run_dir", eval.run_dir, "run directory, e.g. runs/fmnist_teacher")->required();
+  CLI::App* eval_cmd = app.add_subcommand(
+      "eval", "the task's test metrics of a run's checkpoint: accuracy (images), perplexity and bits_per_byte "
+              "(causal_lm), recall_at_1 and recall_at_10 (sentence_embedding)");
+  eval_cmd->add_option("run_dir", eval.run_dir,
+                       "run directory (e.g. runs/fmnist_teacher), or a config whose model is pretrained "
+                       "(e.g. configs/smollm2_teacher.yaml); text tasks are measured on the held-out test split")
+      ->required();
   eval_cmd->add_flag("--int8", eval.int8, "evaluate the int8 simulation (QAT runs)");
   eval_cmd->add_flag("--json", eval.json, "print one JSON object");
   eval_cmd->add_option("--checkpoint", eval.checkpoint, "which checkpoint")->check(CLI::IsMember({"best", "last"}));
+
+  EmbedCommand embed;
+  CLI::App* embed_cmd = app.add_subcommand(
+      "embed", "write one L2-normalized sentence embedding per input line (space-separated floats), to compare "
+               "with another implementation");
+  embed_cmd->add_option("source", embed.source, "a sentence_embedding run directory, or a config with a pretrained "
+                                                "bert (configs/minilm_teacher.yaml)")->required();
+  embed_cmd->add_option("--input", embed.input, "text file, one sentence per line (UTF-8)")->required();
+  embed_cmd->add_option("--output", embed.output, "write here instead of stdout");
+  embed_cmd->add_option("--checkpoint", embed.checkpoint, "which checkpoint of a run")->check(CLI::IsMember({"best", "last"}));
 
   ExportCommand exp;
   CLI::App* export_cmd = app.add_subcommand(
@@ -148,6 +165,7 @@ int run_cli(int argc, char** argv) {
     if (train_cmd->parsed()) return run_train(train);
     if (eval_cmd->parsed()) return run_eval(eval);
     if (export_cmd->parsed()) return run_export(exp);
+    if (embed_cmd->parsed()) return run_embed(embed);
     if (keys_cmd->parsed()) return print_keys(), 0;
     if (layers_cmd->parsed()) return print_layers(layers);
     if (inspect_cmd->parsed()) return run_inspect(inspect);

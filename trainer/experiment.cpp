@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <filesystem>
 #include <thread>
 
@@ -11,7 +12,9 @@
 #include "common/log.h"
 #include "common/progress.h"
 #include "distill/distill_hook.h"
+#include "formats/mapped_file.h"
 #include "models/registry.h"
+#include "models/text_model.h"
 #include "parallel/communicator.h"
 #include "parallel/launch.h"
 #include "prune/pruner.h"
@@ -189,32 +192,70 @@ void add_experiment_hooks(Trainer& trainer, const ExperimentConfig& cfg, Model& 
   }
 }
 
+namespace {
+std::shared_ptr<TextModel> build_text_model(const ExperimentConfig& cfg) {
+  torch::manual_seed(static_cast<uint64_t>(cfg.experiment.seed));
+  try {
+    return make_text_model(cfg.model);
+  } catch (const fmt::FormatError&) {
+    throw;
+  } catch (const UserError& e) {
+    cfg.fail(cfg.model.pretrained.empty() ? "model.tokenizer" : "model.pretrained", e.what());
+  }
+}
+
+// A text run's summary: the best checkpoint on the held-out test split (never used for
+// selection), next to the validation metrics that selected it.
+void add_text_summary(nlohmann::json& summary, const ExperimentConfig& cfg, Model& model, Task& task,
+                      const TrainResult& r) {
+  const fs::path best = fs::path(cfg.run_dir()) / "checkpoints" / "best.pt";
+  if (fs::is_regular_file(best)) load_checkpoint(best.string(), model, nullptr, {});
+  model.to(torch::kCPU);
+  const TaskMetrics test = task.evaluate(model, torch::kCPU, nullptr, /*held_out_test=*/true);
+  for (const auto& [k, v] : test.values) summary[k] = v;
+  summary["eval_split"] = test.split;
+  const TaskMetrics valid = task.evaluate(model, torch::kCPU, nullptr, /*held_out_test=*/false);
+  for (const auto& [k, v] : valid.values) summary["validation_" + k] = v;
+  (void)r;
+}
+}  // namespace
+
 int run_train(const TrainCommand& cmd) {
   const auto t0 = std::chrono::steady_clock::now();
   ExperimentConfig cfg = load_experiment_config(cmd.config_path, cmd.overrides);
   if (cmd.resume) cfg.trainer.resume = true;
   set_threads(cfg.trainer.threads);
+  const bool text = cfg.task.name != TaskKind::kImageClassification;
 
   // Everything that can fail on bad input runs before the run directory is touched.
   const LaunchInfo launch = detect_launch();
   set_log_enabled(launch.rank == 0);
-  const DataBundle data = load_data(cfg.data);
-  std::shared_ptr<Model> model = build_model(cfg, data);
+  DataBundle data;
+  std::shared_ptr<Model> model;
+  if (text) model = build_text_model(cfg);
+  else {
+    data = load_data(cfg.data);
+    model = build_model(cfg, data);
+  }
   const int64_t params = count_params(*model);
   const torch::Device device = select_device(cfg.trainer, launch);
   std::shared_ptr<Communicator> comm = make_communicator(cfg.parallel, device);
-  log_info("experiment ", cfg.experiment.name, ": ", model->kind(), " with ", params, " parameters; ",
-           data.train.size(), " train / ", data.test.size(), " ", data.test.name, " samples; ", comm->world_size(), " rank(s) (",
-           comm->backend(), "), ", torch::get_num_threads(), " thread(s) each, on ", device.str());
-  Trainer trainer(cfg, model, data, cfg.run_dir(), comm);
-  add_experiment_hooks(trainer, cfg, *model, data, device);
+  std::shared_ptr<Task> task = text ? make_text_task(cfg, static_cast<TextModel&>(*model), device, comm.get())
+                                    : make_image_task(cfg, data);
+  log_info("experiment ", cfg.experiment.name, ": ", model->kind(), " with ", params, " parameters; ", task->describe(),
+           "; ", comm->world_size(), " rank(s) (", comm->backend(), "), ", torch::get_num_threads(),
+           " thread(s) each, on ", device.str());
+  Trainer trainer(cfg, model, task, cfg.run_dir(), comm);
+  if (!text) add_experiment_hooks(trainer, cfg, *model, data, device);
 
   const bool writer = comm->rank() == 0;
   if (writer) {
     prepare_run_dir(cfg);
     // Record the normalization actually used (measured when the config left it empty).
-    cfg.data.mean = data.mean;
-    cfg.data.std = data.std;
+    if (!text) {
+      cfg.data.mean = data.mean;
+      cfg.data.std = data.std;
+    }
     write_file_atomic((fs::path(cfg.run_dir()) / "config.resolved.yaml").string(), to_yaml(cfg));
   }
   // No rank trains until rank 0 has checked the run directory (it may refuse to clobber it).
@@ -223,26 +264,43 @@ int run_train(const TrainCommand& cmd) {
   if (!writer) return 0;
 
   // Report the best checkpoint (what eval and export use).
-  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   nlohmann::json summary = {
       {"name", cfg.experiment.name},
       {"role", cfg.experiment.role == Role::kTeacher ? "teacher" : "student"},
+      {"task", task->name()},
       {"model", model->kind()},
       {"world_size", comm->world_size()},
       {"backend", comm->backend()},
       {"epochs", r.epochs_completed},
-      {"eval_split", data.test.name},
-      {"test_accuracy", r.best_accuracy},
-      {"final_test_accuracy", r.final_accuracy},
       {"params", params},
       {"nonzero_params", count_nonzero_params(*model)},
       {"fp32_bytes", params * 4 + buffer_bytes(*model)},
-      {"int8_bytes", int8_model_bytes(*model, cfg.qat.enabled ? cfg.qat.weight.bits : 8)},
       {"train_samples_per_second", r.samples_per_second},
       {"train_seconds", r.train_seconds},
-      {"wall_seconds", wall},
       {"threads", torch::get_num_threads()},
   };
+  if (text) {
+    if (task->units_per_example() > 1)
+      summary["train_tokens_per_second"] = r.samples_per_second * static_cast<double>(task->units_per_example());
+    add_text_summary(summary, cfg, *model, *task, r);
+    const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    summary["wall_seconds"] = wall;
+    write_file_atomic((fs::path(cfg.run_dir()) / "summary.json").string(), summary.dump(2) + "\n");
+    std::string line;
+    for (const char* k : {"perplexity", "bits_per_byte", "recall_at_1", "recall_at_10"})
+      if (summary.contains(k)) line += concat(line.empty() ? "" : ", ", k, " ", summary[k].get<double>());
+    std::printf("%s: test %s (best checkpoint), %lld params, %.0f samples/s, wall %s\n  run directory: %s\n",
+                cfg.experiment.name.c_str(), line.c_str(), static_cast<long long>(params), r.samples_per_second,
+                format_duration(wall).c_str(), cfg.run_dir().c_str());
+    return 0;
+  }
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  summary["eval_split"] = data.test.name;
+  summary["test_accuracy"] = r.best_accuracy;
+  summary["accuracy"] = r.best_accuracy;
+  summary["final_test_accuracy"] = r.final_accuracy;
+  summary["int8_bytes"] = int8_model_bytes(*model, cfg.qat.enabled ? cfg.qat.weight.bits : 8);
+  summary["wall_seconds"] = wall;
   for (const auto& h : trainer.hooks()) {
     if (const auto* d = dynamic_cast<const DistillHook*>(h.get())) {
       summary["teacher"] = cfg.distill.teacher;
@@ -269,12 +327,108 @@ int run_train(const TrainCommand& cmd) {
   return 0;
 }
 
+namespace {
+// A text model to evaluate or embed with: a run directory's checkpoint, or a config whose model
+// is pretrained (nothing to train).
+struct LoadedText {
+  ExperimentConfig cfg;
+  std::shared_ptr<TextModel> model;
+  std::string source;  // the checkpoint, or the pretrained files
+  int64_t epoch = 0;
+};
+
+bool is_config_file(const fs::path& p) { return fs::is_regular_file(p) && (p.extension() == ".yaml" || p.extension() == ".yml"); }
+
+LoadedText load_text_model(const ExperimentConfig& cfg, const fs::path& where, const std::string& checkpoint) {
+  LoadedText t;
+  t.cfg = cfg;
+  t.model = build_text_model(cfg);
+  if (is_config_file(where)) {
+    t.source = resolve_pretrained(cfg.model.pretrained);
+  } else {
+    const fs::path ckpt = where / "checkpoints" / (checkpoint + ".pt");
+    t.epoch = load_checkpoint(ckpt.string(), *t.model, nullptr, {}).epoch;
+    t.source = ckpt.string();
+  }
+  t.model->eval();
+  return t;
+}
+
+// The config of a run directory, or a config file whose model needs no training.
+ExperimentConfig config_of(const fs::path& where, const char* command) {
+  if (is_config_file(where)) {
+    ExperimentConfig cfg = load_experiment_config(where.string());
+    if (!cfg.model.is_text() || cfg.model.pretrained.empty())
+      cfg.fail("model.pretrained", concat("`qdistill ", command, "` on a config needs a fully pretrained model "
+                                         "(model.pretrained: minilm-l6 or smollm2-135m); to use a trained model, "
+                                         "give its run directory"));
+    return cfg;
+  }
+  const fs::path cfg_path = where / "config.resolved.yaml";
+  QD_CHECK(fs::is_regular_file(cfg_path), UserError, where.string(), ": neither a run directory made by `qdistill train` "
+           "(no config.resolved.yaml) nor a .yaml config");
+  return load_run_config(cfg_path.string());
+}
+
+int run_text_eval(const EvalCommand& cmd, const ExperimentConfig& cfg) {
+  QD_CHECK(!cmd.int8, UserError, "--int8: transformers have no int8 simulation yet (issue 14)");
+  const LoadedText t = load_text_model(cfg, cmd.run_dir, cmd.checkpoint);
+  std::shared_ptr<Task> task = make_text_task(cfg, *t.model, torch::kCPU, nullptr, /*for_training=*/false);
+  const auto t0 = std::chrono::steady_clock::now();
+  const TaskMetrics m = task->evaluate(*t.model, torch::kCPU, nullptr, /*held_out_test=*/true);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  nlohmann::json j = {{"source", t.source}, {"task", task->name()}, {"model", t.model->kind()},
+                      {"params", count_params(*t.model)}, {"eval_split", m.split}, {"seconds", seconds},
+                      {"threads", torch::get_num_threads()}};
+  if (!is_config_file(cmd.run_dir)) j["run_dir"] = cmd.run_dir, j["epoch"] = t.epoch;
+  for (const auto& [k, v] : m.values) j[k] = v;
+  if (m.values.count("tokens") && m.values.at("tokens") > 0) j["ms_per_1000_tokens"] = 1e6 * seconds / m.values.at("tokens");
+  if (cmd.json) std::printf("%s\n", j.dump().c_str());
+  else std::printf("%s: %s (%.1f s, %d threads)\n", t.source.c_str(), m.line.c_str(), seconds, torch::get_num_threads());
+  return 0;
+}
+}  // namespace
+
+int run_embed(const EmbedCommand& cmd) {
+  const ExperimentConfig cfg = config_of(cmd.source, "embed");
+  QD_CHECK(cfg.model.name == ModelKind::kBert, UserError, cmd.source, ": its model is ",
+           cfg.model.is_text() ? "a llama decoder" : "an image classifier", "; `qdistill embed` needs a bert sentence encoder");
+  set_threads(cfg.trainer.threads);
+  std::ifstream in(cmd.input, std::ios::binary);
+  QD_CHECK(in.good(), UserError, cmd.input, ": cannot read the input file (one text per line)");
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    lines.push_back(std::move(line));
+  }
+  const LoadedText t = load_text_model(cfg, cmd.source, cmd.checkpoint);
+  const torch::Tensor e = embed_texts(*t.model, lines, cfg.data.seq_len, 64, torch::kCPU, nullptr,
+                                      cfg.trainer.progress && lines.size() > 2000).contiguous();
+  std::FILE* out = cmd.output.empty() ? stdout : std::fopen(cmd.output.c_str(), "w");
+  QD_CHECK(out != nullptr, UserError, cmd.output, ": cannot open for writing");
+  const float* p = e.data_ptr<float>();
+  std::string row;
+  for (int64_t i = 0; i < e.size(0); ++i) {
+    row.clear();
+    char buf[32];
+    for (int64_t j = 0; j < e.size(1); ++j) {
+      std::snprintf(buf, sizeof buf, j ? " %.9g" : "%.9g", static_cast<double>(p[i * e.size(1) + j]));
+      row += buf;
+    }
+    row += '\n';
+    std::fwrite(row.data(), 1, row.size(), out);
+  }
+  if (out != stdout) std::fclose(out);
+  return 0;
+}
+
 int run_eval(const EvalCommand& cmd) {
   const fs::path dir = cmd.run_dir;
-  const fs::path cfg_path = dir / "config.resolved.yaml";
-  QD_CHECK(fs::is_regular_file(cfg_path), UserError, cfg_path.string(),
-           ": not found; expected a run directory made by `qdistill train`");
-  ExperimentConfig cfg = load_run_config(cfg_path.string());
+  ExperimentConfig cfg = config_of(dir, "eval");
+  if (cfg.task.name != TaskKind::kImageClassification) {
+    set_threads(cfg.trainer.threads);
+    return run_text_eval(cmd, cfg);
+  }
   QD_CHECK(!cmd.int8 || cfg.qat.enabled, UserError, "--int8: ", dir.string(), " has no quantization-aware training "
            "(no qat section in its config); int8 simulation needs a QAT run");
   set_threads(cfg.trainer.threads);
@@ -300,7 +454,8 @@ int run_eval(const EvalCommand& cmd) {
   const char* split = data.test.name.c_str();
   if (cmd.json) {
     nlohmann::json j = {{"run_dir", dir.string()}, {"checkpoint", ckpt.string()}, {"epoch", meta.epoch},
-                        {"eval_split", split}, {"test_accuracy", ev.accuracy}, {"test_loss", ev.loss},
+                        {"task", "image_classification"}, {"eval_split", split}, {"accuracy", ev.accuracy},
+                        {"test_accuracy", ev.accuracy}, {"test_loss", ev.loss},
                         {"samples", ev.samples}, {"quantized", quantized}};
     if (quantized) j["fp32_test_accuracy"] = fp32.accuracy;
     std::printf("%s\n", j.dump().c_str());

@@ -25,6 +25,15 @@ struct EvalCommand {
   std::string checkpoint = "best";  // best | last
 };
 
+// `qdistill embed`: one L2-normalized sentence embedding per input line.
+struct EmbedCommand {
+  std::string source;  // a run directory, or a config with a pretrained bert
+  std::string input;
+  std::string output;  // empty: stdout
+  std::string checkpoint = "best";
+};
+int run_embed(const EmbedCommand& cmd);
+
 // Both return the process exit code; bad input throws qd::UserError (exit code 2).
 int run_train(const TrainCommand& cmd);
 int run_eval(const EvalCommand& cmd);

