@@ -73,6 +73,7 @@ struct OptimizerConfig {
   double weight_decay = 5e-4;
   bool decay_norm_and_bias = false;  // apply weight decay to BatchNorm and bias parameters too
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  bool fused = true;  // adamw: ATen's fused kernel (FusedAdamW)
 
   template <class V>
   void visit(V& v) {
@@ -86,6 +87,8 @@ struct OptimizerConfig {
     v.field("beta1", beta1, "adamw beta1", Range<double>{0.0, 1.0, false, true});
     v.field("beta2", beta2, "adamw beta2", Range<double>{0.0, 1.0, false, true});
     v.field("eps", eps, "adamw epsilon", Range<double>{0.0, 1.0, true, false});
+    v.field("fused", fused, "adamw: one fused pass per parameter (ATen's kernel) instead of seven; same update up to "
+                            "float rounding");
     v.check(!(name == OptimizerKind::kSgd && nesterov && momentum <= 0.0), "nesterov",
             "Nesterov momentum needs optimizer.momentum > 0; set nesterov: false or give a momentum");
   }

@@ -28,9 +28,52 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerConfig& c
       return torch::optim::SGDOptions(cfg.lr).momentum(cfg.momentum).nesterov(cfg.nesterov).weight_decay(wd);
     });
   }
-  return grouped<torch::optim::AdamW, torch::optim::AdamWOptions>(decay, no_decay, cfg.weight_decay, [&](double wd) {
+  if (!cfg.fused)
+    return grouped<torch::optim::AdamW, torch::optim::AdamWOptions>(decay, no_decay, cfg.weight_decay, [&](double wd) {
+      return torch::optim::AdamWOptions(cfg.lr).betas({cfg.beta1, cfg.beta2}).eps(cfg.eps).weight_decay(wd);
+    });
+  return grouped<FusedAdamW, torch::optim::AdamWOptions>(decay, no_decay, cfg.weight_decay, [&](double wd) {
     return torch::optim::AdamWOptions(cfg.lr).betas({cfg.beta1, cfg.beta2}).eps(cfg.eps).weight_decay(wd);
   });
+}
+
+torch::Tensor FusedAdamW::step(LossClosure closure) {
+  torch::NoGradGuard no_grad;
+  torch::Tensor loss;
+  if (closure) {
+    at::AutoGradMode enable_grad(true);
+    loss = closure();
+  }
+  for (auto& group : param_groups_) {
+    const auto& o = static_cast<const torch::optim::AdamWOptions&>(group.options());
+    TORCH_CHECK(!o.amsgrad(), "FusedAdamW: amsgrad is not supported");
+    std::vector<torch::Tensor> params, grads, exp_avgs, exp_avg_sqs, steps;
+    std::vector<torch::optim::AdamWParamState*> states;
+    for (auto& p : group.params()) {
+      if (!p.grad().defined()) continue;
+      auto& slot = state_[p.unsafeGetTensorImpl()];
+      if (!slot) {
+        auto st = std::make_unique<torch::optim::AdamWParamState>();
+        st->exp_avg(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+        st->exp_avg_sq(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+        slot = std::move(st);
+      }
+      auto* st = static_cast<torch::optim::AdamWParamState*>(slot.get());
+      params.push_back(p);
+      grads.push_back(p.grad());
+      exp_avgs.push_back(st->exp_avg());
+      exp_avg_sqs.push_back(st->exp_avg_sq());
+      // The kernel reads the step count of this update (1-based) from float tensors, as PyTorch's
+      // fused AdamW passes it after incrementing.
+      steps.push_back(torch::full({}, static_cast<double>(st->step() + 1), torch::TensorOptions().dtype(torch::kFloat32).device(p.device())));
+      states.push_back(st);
+    }
+    if (params.empty()) continue;
+    at::_fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, /*max_exp_avg_sqs=*/{}, steps, o.lr(), std::get<0>(o.betas()),
+                      std::get<1>(o.betas()), o.weight_decay(), o.eps(), /*amsgrad=*/false, /*maximize=*/false);
+    for (auto* st : states) st->step(st->step() + 1);
+  }
+  return loss;
 }
 
 LrSchedule::LrSchedule(const OptimizerConfig& opt, const ScheduleConfig& cfg, int64_t steps_per_epoch, int64_t epochs)

@@ -9,7 +9,16 @@
 
 namespace qd {
 
-// SGD (momentum, Nesterov) or AdamW. Unless cfg.decay_norm_and_bias, parameters with fewer than
+// torch::optim::AdamW whose step runs ATen's fused AdamW kernel (one pass over each parameter,
+// its gradient and both moments) instead of AdamW's seven elementwise passes; the same update up
+// to float rounding, and the same state and checkpoint format as AdamW (it is one).
+class FusedAdamW : public torch::optim::AdamW {
+ public:
+  using torch::optim::AdamW::AdamW;
+  torch::Tensor step(LossClosure closure = nullptr) override;
+};
+
+// SGD (momentum, Nesterov) or AdamW (FusedAdamW unless cfg.fused is false). Unless cfg.decay_norm_and_bias, parameters with fewer than
 // two dimensions (BatchNorm weights, biases) go in a second group without weight decay.
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerConfig& cfg, const std::vector<torch::Tensor>& params);
 

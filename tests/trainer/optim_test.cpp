@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <sstream>
+#include <tuple>
 
 #include "models/registry.h"
 
@@ -72,6 +74,55 @@ TEST(Optimizer, NormAndBiasGetNoWeightDecayUnlessAsked) {
   EXPECT_EQ(make_optimizer(oc, model->parameters())->param_groups().size(), 1u);
   oc.name = OptimizerKind::kAdamW;
   EXPECT_NE(dynamic_cast<torch::optim::AdamW*>(make_optimizer(oc, model->parameters()).get()), nullptr);
+}
+
+// The fused step is AdamW's update (to float rounding), and its state is AdamW's: a checkpoint of
+// one resumes in the other.
+TEST(Optimizer, FusedAdamWEqualsAdamWAndSharesItsState) {
+  torch::manual_seed(3);
+  const torch::Tensor w0 = torch::randn({7, 5}), b0 = torch::randn({5});
+  const auto make = [&](bool fused, torch::Tensor& w, torch::Tensor& b) {
+    w = w0.clone().requires_grad_(true);
+    b = b0.clone().requires_grad_(true);
+    OptimizerConfig oc;
+    oc.name = OptimizerKind::kAdamW;
+    oc.lr = 0.05;
+    oc.weight_decay = 0.1;
+    oc.beta2 = 0.95;
+    oc.fused = fused;
+    return make_optimizer(oc, {w, b});
+  };
+  torch::Tensor wf, bf, wr, br;
+  auto fused = make(true, wf, bf), ref = make(false, wr, br);
+  EXPECT_NE(dynamic_cast<FusedAdamW*>(fused.get()), nullptr);
+  EXPECT_EQ(dynamic_cast<FusedAdamW*>(ref.get()), nullptr);
+  const torch::Tensor x = torch::randn({11, 7});
+  for (int step = 0; step < 6; ++step) {
+    for (auto [opt, w, b] : {std::make_tuple(fused.get(), wf, bf), std::make_tuple(ref.get(), wr, br)}) {
+      opt->zero_grad();
+      torch::tanh(torch::matmul(x, w) + b).pow(2).sum().backward();
+      opt->step();
+    }
+    ASSERT_TRUE(torch::allclose(wf, wr, 1e-5, 1e-6)) << "step " << step << ": " << (wf - wr).abs().max().item<float>();
+    ASSERT_TRUE(torch::allclose(bf, br, 1e-5, 1e-6)) << "step " << step;
+  }
+  ASSERT_FALSE(torch::allclose(wf, w0, 1e-3, 1e-3)) << "the parameters moved";
+  // Save the fused optimizer, load it into a plain AdamW: the same moments and step count.
+  torch::serialize::OutputArchive out;
+  fused->save(out);
+  std::ostringstream bytes;
+  out.save_to(bytes);
+  torch::serialize::InputArchive in;
+  std::istringstream is(bytes.str());
+  in.load_from(is);
+  torch::Tensor w2, b2;
+  auto loaded = make(false, w2, b2);
+  loaded->load(in);
+  const auto& st = static_cast<torch::optim::AdamWParamState&>(*loaded->state().at(w2.unsafeGetTensorImpl()));
+  const auto& mine = static_cast<torch::optim::AdamWParamState&>(*fused->state().at(wf.unsafeGetTensorImpl()));
+  EXPECT_EQ(st.step(), 6);
+  EXPECT_TRUE(torch::equal(st.exp_avg(), mine.exp_avg()));
+  EXPECT_TRUE(torch::equal(st.exp_avg_sq(), mine.exp_avg_sq()));
 }
 
 TEST(Optimizer, SetLrReachesEveryGroup) {
