@@ -314,12 +314,14 @@ class SentenceEmbeddingTask : public Task {
     }
     auto& tm = static_cast<TextModel&>(model);
     const int64_t batch = std::min<int64_t>(cfg_.data.eval_batch_size, 256);
-    const torch::Tensor q = embed_texts(tm, queries, cfg_.data.seq_len, batch, device, comm);
-    const torch::Tensor d = embed_texts(tm, docs, cfg_.data.seq_len, batch, device, comm);
+    int64_t query_tokens = 0, doc_tokens = 0;
+    const torch::Tensor q = embed_texts(tm, queries, cfg_.data.seq_len, batch, device, comm, false, &query_tokens);
+    const torch::Tensor d = embed_texts(tm, docs, cfg_.data.seq_len, batch, device, comm, false, &doc_tokens);
     const auto [r1, r10] = recall_at_1_and_10(q, d, answer);
     TaskMetrics m;
     m.values = {{"recall_at_1", r1}, {"recall_at_10", r10}, {"queries", static_cast<double>(queries.size())},
-                {"documents", static_cast<double>(docs.size())}};
+                {"documents", static_cast<double>(docs.size())},
+                {"tokens", static_cast<double>(query_tokens + doc_tokens)}};
     m.score = r1;
     m.samples = static_cast<int64_t>(queries.size());
     m.split = split_name(split);
@@ -407,14 +409,19 @@ std::pair<double, double> recall_at_1_and_10(const torch::Tensor& queries, const
 }
 
 torch::Tensor embed_texts(TextModel& model, const std::vector<std::string>& texts, int64_t max_tokens,
-                          int64_t batch_size, torch::Device device, Communicator* comm, bool progress) {
+                          int64_t batch_size, torch::Device device, Communicator* comm, bool progress, int64_t* tokens) {
   torch::NoGradGuard g;
   const bool was_training = model.is_training();
   model.eval();
   const int64_t n = static_cast<int64_t>(texts.size());
   const int world = comm ? comm->world_size() : 1, rank = comm ? comm->rank() : 0;
   std::vector<std::vector<int32_t>> ids(texts.size());
-  for (int64_t i = 0; i < n; ++i) ids[static_cast<size_t>(i)] = encode_cut(model.tokenizer(), texts[static_cast<size_t>(i)], max_tokens);
+  int64_t count = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    ids[static_cast<size_t>(i)] = encode_cut(model.tokenizer(), texts[static_cast<size_t>(i)], max_tokens);
+    count += static_cast<int64_t>(ids[static_cast<size_t>(i)].size());
+  }
+  if (tokens) *tokens = count;
   // Length-sorted batches waste little on padding; batch k goes to rank k % world.
   std::vector<int64_t> order(static_cast<size_t>(n));
   std::iota(order.begin(), order.end(), 0);

@@ -87,7 +87,9 @@ std::pair<double, double> recall_at_1_and_10(const torch::Tensor& queries, const
                                              const std::vector<int64_t>& answer);
 // Embeds `texts` with `model` (no grad, eval mode) in length-sorted batches: [N, hidden], rows in
 // the order of `texts`. A communicator shares the work by rows; every rank gets all rows.
+// `tokens`, if given, receives the number of tokens embedded (all ranks).
 torch::Tensor embed_texts(TextModel& model, const std::vector<std::string>& texts, int64_t max_tokens,
-                          int64_t batch_size, torch::Device device, Communicator* comm, bool progress = false);
+                          int64_t batch_size, torch::Device device, Communicator* comm, bool progress = false,
+                          int64_t* tokens = nullptr);
 
 }  // namespace qd
