@@ -69,9 +69,12 @@ struct DataConfig {
     v.field("root", root, "folder holding the train-/t10k- IDX files (.gz or raw)");
     v.field("batch_size", batch_size, "training batch per process", Range<int>{1, 65536});
     v.field("eval_batch_size", eval_batch_size, "evaluation batch per process", Range<int>{1, 65536});
-    v.field("train_subset", train_subset, "use only the first N training samples (0: all)",
+    v.field("train_subset", train_subset,
+            "use only the first N training samples (0: all); causal_lm: sequences, sentence_embedding: texts",
             Range<int64_t>{0, int64_t{1} << 40});
-    v.field("test_subset", test_subset, "use only the first N test samples (0: all)",
+    v.field("test_subset", test_subset,
+            "use only the first N test samples (0: all); text tasks: the first N held-out documents or synsets "
+            "of the validation and test splits",
             Range<int64_t>{0, int64_t{1} << 40});
     v.field("validation_size", validation_size,
             "> 0: hold out the last N training samples (after train_subset) and evaluate on them instead of "

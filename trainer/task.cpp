@@ -200,7 +200,7 @@ class CausalLmTask : public Task {
                               F::CrossEntropyFuncOptions().ignore_index(-100).reduction(torch::kSum))
                  .to(torch::kFloat64);
       count += tgt.ne(-100).sum().to(torch::kFloat64);
-      bar.update(c0 + b - lo, (c0 + b - lo) * len_, "");
+      bar.update(c0 + b - lo, c0 + b - lo, "");  // samples: sequences of data.seq_len tokens
     }
     bar.finish("");
     torch::Tensor sums = torch::stack({nll, count});
