@@ -1,7 +1,5 @@
 #include "distill/teacher_cache.h"
 
-#include <zlib.h>
-
 #include <cstring>
 #include <filesystem>
 
@@ -10,6 +8,7 @@
 #include "common/log.h"
 #include "common/progress.h"
 #include "data/augment.h"
+#include "distill/cache_io.h"
 #include "distill/teacher.h"
 #include "parallel/communicator.h"
 
@@ -18,24 +17,9 @@ namespace qd {
 namespace {
 constexpr char kMagic[4] = {'Q', 'D', 'T', 'C'};
 constexpr uint32_t kVersion = 1;
-
-template <class T>
-void put(std::string& out, T v) {
-  out.append(reinterpret_cast<const char*>(&v), sizeof(T));
-}
-template <class T>
-bool get(const std::string& in, size_t& pos, T& v) {
-  if (pos + sizeof(T) > in.size()) return false;
-  std::memcpy(&v, in.data() + pos, sizeof(T));
-  pos += sizeof(T);
-  return true;
-}
-uint32_t crc_of(const void* p, size_t n) {
-  uLong c = crc32(0L, Z_NULL, 0);
-  const auto* b = static_cast<const Bytef*>(p);
-  for (size_t off = 0; off < n; off += (1u << 30)) c = crc32(c, b + off, static_cast<uInt>(std::min<size_t>(n - off, 1u << 30)));
-  return static_cast<uint32_t>(c);
-}
+using cache_io::crc_of;
+using cache_io::get;
+using cache_io::put;
 }  // namespace
 
 std::string teacher_cache_key(const std::string& teacher_fingerprint, const ImageDataset& train, int64_t views,

@@ -1,6 +1,6 @@
 // Data parallel for the text tasks: 2 ranks with batch B train the same model as one process with
 // batch 2B (up to float rounding), for causal_lm and for sentence_embedding, and the sharded
-// evaluation equals a one-process evaluation.
+// evaluation equals a one-process evaluation; the language-model teacher cache builds sharded.
 #include <gtest/gtest.h>
 
 #include <unistd.h>
@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "common/error.h"
+#include "distill/lm_teacher_cache.h"
 #include "models/text_model.h"
 #include "parallel/mpi_communicator.h"
 #include "trainer/experiment.h"
@@ -111,6 +112,36 @@ TEST(TextDataParallel, SentenceEmbeddingTwoRanksEqualOneProcessWithTheDoubledBat
   EXPECT_LT(worst, 2e-5) << "largest parameter difference, 2 ranks x 8 vs 1 x 16";
   comm()->barrier();
   if (comm()->rank() == 0) fs::remove_all(cache);
+}
+
+// The language-model teacher cache built over 2 ranks (each ranks' half of the sequences, joined by
+// an all-reduce) equals a one-process build, every rank holds it, and rank 0 wrote the file.
+TEST(TextDataParallel, LmTeacherCacheSplitBuildEqualsOneProcess) {
+  auto c = comm();
+  torch::manual_seed(5);
+  LlamaOptions o;
+  o.vocab = 50, o.hidden = 16, o.layers = 1, o.heads = 2, o.kv_heads = 1, o.ffn = 32, o.max_positions = 16;
+  LlamaModel teacher(Llama(o), nullptr);
+  const torch::Tensor seqs = torch::randint(0, 50, {9, 6}, torch::kLong);  // same on both ranks (same seed)
+  LmCacheSpec spec;
+  spec.path = shared_temp("qd_lm_cache_") + ".qdlc";
+  spec.top_k = 4;
+  spec.key = lm_cache_key("tiny", seqs, 4, 1.0);
+  const LmTeacherCache split = LmTeacherCache::load_or_build(spec, teacher, seqs, torch::kCPU, c.get());
+  EXPECT_TRUE(split.built);
+  LmCacheSpec local = spec;
+  local.path = spec.path + ".rank" + std::to_string(c->rank());
+  const LmTeacherCache one = LmTeacherCache::load_or_build(local, teacher, seqs, torch::kCPU, nullptr);
+  EXPECT_TRUE(torch::equal(split.ids, one.ids));
+  EXPECT_TRUE(torch::equal(split.logits, one.logits));
+  EXPECT_TRUE(torch::equal(split.rest_lse, one.rest_lse));
+  c->barrier();
+  const LmTeacherCache again = LmTeacherCache::load_or_build(spec, teacher, seqs, torch::kCPU, c.get());
+  EXPECT_FALSE(again.built) << "rank 0 wrote the file; every rank reuses it";
+  EXPECT_TRUE(torch::equal(again.logits, split.logits));
+  c->barrier();
+  fs::remove(local.path);
+  if (c->rank() == 0) fs::remove(spec.path);
 }
 
 }  // namespace
