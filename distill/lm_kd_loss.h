@@ -14,9 +14,9 @@
 
 #include <torch/torch.h>
 
-namespace qd {
+#include "distill/distill_config.h"
 
-enum class KdDivergence { kForward, kReverse, kMix };
+namespace qd {
 
 struct KdOptions {
   KdDivergence divergence = KdDivergence::kForward;

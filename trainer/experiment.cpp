@@ -12,6 +12,7 @@
 #include "common/log.h"
 #include "common/progress.h"
 #include "distill/distill_hook.h"
+#include "distill/lm_distill_hook.h"
 #include "formats/mapped_file.h"
 #include "models/registry.h"
 #include "models/text_model.h"
@@ -220,6 +221,39 @@ void add_text_summary(nlohmann::json& summary, const ExperimentConfig& cfg, Mode
 }
 }  // namespace
 
+std::shared_ptr<LmDistillHook> make_lm_distill_hook(const ExperimentConfig& cfg, const Task& task, const TextModel& student) {
+  ModelConfig tc;
+  tc.name = ModelKind::kLlama;
+  tc.pretrained = cfg.distill.teacher;
+  std::shared_ptr<TextModel> teacher;
+  std::string path;
+  try {
+    path = resolve_pretrained(cfg.distill.teacher);
+    teacher = make_text_model(tc);
+  } catch (const UserError& e) {
+    cfg.fail("distill.teacher", e.what());
+  }
+  const int64_t tv = dynamic_cast<const LlamaModel&>(*teacher).lm->options().vocab;
+  const int64_t sv = dynamic_cast<const LlamaModel&>(student).lm->options().vocab;
+  if (tv != sv)
+    cfg.fail("distill.teacher", concat("the teacher's vocabulary has ", tv, " tokens, the student's ", sv,
+                                       "; token KD needs the same tokenizer (model.tokenizer: the teacher's)"));
+  LmDistillOptions o;
+  o.cfg = cfg.distill;
+  std::error_code ec;
+  o.teacher_fingerprint = concat(fs::absolute(path).string(), ":", fs::file_size(path, ec));
+  o.sequences = task.training_sequences();
+  o.progress = cfg.trainer.progress;
+  const fs::path dir = cfg.distill.cache_dir.empty() ? fs::path(cfg.experiment.output_dir) / "teacher_cache" : fs::path(cfg.distill.cache_dir);
+  o.cache_path = (dir / concat("lm_topk", o.cfg.top_k, "_T", o.cfg.temperature, "_",
+                               fnv1a64(o.teacher_fingerprint + concat(o.sequences.size(0), "x", o.sequences.size(1))) % 1000000007,
+                               ".qdlc")).string();
+  log_info("distill: teacher ", path, " (", count_params(*teacher), " parameters), alpha ", cfg.distill.alpha, ", T ",
+           cfg.distill.temperature, o.cfg.top_k > 0 ? concat(", top-", o.cfg.top_k, " cache ", o.cache_path)
+                                                     : std::string(", full vocabulary, teacher every step"));
+  return std::make_shared<LmDistillHook>(o, teacher);
+}
+
 int run_train(const TrainCommand& cmd) {
   const auto t0 = std::chrono::steady_clock::now();
   ExperimentConfig cfg = load_experiment_config(cmd.config_path, cmd.overrides);
@@ -247,6 +281,7 @@ int run_train(const TrainCommand& cmd) {
            " thread(s) each, on ", device.str());
   Trainer trainer(cfg, model, task, cfg.run_dir(), comm);
   if (!text) add_experiment_hooks(trainer, cfg, *model, data, device);
+  if (text && cfg.distill.enabled()) trainer.add_hook(make_lm_distill_hook(cfg, *task, static_cast<TextModel&>(*model)));
 
   const bool writer = comm->rank() == 0;
   if (writer) {
@@ -282,6 +317,10 @@ int run_train(const TrainCommand& cmd) {
   if (text) {
     if (task->units_per_example() > 1)
       summary["train_tokens_per_second"] = r.samples_per_second * static_cast<double>(task->units_per_example());
+    if (cfg.distill.enabled()) {
+      summary["teacher"] = cfg.distill.teacher;
+      summary["distill_top_k"] = cfg.distill.top_k;
+    }
     add_text_summary(summary, cfg, *model, *task, r);
     const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     summary["wall_seconds"] = wall;

@@ -44,6 +44,10 @@ InputSpec input_spec(const DataBundle& data);
 void add_experiment_hooks(Trainer& trainer, const ExperimentConfig& cfg, Model& model, const DataBundle& data,
                           torch::Device device);
 std::shared_ptr<Model> build_model(const ExperimentConfig& cfg, const DataBundle& data);
+// causal_lm distillation (distill section): the pretrained teacher, checked against the student's
+// vocabulary, and the hook with its top-k cache file under distill.cache_dir.
+std::shared_ptr<class LmDistillHook> make_lm_distill_hook(const ExperimentConfig& cfg, const class Task& task,
+                                                          const class TextModel& student);
 void set_threads(int threads);
 
 }  // namespace qd

@@ -26,7 +26,11 @@ void check_task(const ExperimentConfig& c) {
   }
   const char* later = " is not available for transformers yet (issue 14 brings distillation, QAT and pruning of "
                       "bert/llama); remove the section to train or evaluate the model as it is";
-  if (c.distill.enabled()) c.fail("distill.teacher", std::string("distillation") + later);
+  if (c.distill.enabled() && c.task.name != TaskKind::kCausalLm)
+    c.fail("distill.teacher", std::string("distillation of a sentence_embedding student through the distill section") + later +
+                                  " (task.teacher already trains it on a teacher's embeddings)");
+  if (c.distill.enabled() && !c.distill.hint_student.empty())
+    c.fail("distill.hint_student", std::string("hidden-state distillation") + later);
   if (c.qat.enabled) c.fail("qat.enabled", std::string("quantization-aware training") + later);
   if (c.prune.enabled) c.fail("prune.enabled", std::string("pruning") + later);
 }

@@ -123,6 +123,11 @@ class CausalLmTask : public Task {
   }
   std::string name() const override { return "causal_lm"; }
   int64_t train_size() const override { return chunks_; }
+  torch::Tensor training_sequences() const override {
+    const torch::Tensor stream = torch::tensor(std::vector<int64_t>(train_.ids.begin(), train_.ids.begin() + chunks_ * len_),
+                                               torch::kLong);
+    return stream.view({chunks_, len_});
+  }
   int64_t units_per_example() const override { return len_; }
   std::string describe() const override {
     return concat(chunks_, " train sequences of ", len_, " tokens (", train_.documents, " documents, ", train_.ids.size(),
@@ -152,7 +157,10 @@ class CausalLmTask : public Task {
   void accumulate(const TrainState& st, const torch::Tensor& loss, torch::Tensor& sums) const override {
     const torch::Tensor valid = st.targets.ne(-100);
     const torch::Tensor units = valid.sum().to(torch::kFloat64);
-    sums[0] += loss.detach().to(torch::kFloat64) * units;
+    // The next-token cross-entropy itself (its perplexity means something), not the loss that
+    // distillation terms were added to.
+    const auto ce = st.loss_terms.find("ce");
+    sums[0] += (ce != st.loss_terms.end() ? ce->second : loss).detach().to(torch::kFloat64) * units;
     sums[1] += (st.logits.detach().argmax(-1).eq(st.targets) & valid).sum().to(torch::kFloat64);
     sums[2] += units;
   }

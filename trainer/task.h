@@ -66,6 +66,8 @@ class Task {
   virtual void add_best(nlohmann::json& record, double best_score) const = 0;
   // What the training examples are, for the log: "60000 train / 10000 test images".
   virtual std::string describe() const = 0;
+  // causal_lm: the training sequences [N, L] int64 (example i's input ids); undefined otherwise.
+  virtual torch::Tensor training_sequences() const { return {}; }
   // Per-example units of training throughput (tokens per sequence for causal_lm; 1 otherwise).
   virtual int64_t units_per_example() const { return 1; }
 };

@@ -17,6 +17,7 @@
 #include "common/error.h"
 #include "models/text_model.h"
 #include "tests/test_util.h"
+#include "distill/lm_distill_hook.h"
 #include "trainer/experiment.h"
 #include "trainer/trainer.h"
 
@@ -269,6 +270,67 @@ TEST(TextTask, ConfigsThatDoNotFitAreRefusedWithTheKey) {
   EXPECT_NE(error("experiment: {name: x}\nmodel: {name: llama, pretrained: smollm2-135m}\n").find("model.name"),
             std::string::npos)
       << "image_classification refuses a text model";
+}
+
+// Token KD from SmolLM2 on the task seam: with the cache holding the whole vocabulary (k = V) the
+// student trains as with the teacher run every step (up to the cache's fp16 logits), and a top-16
+// KD run lowers its KD term. The cache file is written once and reused.
+TEST(CausalLmDistill, CachedTargetsTrainLikeTheTeacherEveryStep) {
+  const std::string skip = missing_teacher("smollm2-135m");
+  if (!skip.empty()) GTEST_SKIP() << skip;
+  test::TempDir dir;
+  const std::string corpus = small_fortunes(dir);
+  const auto train = [&](int64_t top_k, const std::string& name, int epochs) {
+    ExperimentConfig cfg = lm_config(corpus, dir.path().string());
+    cfg.experiment.name = name;
+    cfg.data.train_subset = 8;
+    cfg.data.seq_len = 16;
+    cfg.trainer.epochs = epochs;
+    cfg.trainer.log_every = 1;
+    cfg.optimizer.name = OptimizerKind::kSgd;
+    cfg.optimizer.lr = 0.5;
+    cfg.optimizer.nesterov = false;
+    cfg.optimizer.momentum = 0.0;
+    cfg.distill.teacher = "smollm2-135m";
+    cfg.distill.alpha = 1.0;
+    cfg.distill.temperature = 1.0;
+    cfg.distill.top_k = top_k;
+    torch::manual_seed(0);
+    auto model = make_text_model(cfg.model);
+    auto task = make_text_task(cfg, *model, torch::kCPU, nullptr);
+    Trainer t(cfg, model, task, cfg.run_dir(), nullptr);
+    auto hook = make_lm_distill_hook(cfg, *task, *model);
+    t.add_hook(hook);
+    fs::create_directories(fs::path(cfg.run_dir()) / "checkpoints");
+    t.fit();
+    std::vector<double> kd;
+    std::ifstream f(fs::path(cfg.run_dir()) / "metrics.jsonl");
+    for (std::string line; std::getline(f, line);) {
+      const auto j = nlohmann::json::parse(line);
+      if (j["type"] == "step") kd.push_back(j["loss_kd"].get<double>());
+    }
+    return std::make_tuple(model, kd, hook->uses_cache() ? hook->cache().built : false);
+  };
+  auto [every, kd_every, b0] = train(0, "every_step", 1);
+  auto [cached, kd_cached, built] = train(49152, "cached_full", 1);
+  EXPECT_TRUE(built);
+  ASSERT_EQ(kd_every.size(), 2u);
+  for (size_t i = 0; i < kd_every.size(); ++i) EXPECT_NEAR(kd_cached[i], kd_every[i], 2e-3 * kd_every[i]) << "step " << i;
+  // The two runs differ only by the cache's fp16 rounding of the teacher's logits: far less than
+  // what training changed.
+  torch::manual_seed(0);
+  auto init = make_text_model(lm_config(corpus, "").model);
+  const auto a = every->parameters(), b = cached->parameters(), i0 = init->parameters();
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double gap = (a[i] - b[i]).norm().item<double>(), moved = (a[i] - i0[i]).norm().item<double>();
+    EXPECT_GT(moved, 0.0) << "parameter " << i << " did not train";
+    EXPECT_LT(gap, 0.01 * moved) << "parameter " << i;
+  }
+  auto [again, kd_again, rebuilt] = train(49152, "cached_again", 1);
+  EXPECT_FALSE(rebuilt) << "the second run reads the cache file";
+  EXPECT_EQ(kd_again, kd_cached);
+  auto [topk, kd_topk, b2] = train(16, "top16", 4);
+  EXPECT_LT(kd_topk.back(), 0.8 * kd_topk.front()) << "top-16 KD did not bring the student closer to the teacher";
 }
 
 // The command line on text: train a tiny causal_lm run, `eval --json` it (the task's keys, on the
