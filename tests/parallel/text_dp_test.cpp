@@ -119,6 +119,7 @@ TEST(TextDataParallel, LmTeacherCacheSplitBuildEqualsOneProcess) {
   LmCacheSpec spec;
   spec.path = shared_temp("qd_lm_cache_") + ".qdlc";
   spec.top_k = 4;
+  spec.batch_size = 1;  // the same forward shapes in both builds, whatever GEMM kernels the CPU picks
   spec.key = lm_cache_key("tiny", seqs, 4, 1.0);
   const LmTeacherCache split = LmTeacherCache::load_or_build(spec, teacher, seqs, torch::kCPU, c.get());
   EXPECT_TRUE(split.built);

@@ -381,7 +381,8 @@ TEST(TextCli, TrainEvalAndEmbed) {
   for (double v : rows[1]) norm += v * v;
   EXPECT_EQ(rows[1].size(), 384u);
   EXPECT_NEAR(norm, 1.0, 1e-5);
-  EXPECT_EQ(rows[0], rows[2]);
+  // The same text twice, at two places of one batch (GEMM rows may take different kernel paths).
+  for (size_t j = 0; j < rows[0].size(); ++j) ASSERT_NEAR(rows[0][j], rows[2][j], 1e-6) << j;
   EXPECT_NE(rows[0], rows[1]);
 
   // Bad input: exit 2 with the file named.
