@@ -212,6 +212,31 @@ class ConfigReader {
     sub_reader.finish();
   }
 
+  // A mapping whose keys the user chooses (layer-name patterns, say), each value a section of
+  // type S, kept in file order. make() gives an entry's defaults before its keys are read.
+  template <class S, class Make>
+  void named_sections(const char* key, std::vector<std::pair<std::string, S>>& out, const char*, Make make) {
+    seen_.emplace_back(key);
+    const YAML::Node n = lookup(key);
+    const std::string path = join(key);
+    if (!n.IsDefined() || n.IsNull()) return;
+    if (!n.IsMap()) fail(path, key_node(key), concat("expected a mapping of names to sections, got ",
+                                                      config_detail::describe_node(n)));
+    doc_->record(path, key_node(key));
+    out.clear();
+    for (const auto& entry : n) {
+      const std::string name = entry.first.as<std::string>();
+      S sub = make();
+      if (!entry.second.IsNull() && !entry.second.IsMap())
+        fail(path + "." + name, entry.second, concat("expected a mapping of keys, got ",
+                                                     config_detail::describe_node(entry.second)));
+      ConfigReader sub_reader(*doc_, entry.second, path + "." + name);
+      sub.visit(sub_reader);
+      sub_reader.finish();
+      out.emplace_back(name, std::move(sub));
+    }
+  }
+
   // A cross-field rule; `key` names the field the message points at.
   void check(bool ok, const char* key, const std::string& message) {
     if (!ok) fail(join(key), key_node(key), message);
@@ -322,6 +347,17 @@ class ConfigWriter {
     sub.visit(w);
     node_[key] = w.node_;
   }
+  template <class S, class Make>
+  void named_sections(const char* key, std::vector<std::pair<std::string, S>>& entries, const char*, Make) {
+    if (entries.empty()) return;
+    YAML::Node m(YAML::NodeType::Map);
+    for (auto& [name, sub] : entries) {
+      ConfigWriter w;
+      sub.visit(w);
+      m[name] = w.node_;
+    }
+    node_[key] = m;
+  }
   void check(bool, const char*, const std::string&) {}
 
   template <class S>
@@ -373,6 +409,20 @@ class ConfigLister {
   template <class S, class... C>
   void section(const char* key, S& sub, const C&...) {
     ConfigLister l(path_.empty() ? key : path_ + "." + key);
+    sub.visit(l);
+    keys_.insert(keys_.end(), l.keys_.begin(), l.keys_.end());
+  }
+  template <class S, class Make>
+  void named_sections(const char* key, std::vector<std::pair<std::string, S>>&, const char* help, Make make) {
+    const std::string path = path_.empty() ? key : path_ + "." + key;
+    ConfigKeyDoc d;
+    d.path = path;
+    d.expected = "a mapping of names to sections";
+    d.default_value = "{}";
+    d.help = help;
+    keys_.push_back(std::move(d));
+    S sub = make();
+    ConfigLister l(path + ".<name>");
     sub.visit(l);
     keys_.insert(keys_.end(), l.keys_.begin(), l.keys_.end());
   }

@@ -18,13 +18,13 @@ std::string shape_text(const std::vector<int64_t>& s) {
 }  // namespace
 
 BertLayerImpl::BertLayerImpl(const BertOptions& o) : heads_(o.heads) {
-  query = register_module("query", torch::nn::Linear(o.hidden, o.hidden));
-  key = register_module("key", torch::nn::Linear(o.hidden, o.hidden));
-  value = register_module("value", torch::nn::Linear(o.hidden, o.hidden));
-  attn_out = register_module("attn_out", torch::nn::Linear(o.hidden, o.hidden));
+  query = register_module("query", Linear(o.hidden, o.hidden));
+  key = register_module("key", Linear(o.hidden, o.hidden));
+  value = register_module("value", Linear(o.hidden, o.hidden));
+  attn_out = register_module("attn_out", Linear(o.hidden, o.hidden));
   attn_norm = register_module("attn_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.hidden}).eps(o.layer_norm_eps)));
-  ffn_in = register_module("ffn_in", torch::nn::Linear(o.hidden, o.ffn));
-  ffn_out = register_module("ffn_out", torch::nn::Linear(o.ffn, o.hidden));
+  ffn_in = register_module("ffn_in", Linear(o.hidden, o.ffn));
+  ffn_out = register_module("ffn_out", Linear(o.ffn, o.hidden));
   ffn_norm = register_module("ffn_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.hidden}).eps(o.layer_norm_eps)));
 }
 
@@ -38,9 +38,9 @@ torch::Tensor BertLayerImpl::forward(const torch::Tensor& x, const torch::Tensor
 }
 
 BertEncoderImpl::BertEncoderImpl(const BertOptions& o) : opts_(o) {
-  word = register_module("word", torch::nn::Embedding(o.vocab, o.hidden));
-  position = register_module("position", torch::nn::Embedding(o.max_positions, o.hidden));
-  token_type = register_module("token_type", torch::nn::Embedding(o.type_vocab, o.hidden));
+  word = register_module("word", Embedding(o.vocab, o.hidden));
+  position = register_module("position", Embedding(o.max_positions, o.hidden));
+  token_type = register_module("token_type", Embedding(o.type_vocab, o.hidden));
   embed_norm = register_module("embed_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.hidden}).eps(o.layer_norm_eps)));
   for (int64_t i = 0; i < o.layers; ++i) layers.push_back(register_module("layer" + std::to_string(i), BertLayer(o)));
 }
@@ -50,7 +50,7 @@ torch::Tensor BertEncoderImpl::forward(const torch::Tensor& ids, const torch::Te
   TORCH_CHECK(t <= opts_.max_positions, "a sequence of ", t, " tokens is longer than the model's ", opts_.max_positions,
               " positions");
   const torch::Tensor pos = torch::arange(t, ids.options().dtype(torch::kLong));
-  torch::Tensor x = word(ids) + position(pos).unsqueeze(0) + token_type->weight[0];  // token type 0 throughout
+  torch::Tensor x = word(ids) + position(pos).unsqueeze(0) + token_type->effective_weight()[0];  // token type 0 throughout
   x = embed_norm(x);
   const torch::Tensor key_mask = mask.to(torch::kBool).view({ids.size(0), 1, 1, t});
   for (auto& l : layers) x = l(x, key_mask);
@@ -109,7 +109,7 @@ BertEncoder load_bert(const std::string& folder) {
     const std::vector<float> v = f.to_float(t);
     dst.copy_(torch::from_blob(const_cast<float*>(v.data()), dst.sizes(), torch::kFloat32));
   };
-  const auto linear = [&](const std::string& name, torch::nn::Linear& l) {
+  const auto linear = [&](const std::string& name, Linear& l) {
     load(name + ".weight", l->weight);
     load(name + ".bias", l->bias);
   };

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "models/linear.h"
+
 namespace qd {
 
 struct BertOptions {
@@ -21,7 +23,7 @@ class BertLayerImpl : public torch::nn::Module {
   explicit BertLayerImpl(const BertOptions& o);
   // x [B, T, H], key_mask [B, 1, 1, T] bool (true: attend) -> [B, T, H]
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& key_mask);
-  torch::nn::Linear query{nullptr}, key{nullptr}, value{nullptr}, attn_out{nullptr}, ffn_in{nullptr}, ffn_out{nullptr};
+  Linear query{nullptr}, key{nullptr}, value{nullptr}, attn_out{nullptr}, ffn_in{nullptr}, ffn_out{nullptr};
   torch::nn::LayerNorm attn_norm{nullptr}, ffn_norm{nullptr};
 
  private:
@@ -38,7 +40,7 @@ class BertEncoderImpl : public torch::nn::Module {
   torch::Tensor embed(const torch::Tensor& ids, const torch::Tensor& mask);
   const BertOptions& options() const { return opts_; }
 
-  torch::nn::Embedding word{nullptr}, position{nullptr}, token_type{nullptr};
+  Embedding word{nullptr}, position{nullptr}, token_type{nullptr};
   torch::nn::LayerNorm embed_norm{nullptr};
   std::vector<BertLayer> layers;
 

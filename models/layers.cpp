@@ -1,6 +1,7 @@
 #include "models/model.h"
 
 #include "common/error.h"
+#include "models/linear.h"
 
 namespace qd {
 
@@ -67,6 +68,13 @@ int64_t count_params(const torch::nn::Module& m) {
 int64_t count_nonzero_params(const torch::nn::Module& m) {
   int64_t n = 0;
   for (const auto& p : m.parameters()) n += p.count_nonzero().item<int64_t>();
+  return n;
+}
+
+int64_t count_embedding_params(const torch::nn::Module& m) {
+  int64_t n = 0;
+  for (const auto& sub : m.modules(/*include_self=*/true))
+    if (auto e = std::dynamic_pointer_cast<const EmbeddingImpl>(sub)) n += e->weight.numel();
   return n;
 }
 

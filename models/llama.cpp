@@ -15,7 +15,7 @@ torch::Tensor RmsNormImpl::forward(const torch::Tensor& x) {
 }
 
 LlamaLayerImpl::LlamaLayerImpl(const LlamaOptions& o) : heads_(o.heads), kv_heads_(o.kv_heads), head_dim_(o.head_dim()) {
-  const auto lin = [](int64_t in, int64_t out) { return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false)); };
+  const auto lin = [](int64_t in, int64_t out) { return Linear(in, out, /*bias=*/false); };
   attn_norm = register_module("attn_norm", RmsNorm(o.hidden, o.rms_eps));
   q = register_module("q", lin(o.hidden, o.heads * head_dim_));
   k = register_module("k", lin(o.hidden, o.kv_heads * head_dim_));
@@ -57,10 +57,10 @@ torch::Tensor LlamaLayerImpl::forward(const torch::Tensor& x, const torch::Tenso
 LlamaImpl::LlamaImpl(const LlamaOptions& o) : opts_(o) {
   TORCH_CHECK(o.hidden % o.heads == 0 && o.heads % o.kv_heads == 0 && o.head_dim() % 2 == 0,
               "llama: hidden must split into heads of even size, and heads into kv_heads groups");
-  embed = register_module("embed", torch::nn::Embedding(o.vocab, o.hidden));
+  embed = register_module("embed", Embedding(o.vocab, o.hidden));
   for (int64_t i = 0; i < o.layers; ++i) layers.push_back(register_module("layer" + std::to_string(i), LlamaLayer(o)));
   norm = register_module("norm", RmsNorm(o.hidden, o.rms_eps));
-  if (!o.tied_embeddings) lm_head = register_module("lm_head", torch::nn::Linear(torch::nn::LinearOptions(o.hidden, o.vocab).bias(false)));
+  if (!o.tied_embeddings) lm_head = register_module("lm_head", Linear(o.hidden, o.vocab, /*bias=*/false));
   const int64_t hd = o.head_dim();
   inv_freq_ = 1.0 / torch::pow(o.rope_theta, torch::arange(0, hd, 2, torch::kLong).to(torch::kFloat32) / static_cast<double>(hd));
   inv_freq_ = register_buffer("inv_freq", inv_freq_.to(torch::kFloat32));
@@ -84,7 +84,7 @@ torch::Tensor LlamaImpl::hidden_states(const torch::Tensor& ids, const torch::Te
 
 torch::Tensor LlamaImpl::forward(const torch::Tensor& ids, const torch::Tensor& mask) {
   const torch::Tensor h = hidden_states(ids, mask);
-  return opts_.tied_embeddings ? torch::matmul(h, embed->weight.t()) : lm_head(h);
+  return opts_.tied_embeddings ? torch::matmul(embed->head_input(h), embed->effective_weight().t()) : lm_head(h);
 }
 
 torch::Tensor unpermute_rotary_rows(const torch::Tensor& w, int64_t heads) {

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "models/linear.h"
+
 namespace qd {
 
 namespace fmt {
@@ -39,7 +41,7 @@ class LlamaLayerImpl : public torch::nn::Module {
   // x [B, T, H]; cos, sin [T, head_dim]; mask [B, 1, T, T] bool (true: attend) -> [B, T, H]
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, const torch::Tensor& mask);
   RmsNorm attn_norm{nullptr}, ffn_norm{nullptr};
-  torch::nn::Linear q{nullptr}, k{nullptr}, v{nullptr}, out{nullptr}, gate{nullptr}, up{nullptr}, down{nullptr};
+  Linear q{nullptr}, k{nullptr}, v{nullptr}, out{nullptr}, gate{nullptr}, up{nullptr}, down{nullptr};
 
  private:
   int64_t heads_, kv_heads_, head_dim_;
@@ -54,10 +56,10 @@ class LlamaImpl : public torch::nn::Module {
   torch::Tensor hidden_states(const torch::Tensor& ids, const torch::Tensor& mask);  // [B, T, H], after the final norm
   const LlamaOptions& options() const { return opts_; }
 
-  torch::nn::Embedding embed{nullptr};
+  Embedding embed{nullptr};
   std::vector<LlamaLayer> layers;
   RmsNorm norm{nullptr};
-  torch::nn::Linear lm_head{nullptr};  // untied embeddings only
+  Linear lm_head{nullptr};  // untied embeddings only
 
  private:
   LlamaOptions opts_;

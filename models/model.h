@@ -117,6 +117,8 @@ TORCH_MODULE(ConvBnRelu);
 
 int64_t count_params(const torch::nn::Module& m);
 int64_t count_nonzero_params(const torch::nn::Module& m);
+// Parameters of the Embedding tables (models/linear.h): a tied output projection reuses them.
+int64_t count_embedding_params(const torch::nn::Module& m);
 
 // A layer that reads a group's channels: a conv's input channels (weight dim 1) or a linear's
 // input features (after a flatten each channel feeds `per_channel` consecutive features).

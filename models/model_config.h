@@ -1,6 +1,7 @@
 // The `model` section of an experiment.
 #pragma once
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,12 @@ struct ModelConfig {
   std::string tokenizer;   // from scratch: whose tokenizer (a pretrained name or path); fixes the vocabulary
   int hidden = 256, layers = 4, heads = 4, kv_heads = 0, ffn = 1024, max_positions = 512;
   double rope_theta = 10000.0;
+  // Pretrained only: keep these of the teacher's layers (0-based, in order), dropping the rest: a
+  // shallower student initialised from a subset of the teacher's layers. Empty: all layers.
+  std::vector<int> keep_layers;
+  // Start from a trained run's weights (a run directory's checkpoints/best.pt, or a .pt file) of
+  // the architecture this section describes: a QAT stage after a float KD stage, say.
+  std::string init_checkpoint;
 
   bool is_text() const { return name == ModelKind::kBert || name == ModelKind::kLlama; }
 
@@ -60,6 +67,20 @@ struct ModelConfig {
     v.field("max_positions", max_positions, "bert: position embeddings; llama: longest sequence",
             Range<int>{1, 1 << 20});
     v.field("rope_theta", rope_theta, "llama: rotary base frequency", Range<double>{1.0, 1e9});
+    v.field("keep_layers", keep_layers,
+            "bert/llama with model.pretrained: keep only these of its layers (0-based, strictly increasing), e.g. "
+            "[0, 2, 4] for a shallower student initialised from the teacher's; empty: all",
+            Range<int>{0, 511});
+    v.field("init_checkpoint", init_checkpoint,
+            "bert/llama: start from these weights: a run directory (its checkpoints/best.pt) or a .pt file, of the "
+            "architecture this section describes (e.g. a float KD run, before its QAT stage); empty: the "
+            "pretrained or fresh weights");
+    v.check(init_checkpoint.empty() || is_text(), "init_checkpoint", "model.init_checkpoint applies to bert/llama models");
+    v.check(keep_layers.empty() || !pretrained.empty(), "keep_layers",
+            "model.keep_layers picks layers of a pretrained model; set model.pretrained or remove it");
+    v.check(std::is_sorted(keep_layers.begin(), keep_layers.end()) &&
+                std::adjacent_find(keep_layers.begin(), keep_layers.end()) == keep_layers.end(),
+            "keep_layers", "list each kept layer once, in increasing order, e.g. [0, 1, 2, 29]");
     v.check(!is_text() || !pretrained.empty() || !tokenizer.empty(), "tokenizer",
             "a bert/llama model from scratch needs a tokenizer: model.tokenizer: minilm-l6 (bert) or smollm2-135m "
             "(llama), or a path");

@@ -129,6 +129,29 @@ void init_transformer(torch::nn::Module& m) {
     else t.fill_(1.0);  // LayerNorm / RMSNorm weights
   }
 }
+// Copies every parameter and buffer of `src` into `dst`, where dst's "layer<i>." is src's
+// "layer<keep[i]>." (both models otherwise alike).
+void copy_kept_layers(torch::nn::Module& dst, const torch::nn::Module& src, const std::vector<int>& keep) {
+  torch::NoGradGuard g;
+  auto from = src.named_parameters(true);
+  auto from_buffers = src.named_buffers(true);
+  const auto source_name = [&](const std::string& name) {
+    if (name.rfind("layer", 0) != 0 && name.find(".layer") == std::string::npos) return name;
+    const size_t at = name.rfind("layer", 0) == 0 ? 0 : name.find(".layer") + 1;
+    const size_t digits = at + 5, dot = name.find('.', digits);
+    if (dot == std::string::npos || dot == digits) return name;
+    const int i = std::stoi(name.substr(digits, dot - digits));
+    return name.substr(0, digits) + std::to_string(keep.at(static_cast<size_t>(i))) + name.substr(dot);
+  };
+  for (auto& p : dst.named_parameters(true)) p.value().copy_(from[source_name(p.key())]);
+  for (auto& b : dst.named_buffers(true)) b.value().copy_(from_buffers[source_name(b.key())]);
+}
+
+template <class Options>
+void check_keep_layers(const ModelConfig& cfg, const Options& o, const std::string& path) {
+  QD_CHECK(cfg.keep_layers.back() < o.layers, UserError, "model.keep_layers: ", path, " has ", o.layers,
+           " layers (0 to ", o.layers - 1, "); layer ", cfg.keep_layers.back(), " does not exist");
+}
 }  // namespace
 
 std::shared_ptr<TextModel> make_text_model(const ModelConfig& cfg) {
@@ -139,10 +162,24 @@ std::shared_ptr<TextModel> make_text_model(const ModelConfig& cfg) {
     if (cfg.name == ModelKind::kBert) {
       QD_CHECK(fs::is_directory(path), UserError, path, ": a pretrained bert is a Hugging Face folder (config.json, "
                "model.safetensors, tokenizer.json)");
-      return std::make_shared<BertModel>(load_bert(path), tok);
+      BertEncoder full = load_bert(path);
+      if (cfg.keep_layers.empty()) return std::make_shared<BertModel>(full, tok);
+      check_keep_layers(cfg, full->options(), path);
+      BertOptions o = full->options();
+      o.layers = static_cast<int64_t>(cfg.keep_layers.size());
+      BertEncoder kept(o);
+      copy_kept_layers(*kept, *full, cfg.keep_layers);
+      return std::make_shared<BertModel>(kept, tok);
     }
     QD_CHECK(fs::path(path).extension() == ".gguf", UserError, path, ": a pretrained llama is a .gguf file");
-    return std::make_shared<LlamaModel>(load_llama(path), tok);
+    Llama full = load_llama(path);
+    if (cfg.keep_layers.empty()) return std::make_shared<LlamaModel>(full, tok);
+    check_keep_layers(cfg, full->options(), path);
+    LlamaOptions o = full->options();
+    o.layers = static_cast<int64_t>(cfg.keep_layers.size());
+    Llama kept(o);
+    copy_kept_layers(*kept, *full, cfg.keep_layers);
+    return std::make_shared<LlamaModel>(kept, tok);
   }
   auto tok = load_tokenizer(cfg.tokenizer);
   if (cfg.name == ModelKind::kBert) {

@@ -44,6 +44,18 @@ inline const char* target_name(QatTarget t) {
   return "unknown";
 }
 
+// How a weight's integers are laid out and scaled where it deploys (issue 14).
+enum class WeightFormat {
+  kOnnx,  // float32 scales per channel, or per group of `group_size` inputs (ONNX blocked DequantizeLinear)
+  kGgml,  // llama.cpp's blocks of 32 with fp16 scales: Q8_0 (bits 8) or Q4_0 (bits 4), rounded as its quantizer
+};
+// How a Linear layer's input is quantized.
+enum class DynamicQuant {
+  kNone,      // static: one observed scale per tensor (a `qat.activation` observer)
+  kPerToken,  // dynamic, symmetric: one scale per token (row), max|x| / qmax, computed on the fly
+  kPerBlock,  // dynamic, llama.cpp's CPU dot products: Q8_0 blocks of 32 of each row, fp16 scales
+};
+
 // The largest |q| of symmetric weights under kPortable: 255 * (64 + 64) = 32640 <= 32767, so a
 // vpmaddubsw pair sum of u8 activations (any value) and these weights never saturates.
 inline constexpr int64_t kPortableWeightMax = 64;
@@ -60,6 +72,11 @@ struct QuantSpec {
   // Symmetric only: |q| is at most this when it is below 2^(bits-1) - 1 (0: no limit). Not a YAML
   // key: QatConfig::weight_spec() sets it from qat.target.
   int64_t max_abs = 0;
+  // Weights of Linear / Embedding layers (transformers): one scale per group of this many
+  // consecutive inputs of an output row (0: per_channel decides).
+  int64_t group_size = 0;
+  WeightFormat format = WeightFormat::kOnnx;
+  DynamicQuant dynamic = DynamicQuant::kNone;  // activations of Linear layers
 
   // Integer range of the quantized values.
   int64_t quant_max() const {
@@ -85,6 +102,43 @@ struct QuantSpec {
             Range<double>{0.0, 1.0, true, false});
     v.field("percentile", percentile, "percentile observer: high percentile kept (low: 100 - it)",
             Range<double>{50.0, 100.0, true, false});
+    v.field("group_size", group_size,
+            "weights of linear/embedding layers: one scale per group of this many inputs of an output row "
+            "(32, 64, 128; 0: per channel or per tensor)",
+            Range<int64_t>{0, 1 << 20});
+    v.field("format", format,
+            "weights of linear/embedding layers: onnx (float32 scales, symmetric grid; blocked DequantizeLinear "
+            "when grouped) or ggml (llama.cpp's Q8_0 / Q4_0: blocks of 32, fp16 scales, its quantizer's "
+            "rounding; bits 8 or 4, group_size 32)",
+            Choices<WeightFormat>{{{"onnx", WeightFormat::kOnnx}, {"ggml", WeightFormat::kGgml}}});
+    v.field("dynamic", dynamic,
+            "activations of linear layers: none (a static observed scale), per_token (one symmetric scale per "
+            "token, computed on the fly) or per_block (llama.cpp's on-the-fly Q8_0 blocks of 32)",
+            Choices<DynamicQuant>{{{"none", DynamicQuant::kNone}, {"per_token", DynamicQuant::kPerToken},
+                                   {"per_block", DynamicQuant::kPerBlock}}});
+    v.check(group_size == 0 || (group_size >= 8 && (group_size & (group_size - 1)) == 0), "group_size",
+            "group_size is 0 or a power of two >= 8 (32, 64, 128)");
+    v.check(format != WeightFormat::kGgml || (group_size == 32 && (bits == 8 || bits == 4)), "format",
+            "format ggml is llama.cpp's Q8_0 / Q4_0: set bits 8 or 4 and group_size 32");
+    v.check(format != WeightFormat::kGgml || observer == ObserverKind::kMinMax, "observer",
+            "format ggml computes each block's scale as llama.cpp's quantizer does: use observer minmax");
+    v.check(dynamic == DynamicQuant::kNone || bits == 8, "bits", "dynamic activation quantization is 8-bit");
+  }
+};
+
+// What QAT does to the layers whose name matches a pattern of `qat.layers` (transformers).
+struct LayerQuantRule {
+  bool enabled = true;  // false: the layer stays float
+  QuantSpec weight, activation;
+  template <class V>
+  void visit(V& v) {
+    v.field("enabled", enabled, "false: leave the matching layers in float");
+    v.section("weight", weight);
+    v.section("activation", activation);
+    v.check(weight.symmetric, "weight.symmetric", "weights must be symmetric (zero point 0)");
+    v.check(weight.dynamic == DynamicQuant::kNone, "weight.dynamic", "dynamic quantization is for activations");
+    v.check(weight.group_size == 0 || weight.observer == ObserverKind::kMinMax || weight.observer == ObserverKind::kLsq,
+            "weight.observer", "weights are observed exactly every step: use minmax or lsq");
   }
 };
 
@@ -104,6 +158,7 @@ struct QatConfig {
     s.observer = ObserverKind::kMovingAverage;
     return s;
   }();
+  std::vector<std::pair<std::string, LayerQuantRule>> layers;  // pattern -> rule, in file order
 
   template <class V>
   void visit(V& v) {
@@ -123,6 +178,13 @@ struct QatConfig {
             "epoch from which BatchNorm statistics are frozen and folded with them (-1: never)", Range<int>{-1, 100000});
     v.section("weight", weight);
     v.section("activation", activation);
+    v.named_sections("layers", layers,
+                     "transformers: quantization per layer-name pattern (* matches any run of characters, e.g. "
+                     "\"*.gate\", \"lm.embed\"); the first pattern in file order that matches a layer's name "
+                     "(`qdistill layers CONFIG` lists them) decides; each starts from qat.weight / qat.activation. "
+                     "Layers no pattern matches use qat.weight / qat.activation",
+                     [this] { return LayerQuantRule{true, weight, activation}; });
+    v.check(weight.dynamic == DynamicQuant::kNone, "weight.dynamic", "dynamic quantization is for activations");
     v.check(weight.observer == ObserverKind::kMinMax || weight.observer == ObserverKind::kLsq, "weight.observer",
             "weights are observed exactly every step: use minmax or lsq");
     v.check(weight.symmetric, "weight.symmetric",
@@ -139,12 +201,21 @@ struct QatConfig {
   }
 
   // The weights' quantization as trained and deployed: `weight` with the target's range.
-  QuantSpec weight_spec() const {
-    QuantSpec s = weight;
-    s.max_abs = target == QatTarget::kPortable ? kPortableWeightMax : 0;
+  QuantSpec weight_spec() const { return weight_spec(weight); }
+  // A layer rule's weights with the target's range: the portable limit concerns ONNX Runtime's
+  // 8-bit integer kernels, so it applies to 8-bit onnx-format weights that are not grouped.
+  QuantSpec weight_spec(QuantSpec s) const {
+    s.max_abs = target == QatTarget::kPortable && s.format == WeightFormat::kOnnx && s.group_size == 0 && s.bits == 8
+                    ? kPortableWeightMax
+                    : 0;
     return s;
   }
+  // The rule for a layer name: the first matching pattern's, else the section's defaults.
+  LayerQuantRule rule_for(const std::string& layer) const;
 };
 
+
+// fnmatch-style: `*` matches any run of characters (dots included), `?` one character.
+bool layer_pattern_match(const std::string& pattern, const std::string& name);
 
 }  // namespace qd

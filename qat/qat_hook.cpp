@@ -25,9 +25,16 @@ void QatHook::on_train_begin(TrainState& state) {
   conv_bns_.clear();
   for (const auto& m : state.model->modules())
     if (auto c = std::dynamic_pointer_cast<ConvBnQatImpl>(m)) conv_bns_.emplace_back(c);
-  QD_CHECK(!quantizers_.empty(), UserError, "qat: the model has no quantizers (Model::prepare_qat was not called)");
+  layers_ = layer_qats(*state.model);
+  QD_CHECK(!quantizers_.empty() || !layers_.empty(), UserError,
+           "qat: the model has no quantizers (Model::prepare_qat / attach_qat was not called)");
   state.best_from_epoch = std::max(state.best_from_epoch, qat_first_full_epoch(cfg_, state.steps_per_epoch));
   const QuantSpec w = cfg_.weight_spec();
+  if (!layers_.empty()) {
+    log_info("qat: ", layers_.size(), " linear/embedding layers quantized (", quantizers_.size(), " observed quantizers)",
+             cfg_.start_step >= 0 ? concat("; from step ", cfg_.start_step) : concat("; from epoch ", cfg_.start_epoch + 1));
+    return;
+  }
   log_info("qat: ", quantizers_.size(), " quantizers, ", conv_bns_.size(), " folded conv-BN layers; target ",
            target_name(cfg_.target), ": weights ", w.bits, "-bit in [", w.quant_min(), ", ", w.quant_max(), "] ",
            w.per_channel ? "per-channel" : "per-tensor", ", activations ",
@@ -41,10 +48,11 @@ void QatHook::apply(const QatPhase& p) {
     q->set_observing(p.active && !p.observers_frozen);
   }
   for (auto& c : conv_bns_) c->set_bn_frozen(p.bn_frozen);
+  for (auto& l : layers_) l->set_enabled(p.active);
   if (flags_loaded_ && (p.active != phase_.active || p.observers_frozen != phase_.observers_frozen ||
                         p.bn_frozen != phase_.bn_frozen)) {
     log_info("qat: fake-quant ", p.active ? "on" : "off", ", observers ", p.observers_frozen ? "frozen" : "live",
-             ", BatchNorm ", p.bn_frozen ? "frozen" : "training");
+             conv_bns_.empty() ? "" : (p.bn_frozen ? ", BatchNorm frozen" : ", BatchNorm training"));
   }
   phase_ = p;
 }
@@ -53,6 +61,7 @@ void QatHook::on_step_begin(TrainState& state) {
   if (!flags_loaded_) {  // after a resume the buffers hold the saved state (initialized scales)
     for (auto& q : quantizers_) q->load_flags();
     for (auto& c : conv_bns_) c->load_flags();
+    for (auto& l : layers_) l->load_flags();
     flags_loaded_ = true;
     phase_ = QatPhase{};
   }
@@ -98,11 +107,16 @@ bool load_qat_flags(torch::nn::Module& model) {
   }
   for (const auto& m : model.modules())
     if (auto c = std::dynamic_pointer_cast<ConvBnQatImpl>(m)) c->load_flags();
+  for (auto& l : layer_qats(model)) {
+    l->load_flags();
+    any = any || l->enabled();
+  }
   return any;
 }
 
 void set_fake_quant_enabled(torch::nn::Module& model, bool on) {
   for (auto& q : fake_quantizers(model)) q->set_enabled(on);
+  for (auto& l : layer_qats(model)) l->set_enabled(on);
 }
 
 int64_t int8_model_bytes(const torch::nn::Module& model, int weight_bits) {

@@ -1,8 +1,8 @@
 // Runs QAT inside the trainer: the schedule (start, observer freeze, BN freeze) and the
 // cross-rank synchronisation of activation statistics, so every rank uses identical scales.
 //
-// The model must already carry its quantizers (Model::prepare_qat, called where the model is
-// built, so their buffers and LSQ parameters exist before the optimizer and the checkpoint do).
+// The model must already carry its quantizers (Model::prepare_qat for the CNNs, attach_qat of
+// qat/module_qat.h for the transformers, called where the model is built, so their buffers and LSQ parameters exist before the optimizer and the checkpoint do).
 // Everything QAT learns lives in model buffers/parameters: checkpoints restore it bit-exactly,
 // and the flags are recomputed from the schedule at every step.
 #pragma once
@@ -12,6 +12,7 @@
 #include "common/train_hook.h"
 #include "qat/conv_bn.h"
 #include "qat/fake_quantize.h"
+#include "qat/module_qat.h"
 #include "qat/qat_config.h"
 
 namespace qd {
@@ -45,6 +46,7 @@ class QatHook : public TrainHook {
   QatConfig cfg_;
   std::vector<FakeQuantize> quantizers_;
   std::vector<ConvBnQat> conv_bns_;
+  std::vector<LayerQat> layers_;  // twins of Linear / Embedding layers (transformers)
   bool flags_loaded_ = false;
   QatPhase phase_;
 };

@@ -117,6 +117,14 @@ int run_cli(int argc, char** argv) {
   eval_cmd->add_flag("--int8", eval.int8, "evaluate the int8 simulation (QAT runs)");
   eval_cmd->add_flag("--json", eval.json, "print one JSON object");
   eval_cmd->add_option("--checkpoint", eval.checkpoint, "which checkpoint")->check(CLI::IsMember({"best", "last"}));
+  eval_cmd->add_option("--split", eval.split,
+                       "text tasks: the held-out test split (reported figures), or the validation split (for choices "
+                       "such as model.keep_layers, which must never be made on the test split)")
+      ->check(CLI::IsMember({"test", "validation"}));
+  eval_cmd->add_option("--set", eval.overrides,
+                       "with a config file: override a key, e.g. --set 'model.keep_layers=[0,1,2,29]' (repeatable)")
+      ->allow_extra_args(false)
+      ->take_all();
 
   EmbedCommand embed;
   CLI::App* embed_cmd = app.add_subcommand(

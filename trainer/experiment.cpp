@@ -20,6 +20,7 @@
 #include "parallel/launch.h"
 #include "prune/pruner.h"
 #include "prune/remove.h"
+#include "qat/module_qat.h"
 #include "qat/qat_hook.h"
 #include "common/checkpoint.h"
 #include "trainer/trainer.h"
@@ -167,6 +168,17 @@ nlohmann::json write_pruned_model(const ExperimentConfig& cfg, const DataBundle&
 
 }  // namespace
 
+static void add_qat_hook(Trainer& trainer, const ExperimentConfig& cfg) {
+  const QatConfig& q = cfg.qat;
+  if (q.start_step < 0 && q.start_epoch >= cfg.trainer.epochs)
+    cfg.fail("qat.start_epoch", concat(q.start_epoch, " is not before trainer.epochs (", cfg.trainer.epochs,
+                                       "): QAT would never run; epochs count from 0"));
+  if (q.start_step < 0 && q.freeze_observers_epoch >= 0 && q.freeze_observers_epoch <= q.start_epoch)
+    cfg.fail("qat.freeze_observers_epoch", concat(q.freeze_observers_epoch, " must come after qat.start_epoch (",
+                                                  q.start_epoch, "): the observers need at least one epoch"));
+  trainer.add_hook(std::make_shared<QatHook>(q));
+}
+
 void add_experiment_hooks(Trainer& trainer, const ExperimentConfig& cfg, Model& model, const DataBundle& data,
                           torch::Device device) {
   if (cfg.distill.enabled()) trainer.add_hook(make_distill_hook(cfg, model, data, device));
@@ -181,28 +193,39 @@ void add_experiment_hooks(Trainer& trainer, const ExperimentConfig& cfg, Model& 
     if (auto bad = check_prune_names(cfg.prune, model)) cfg.fail(bad->first, bad->second);
     trainer.add_hook(std::make_shared<PruneHook>(cfg.prune));
   }
-  if (cfg.qat.enabled) {
-    const QatConfig& q = cfg.qat;
-    if (q.start_step < 0 && q.start_epoch >= cfg.trainer.epochs)
-      cfg.fail("qat.start_epoch", concat(q.start_epoch, " is not before trainer.epochs (", cfg.trainer.epochs,
-                                         "): QAT would never run; epochs count from 0"));
-    if (q.start_step < 0 && q.freeze_observers_epoch >= 0 && q.freeze_observers_epoch <= q.start_epoch)
-      cfg.fail("qat.freeze_observers_epoch", concat(q.freeze_observers_epoch, " must come after qat.start_epoch (",
-                                                    q.start_epoch, "): the observers need at least one epoch"));
-    trainer.add_hook(std::make_shared<QatHook>(q));
-  }
+  if (cfg.qat.enabled) add_qat_hook(trainer, cfg);
 }
 
 namespace {
-std::shared_ptr<TextModel> build_text_model(const ExperimentConfig& cfg) {
+// `initial_weights`: load model.init_checkpoint (not when a run's own checkpoint follows).
+std::shared_ptr<TextModel> build_text_model(const ExperimentConfig& cfg, bool initial_weights = true) {
   torch::manual_seed(static_cast<uint64_t>(cfg.experiment.seed));
+  std::shared_ptr<TextModel> model;
   try {
-    return make_text_model(cfg.model);
+    model = make_text_model(cfg.model);
   } catch (const fmt::FormatError&) {
     throw;
   } catch (const UserError& e) {
     cfg.fail(cfg.model.pretrained.empty() ? "model.tokenizer" : "model.pretrained", e.what());
   }
+  if (initial_weights && !cfg.model.init_checkpoint.empty()) {  // weights first: the quantizers' state starts fresh
+    fs::path from = cfg.model.init_checkpoint;
+    if (fs::is_directory(from)) from = from / "checkpoints" / "best.pt";
+    try {
+      load_checkpoint(from.string(), *model, nullptr, {});
+    } catch (const UserError& e) {
+      cfg.fail("model.init_checkpoint", e.what());
+    }
+    torch::manual_seed(static_cast<uint64_t>(cfg.experiment.seed));  // the checkpoint's RNG state is not this run's
+  }
+  if (cfg.qat.enabled) {  // quantization attaches by module type: the twins of Linear and Embedding
+    try {
+      attach_qat(*model, cfg.qat);
+    } catch (const UserError& e) {
+      cfg.fail(cfg.qat.layers.empty() ? "qat.enabled" : "qat.layers", e.what());
+    }
+  }
+  return model;
 }
 
 // A text run's summary: the best checkpoint on the held-out test split (never used for
@@ -211,11 +234,20 @@ void add_text_summary(nlohmann::json& summary, const ExperimentConfig& cfg, Mode
   const fs::path best = fs::path(cfg.run_dir()) / "checkpoints" / "best.pt";
   if (fs::is_regular_file(best)) load_checkpoint(best.string(), model, nullptr, {});
   model.to(torch::kCPU);
+  // A QAT run reports its quantized simulation, and the same weights with the quantizers off.
+  const bool quantized = cfg.qat.enabled && load_qat_flags(model);
   const TaskMetrics test = task.evaluate(model, torch::kCPU, nullptr, /*held_out_test=*/true);
   for (const auto& [k, v] : test.values) summary[k] = v;
   summary["eval_split"] = test.split;
+  summary["quantized"] = quantized;
   const TaskMetrics valid = task.evaluate(model, torch::kCPU, nullptr, /*held_out_test=*/false);
   for (const auto& [k, v] : valid.values) summary["validation_" + k] = v;
+  if (quantized) {
+    set_fake_quant_enabled(model, false);
+    const TaskMetrics fp32 = task.evaluate(model, torch::kCPU, nullptr, /*held_out_test=*/true);
+    for (const auto& [k, v] : fp32.values) summary["fp32_" + k] = v;
+    set_fake_quant_enabled(model, true);
+  }
 }
 }  // namespace
 
@@ -280,6 +312,7 @@ int run_train(const TrainCommand& cmd) {
   Trainer trainer(cfg, model, task, cfg.run_dir(), comm);
   if (!text) add_experiment_hooks(trainer, cfg, *model, data, device);
   if (text && cfg.distill.enabled()) trainer.add_hook(make_lm_distill_hook(cfg, *task, static_cast<TextModel&>(*model)));
+  if (text && cfg.qat.enabled) add_qat_hook(trainer, cfg);
 
   const bool writer = comm->rank() == 0;
   if (writer) {
@@ -315,9 +348,19 @@ int run_train(const TrainCommand& cmd) {
   if (text) {
     if (task->units_per_example() > 1)
       summary["train_tokens_per_second"] = r.samples_per_second * static_cast<double>(task->units_per_example());
+    summary["non_embedding_params"] = params - count_embedding_params(*model);
     if (cfg.distill.enabled()) {
       summary["teacher"] = cfg.distill.teacher;
       summary["distill_top_k"] = cfg.distill.top_k;
+    }
+    const std::string teacher = cfg.distill.enabled() ? cfg.distill.teacher : cfg.task.teacher;
+    if (!teacher.empty()) {  // the size the student is compared with
+      ModelConfig tc;
+      tc.name = cfg.model.name;
+      tc.pretrained = teacher;
+      const std::shared_ptr<TextModel> t = make_text_model(tc);
+      summary["teacher_params"] = count_params(*t);
+      summary["teacher_non_embedding_params"] = count_params(*t) - count_embedding_params(*t);
     }
     add_text_summary(summary, cfg, *model, *task);
     const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -379,7 +422,7 @@ bool is_config_file(const fs::path& p) { return fs::is_regular_file(p) && (p.ext
 LoadedText load_text_model(const ExperimentConfig& cfg, const fs::path& where, const std::string& checkpoint) {
   LoadedText t;
   t.cfg = cfg;
-  t.model = build_text_model(cfg);
+  t.model = build_text_model(cfg, /*initial_weights=*/is_config_file(where));
   if (is_config_file(where)) {
     t.source = resolve_pretrained(cfg.model.pretrained);
   } else {
@@ -392,9 +435,9 @@ LoadedText load_text_model(const ExperimentConfig& cfg, const fs::path& where, c
 }
 
 // The config of a run directory, or a config file whose model needs no training.
-ExperimentConfig config_of(const fs::path& where, const char* command) {
+ExperimentConfig config_of(const fs::path& where, const char* command, const std::vector<std::string>& overrides = {}) {
   if (is_config_file(where)) {
-    ExperimentConfig cfg = load_experiment_config(where.string());
+    ExperimentConfig cfg = load_experiment_config(where.string(), overrides);
     if (!cfg.model.is_text() || cfg.model.pretrained.empty())
       cfg.fail("model.pretrained", concat("`qdistill ", command, "` on a config needs a fully pretrained model "
                                          "(model.pretrained: minilm-l6 or smollm2-135m); to use a trained model, "
@@ -404,23 +447,37 @@ ExperimentConfig config_of(const fs::path& where, const char* command) {
   const fs::path cfg_path = where / "config.resolved.yaml";
   QD_CHECK(fs::is_regular_file(cfg_path), UserError, where.string(), ": neither a run directory made by `qdistill train` "
            "(no config.resolved.yaml) nor a .yaml config");
+  QD_CHECK(overrides.empty(), UserError, "--set applies to a config file; ", where.string(),
+           " is a run directory, whose config is what it was trained with");
   return load_run_config(cfg_path.string());
 }
 
 int run_text_eval(const EvalCommand& cmd, const ExperimentConfig& cfg) {
-  QD_CHECK(!cmd.int8, UserError, "--int8: transformers have no int8 simulation yet (issue 14)");
   const LoadedText t = load_text_model(cfg, cmd.run_dir, cmd.checkpoint);
+  const bool quantized = cfg.qat.enabled && load_qat_flags(*t.model);
+  QD_CHECK(!cmd.int8 || quantized, UserError, "--int8: ", cmd.run_dir, " has no quantization-aware training ",
+           cfg.qat.enabled ? "active in this checkpoint" : "(no qat section in its config)");
   std::shared_ptr<Task> task = make_text_task(cfg, *t.model, torch::kCPU, nullptr, /*for_training=*/false);
   const auto t0 = std::chrono::steady_clock::now();
-  const TaskMetrics m = task->evaluate(*t.model, torch::kCPU, nullptr, /*held_out_test=*/true);
+  const TaskMetrics m = task->evaluate(*t.model, torch::kCPU, nullptr, /*held_out_test=*/cmd.split == "test");
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  TaskMetrics fp32;  // a QAT checkpoint: the simulation above, and the same weights in float
+  if (quantized) {
+    set_fake_quant_enabled(*t.model, false);
+    fp32 = task->evaluate(*t.model, torch::kCPU, nullptr, /*held_out_test=*/cmd.split == "test");
+  }
   nlohmann::json j = {{"source", t.source}, {"task", task->name()}, {"model", t.model->kind()},
                       {"params", count_params(*t.model)}, {"eval_split", m.split}, {"seconds", seconds},
                       {"threads", torch::get_num_threads()}};
   if (!is_config_file(cmd.run_dir)) j["run_dir"] = cmd.run_dir, j["epoch"] = t.epoch;
   for (const auto& [k, v] : m.values) j[k] = v;
+  j["quantized"] = quantized;
+  for (const auto& [k, v] : fp32.values) j["fp32_" + k] = v;
   if (m.values.count("tokens") && m.values.at("tokens") > 0) j["ms_per_1000_tokens"] = 1e6 * seconds / m.values.at("tokens");
   if (cmd.json) std::printf("%s\n", j.dump().c_str());
+  else if (quantized)
+    std::printf("%s: quantized simulation %s; with the quantizers off %s (%.1f s, %d threads)\n", t.source.c_str(),
+                m.line.c_str(), fp32.line.c_str(), seconds, torch::get_num_threads());
   else std::printf("%s: %s (%.1f s, %d threads)\n", t.source.c_str(), m.line.c_str(), seconds, torch::get_num_threads());
   return 0;
 }
@@ -461,11 +518,13 @@ int run_embed(const EmbedCommand& cmd) {
 
 int run_eval(const EvalCommand& cmd) {
   const fs::path dir = cmd.run_dir;
-  ExperimentConfig cfg = config_of(dir, "eval");
+  ExperimentConfig cfg = config_of(dir, "eval", cmd.overrides);
   if (cfg.task.name != TaskKind::kImageClassification) {
     set_threads(cfg.trainer.threads);
     return run_text_eval(cmd, cfg);
   }
+  QD_CHECK(cmd.split == "test", UserError, "--split ", cmd.split, ": image runs are evaluated on the test set; their "
+           "validation split is data.validation_size, which training reports");
   QD_CHECK(!cmd.int8 || cfg.qat.enabled, UserError, "--int8: ", dir.string(), " has no quantization-aware training "
            "(no qat section in its config); int8 simulation needs a QAT run");
   set_threads(cfg.trainer.threads);

@@ -23,6 +23,8 @@ struct EvalCommand {
   bool int8 = false;
   bool json = false;
   std::string checkpoint = "best";  // best | last
+  std::string split = "test";       // text tasks: test | validation
+  std::vector<std::string> overrides;  // --set, for a config file
 };
 
 // `qdistill embed`: one L2-normalized sentence embedding per input line.

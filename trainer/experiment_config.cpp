@@ -14,6 +14,9 @@ void check_task(const ExperimentConfig& c) {
                                "(fortunes) or sentence_embedding (wordnet)");
       if (c.model.is_text())
         c.fail("model.name", "bert and llama read text: set task.name: sentence_embedding (bert) or causal_lm (llama)");
+      if (!c.qat.layers.empty())
+        c.fail("qat.layers", "per-layer rules apply to the linear and embedding layers of transformers; the CNNs "
+                             "use qat.weight and qat.activation");
       return;
     case TaskKind::kCausalLm:
       if (c.data.dataset != DatasetKind::kFortunes) c.fail("data.dataset", "task causal_lm reads the fortunes corpus: data.dataset: fortunes");
@@ -31,7 +34,6 @@ void check_task(const ExperimentConfig& c) {
                                   " (task.teacher already trains it on a teacher's embeddings)");
   if (c.distill.enabled() && !c.distill.hint_student.empty())
     c.fail("distill.hint_student", std::string("hidden-state distillation") + later);
-  if (c.qat.enabled) c.fail("qat.enabled", std::string("quantization-aware training") + later);
   if (c.prune.enabled) c.fail("prune.enabled", std::string("pruning") + later);
 }
 

@@ -126,6 +126,7 @@ struct TrainerConfig {
   int accumulate_steps = 1;     // micro-batches per optimizer step (gradient accumulation)
   int log_every = 50;           // steps between metrics.jsonl step records
   int64_t checkpoint_every_steps = 0;   // 0: checkpoints only at epoch ends
+  int64_t eval_every_steps = 0;         // 0: evaluate at epoch ends only
   double checkpoint_every_minutes = 0;  // 0: off
   bool resume = false;
   bool progress = true;
@@ -145,6 +146,10 @@ struct TrainerConfig {
     v.field("checkpoint_every_steps", checkpoint_every_steps,
             "also write checkpoints/last.pt every N optimizer steps inside an epoch (0: only at epoch ends); "
             "--resume continues mid-epoch with the same data order, bit for bit on CPU",
+            Range<int64_t>{0, int64_t{1} << 40});
+    v.field("eval_every_steps", eval_every_steps,
+            "also evaluate on the validation split every N optimizer steps inside an epoch, recorded in "
+            "metrics.jsonl as type eval with the seconds since training began (learning curves); 0: epoch ends only",
             Range<int64_t>{0, int64_t{1} << 40});
     v.field("checkpoint_every_minutes", checkpoint_every_minutes,
             "also write checkpoints/last.pt when this many minutes passed since the last one (0: off)",

@@ -160,6 +160,7 @@ bool Trainer::resume_from_checkpoint(TrainState& state) {
 }
 
 TrainResult Trainer::fit() {
+  fit_start_ = std::chrono::steady_clock::now();
   const int64_t micro = cfg_.data.batch_size;
   const int64_t accum = cfg_.trainer.accumulate_steps;
   ShardedSampler sampler(task_->train_size(), /*shuffle=*/true, static_cast<uint64_t>(cfg_.experiment.seed),
@@ -220,6 +221,7 @@ TrainResult Trainer::fit() {
     if (task_->units_per_example() > 1)
       rec["train_tokens_per_second"] = epoch_samples * task_->units_per_example() / std::max(1e-9, epoch_seconds);
     rec["epoch_seconds"] = epoch_seconds;
+    rec["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - fit_start_).count();
     rec["world_size"] = comm_->world_size();
     rec["eval_split"] = ev.split;
     for (const auto& [k, v] : state.epoch_metrics) rec[k] = v;
@@ -313,6 +315,18 @@ void Trainer::train_epoch(TrainState& state, int64_t first_step, double& samples
       window_micro = 0;
     }
     const int64_t done = s + 1;
+    const int64_t every = cfg_.trainer.eval_every_steps;
+    if (every > 0 && state.global_step % every == 0 && done < state.steps_per_epoch) {
+      // A point of the learning curve; evaluation draws no random numbers, so training goes on as before.
+      const TaskMetrics ev = task_->evaluate(*model_, device_, comm_.get(), /*held_out_test=*/false);
+      model_->train();
+      nlohmann::json rec = {{"type", "eval"}, {"epoch", state.epoch + 1}, {"step", state.global_step},
+                            {"seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - fit_start_).count()},
+                            {"eval_split", ev.split}};
+      for (const auto& [k, v] : ev.values) rec[k] = v;
+      metrics_.write(rec);
+      log_info("step ", state.global_step, ": ", ev.line);
+    }
     if (done < state.steps_per_epoch && mid_epoch_checkpoint_due(state)) checkpoint_mid_epoch(state, done, sums);
     std::string extra;
     if (state.rank == 0 && (done % 20 == 0 || done == state.steps_per_epoch))

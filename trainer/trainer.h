@@ -109,6 +109,7 @@ class Trainer {
   int64_t resume_step_ = 0;                         // steps of the resumed epoch already taken
   std::vector<double> resume_sums_;                 // and their statistics (all ranks)
   std::chrono::steady_clock::time_point last_save_ = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::time_point fit_start_ = std::chrono::steady_clock::now();  // eval records' clock
 };
 
 }  // namespace qd

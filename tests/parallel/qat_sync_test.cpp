@@ -4,6 +4,8 @@
 
 #include "parallel/mpi_communicator.h"
 #include "qat/fake_quantize.h"
+#include "models/llama.h"
+#include "qat/module_qat.h"
 #include "qat/qat_hook.h"
 
 namespace qd {
@@ -66,6 +68,39 @@ TEST(QatSync, RanksGetIdenticalScalesFromTheUnionOfTheirData) {
   local(torch::rand({8, 3, 4, 4}) * (r == 0 ? 3.0 : 4.0) - (r == 0 ? 1.0 : 3.0));
   QatHook::sync_observers({local}, nullptr, 1);
   EXPECT_FALSE(same_on_all_ranks(local->scale));
+}
+
+// The twins that QAT attaches to a transformer's Linear layers carry their static input observers
+// as FakeQuantize modules: QatHook's one collective per step covers them like the CNN's, so two
+// ranks fed different tokens end with identical input scales on every layer.
+TEST(QatSync, TransformerLayerTwinsShareTheirInputScales) {
+  auto c = comm();
+  ASSERT_EQ(c->world_size(), 2) << "run under mpiexec -n 2";
+  LlamaOptions o;
+  o.vocab = 64, o.hidden = 32, o.layers = 1, o.heads = 4, o.kv_heads = 2, o.ffn = 64, o.max_positions = 16;
+  torch::manual_seed(5);  // the same weights on both ranks
+  Llama m(o);
+  QatConfig cfg;
+  cfg.enabled = true;
+  ASSERT_EQ(attach_qat(*m, cfg), 8);
+  std::vector<FakeQuantize> fqs = fake_quantizers(*m);
+  for (auto& f : fqs) f->set_enabled(true), f->set_observing(true);
+  for (auto& t : layer_qats(*m)) t->set_enabled(true);
+  m->train();
+  int64_t inputs = 0;
+  for (int step = 0; step < 2; ++step) {
+    torch::manual_seed(10 * step + c->rank() + 1);  // different tokens per rank
+    m->forward(torch::randint(0, 64, {2, 8}), torch::ones({2, 8}, torch::kLong));
+    QatHook::sync_observers(fqs, c.get(), c->world_size());
+  }
+  for (auto& f : fqs) {
+    if (f->options().weight) continue;
+    ++inputs;
+    ASSERT_TRUE(f->initialized());
+    EXPECT_TRUE(same_on_all_ranks(f->scale));
+    EXPECT_TRUE(same_on_all_ranks(f->running_max));
+  }
+  EXPECT_EQ(inputs, 8) << "one static input quantizer per linear, and the tied head's";
 }
 
 }  // namespace

@@ -1,0 +1,56 @@
+// Linear and Embedding layers of the transformer models, with a place where quantization
+// attaches. Models build their structure from these types once; qat/module_qat.h maps each layer
+// type to its quantization-aware twin and attaches it by layer name (the way torch.ao swaps
+// nn.Linear for its QAT module), so models know nothing of how a layer is quantized.
+//
+// Parameter names are torch::nn::Linear's and torch::nn::Embedding's ("weight", "bias"), and so is
+// their initialization (the same random draws), so checkpoints and from-scratch runs are unchanged.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <memory>
+
+namespace qd {
+
+// What a layer computes with, as its deployment computes it: qat/ implements it. Registered as the
+// layer's submodule "qat", so its state (scales, flags) lives in checkpoints with the layer's.
+class LayerQuantizer : public torch::nn::Module {
+ public:
+  // The weight the layer computes with (fake-quantized; straight-through gradient).
+  virtual torch::Tensor weight(const torch::Tensor& w) = 0;
+  // The layer's input as the deployed kernel reads it (Linear only).
+  virtual torch::Tensor input(const torch::Tensor& x) = 0;
+};
+
+class LinearImpl : public torch::nn::Module {
+ public:
+  LinearImpl(int64_t in, int64_t out, bool bias = true);
+  torch::Tensor forward(const torch::Tensor& x);  // [..., in] -> [..., out]
+  // The weight as computed with: fake-quantized once a quantizer is attached.
+  torch::Tensor effective_weight() { return quant ? quant->weight(weight) : weight; }
+  void attach(std::shared_ptr<LayerQuantizer> q);
+  int64_t in_features() const { return weight.size(1); }
+  int64_t out_features() const { return weight.size(0); }
+
+  torch::Tensor weight, bias;  // [out, in], [out] (undefined without bias)
+  std::shared_ptr<LayerQuantizer> quant;
+};
+TORCH_MODULE(Linear);
+
+class EmbeddingImpl : public torch::nn::Module {
+ public:
+  EmbeddingImpl(int64_t count, int64_t dim);
+  torch::Tensor forward(const torch::Tensor& ids);  // [...] int64 -> [..., dim]
+  // The table as computed with (a tied output projection reads it too).
+  torch::Tensor effective_weight() { return quant ? quant->weight(weight) : weight; }
+  // A tied output projection's input, as the deployed kernel reads it.
+  torch::Tensor head_input(const torch::Tensor& x) { return quant ? quant->input(x) : x; }
+  void attach(std::shared_ptr<LayerQuantizer> q);
+
+  torch::Tensor weight;  // [count, dim]
+  std::shared_ptr<LayerQuantizer> quant;
+};
+TORCH_MODULE(Embedding);
+
+}  // namespace qd

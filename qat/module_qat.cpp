@@ -1,0 +1,147 @@
+#include "qat/module_qat.h"
+
+#include "common/error.h"
+#include "qat/ggml_quant.h"
+
+namespace qd {
+
+bool layer_pattern_match(const std::string& pattern, const std::string& name) {
+  // Iterative glob with backtracking to the last '*'.
+  size_t p = 0, n = 0, star = std::string::npos, mark = 0;
+  while (n < name.size()) {
+    if (p < pattern.size() && (pattern[p] == '?' || pattern[p] == name[n])) {
+      ++p, ++n;
+    } else if (p < pattern.size() && pattern[p] == '*') {
+      star = p++;
+      mark = n;
+    } else if (star != std::string::npos) {
+      p = star + 1;
+      n = ++mark;
+    } else {
+      return false;
+    }
+  }
+  while (p < pattern.size() && pattern[p] == '*') ++p;
+  return p == pattern.size();
+}
+
+LayerQuantRule QatConfig::rule_for(const std::string& layer) const {
+  for (const auto& [pattern, rule] : layers)
+    if (layer_pattern_match(pattern, layer)) return rule;
+  return LayerQuantRule{true, weight, activation};
+}
+
+torch::Tensor per_token_fake_quant(const torch::Tensor& x, int bits) {
+  const double qmax = static_cast<double>((int64_t{1} << (bits - 1)) - 1);
+  torch::Tensor y;
+  {
+    torch::NoGradGuard g;
+    const torch::Tensor xf = x.to(torch::kFloat32);
+    const torch::Tensor s = xf.abs().amax(-1, /*keepdim=*/true).div(qmax);
+    const torch::Tensor safe = torch::where(s > 0, s, torch::ones_like(s));  // all-zero rows stay zero
+    y = torch::round(xf / safe).clamp(-qmax, qmax).mul(safe).to(x.scalar_type());
+  }
+  return x + (y - x).detach();  // straight-through: d/dx = 1
+}
+
+LayerQatImpl::LayerQatImpl(const QatConfig& cfg, const LayerQuantRule& rule, int64_t out, int64_t in,
+                           const std::string& layer)
+    : weight_spec_(cfg.weight_spec(rule.weight)), input_spec_(rule.activation), out_(out), in_(in) {
+  flags = register_buffer("flags", torch::zeros({1}, torch::kUInt8));
+  const QuantSpec& w = weight_spec_;
+  const int64_t block = w.format == WeightFormat::kGgml ? kGgmlBlock : w.group_size;
+  QD_CHECK(block == 0 || in % block == 0, UserError, "qat: layer ", layer, " has rows of ", in, " values, not a multiple of ",
+           "its weight groups of ", block, "; give it another group_size (qat.layers) or leave it float (enabled: false)");
+  QD_CHECK(input_spec_.dynamic != DynamicQuant::kPerBlock || in % kGgmlBlock == 0, UserError, "qat: layer ", layer,
+           " reads inputs of ", in, " values, not a multiple of 32: activation.dynamic per_block cannot apply; use per_token");
+  QD_CHECK(input_spec_.dynamic != DynamicQuant::kNone || !input_spec_.per_channel, UserError, "qat: layer ", layer,
+           ": a static input scale of a linear layer is per tensor; set activation.per_channel: false or a dynamic mode");
+  if (w.format == WeightFormat::kOnnx) {
+    FakeQuantizeOptions o;
+    o.spec = w;
+    o.spec.per_channel = w.per_channel || w.group_size > 0;
+    o.spec.axis = 0;
+    o.channels = w.group_size > 0 ? out * (in / w.group_size) : out;
+    o.weight = true;
+    weight_quant = register_module("weight_quant", FakeQuantize(o));
+  }
+  if (input_spec_.dynamic == DynamicQuant::kNone) {
+    FakeQuantizeOptions o;
+    o.spec = input_spec_;
+    o.channels = 1;
+    input_quant = register_module("input_quant", FakeQuantize(o));
+  }
+}
+
+void LayerQatImpl::set_enabled(bool on) {
+  if (on == enabled_) return;
+  enabled_ = on;
+  torch::NoGradGuard g;
+  flags.fill_(static_cast<int64_t>(on));
+}
+
+void LayerQatImpl::load_flags() { enabled_ = flags.cpu()[0].item<uint8_t>() != 0; }
+
+torch::Tensor LayerQatImpl::weight(const torch::Tensor& w) {
+  if (!enabled_) return w;
+  if (weight_spec_.format == WeightFormat::kGgml)
+    return ggml_fake_quant(w, weight_spec_.bits == 8 ? GgmlBlockType::kQ8_0 : GgmlBlockType::kQ4_0);
+  if (weight_spec_.group_size == 0) return weight_quant(w);
+  return weight_quant(w.reshape({-1, weight_spec_.group_size})).view(w.sizes());
+}
+
+torch::Tensor LayerQatImpl::input(const torch::Tensor& x) {
+  if (!enabled_) return x;
+  switch (input_spec_.dynamic) {
+    case DynamicQuant::kNone:
+      return input_quant(x);
+    case DynamicQuant::kPerToken:
+      return per_token_fake_quant(x, input_spec_.bits);
+    case DynamicQuant::kPerBlock:
+      return ggml_fake_quant(x.reshape({-1, x.size(-1)}), GgmlBlockType::kQ8_0).view(x.sizes());
+  }
+  return x;
+}
+
+std::vector<QuantizableLayer> quantizable_layers(torch::nn::Module& model) {
+  std::vector<QuantizableLayer> out;
+  for (const auto& item : model.named_modules("", /*include_self=*/false)) {
+    if (auto l = std::dynamic_pointer_cast<LinearImpl>(item.value()))
+      out.push_back({item.key(), "linear", l->out_features(), l->in_features()});
+    else if (auto e = std::dynamic_pointer_cast<EmbeddingImpl>(item.value()))
+      out.push_back({item.key(), "embedding", e->weight.size(0), e->weight.size(1)});
+  }
+  return out;
+}
+
+int64_t attach_qat(torch::nn::Module& model, const QatConfig& cfg) {
+  const std::vector<QuantizableLayer> layers = quantizable_layers(model);
+  QD_CHECK(!layers.empty(), UserError, "qat: the model has no linear or embedding layers to quantize");
+  for (const auto& [pattern, rule] : cfg.layers) {
+    bool used = false;
+    for (const auto& l : layers) used = used || layer_pattern_match(pattern, l.name);
+    QD_CHECK(used, UserError, "qat.layers: the pattern \"", pattern, "\" matches no layer of this model (its layers are named "
+             "like \"", layers.front().name, "\" and \"", layers.back().name, "\"; `qdistill layers CONFIG` lists them all)");
+  }
+  int64_t attached = 0;
+  const auto modules = model.named_modules("", /*include_self=*/false);
+  for (const auto& l : layers) {
+    const LayerQuantRule rule = cfg.rule_for(l.name);
+    if (!rule.enabled) continue;
+    auto twin = std::make_shared<LayerQatImpl>(cfg, rule, l.out, l.in, l.name);
+    const auto& m = modules[l.name];
+    if (auto lin = std::dynamic_pointer_cast<LinearImpl>(m)) lin->attach(twin);
+    else std::dynamic_pointer_cast<EmbeddingImpl>(m)->attach(twin);
+    ++attached;
+  }
+  return attached;
+}
+
+std::vector<LayerQat> layer_qats(torch::nn::Module& m) {
+  std::vector<LayerQat> out;
+  for (const auto& sub : m.modules(/*include_self=*/true))
+    if (auto q = std::dynamic_pointer_cast<LayerQatImpl>(sub)) out.emplace_back(q);
+  return out;
+}
+
+}  // namespace qd
