@@ -29,7 +29,17 @@ struct DistillConfig {
   KdDivergence divergence = KdDivergence::kForward;
   double forward_weight = 0.5;  // mix: weight of the forward KL
 
+  // Transformers: hidden-state KD (learned projections, student layer i <- teacher layer j; Hugging
+  // Face's hidden_states numbering: 0 the embeddings, i the output of layer i) and MiniLM-v2
+  // attention-relation KD (the softmax relations of queries, keys and values of one layer each).
+  std::vector<int> hidden_student, hidden_teacher;
+  double hidden_weight = 1.0;
+  int attention_student = 0, attention_teacher = 0;  // 1-based layers; 0: off
+  double attention_weight = 1.0;
+  int attention_heads = 0;  // relation heads; 0: the student's attention heads
+
   bool enabled() const { return !teacher.empty(); }
+  bool feature_kd() const { return !hidden_student.empty() || attention_student > 0; }
 
   template <class V>
   void visit(V& v) {
@@ -53,6 +63,28 @@ struct DistillConfig {
                                    {"mix", KdDivergence::kMix}}});
     v.field("forward_weight", forward_weight, "causal_lm, divergence mix: weight of the forward KL",
             Range<double>{0.0, 1.0});
+    v.field("hidden_student", hidden_student,
+            "bert/llama: student hidden states that learn the teacher's through a learned linear projection (MSE), "
+            "numbered as Hugging Face's hidden_states: 0 the embeddings, i the output of layer i",
+            Range<int>{0, 4096});
+    v.field("hidden_teacher", hidden_teacher, "bert/llama: the teacher's hidden state for each hidden_student entry",
+            Range<int>{0, 4096});
+    v.field("hidden_weight", hidden_weight, "weight of the hidden-state KD term (mean over the pairs)",
+            Range<double>{0.0, 1e6});
+    v.field("attention_student", attention_student,
+            "bert/llama: the student layer (1-based) whose query/key/value relations learn the teacher's "
+            "(MiniLM-v2 attention-relation KD); 0: off",
+            Range<int>{0, 4096});
+    v.field("attention_teacher", attention_teacher, "bert/llama: the teacher layer (1-based) of attention-relation KD",
+            Range<int>{0, 4096});
+    v.field("attention_weight", attention_weight, "weight of the attention-relation KD term", Range<double>{0.0, 1e6});
+    v.field("attention_heads", attention_heads,
+            "relation heads of attention-relation KD (both hidden sizes must be multiples); 0: the student's heads",
+            Range<int>{0, 4096});
+    v.check(hidden_student.size() == hidden_teacher.size(), "hidden_teacher",
+            "distill.hidden_teacher must name one teacher hidden state per distill.hidden_student entry");
+    v.check((attention_student > 0) == (attention_teacher > 0), "attention_teacher",
+            "set both distill.attention_student and distill.attention_teacher (1-based layers), or neither");
     v.check(hint_student.size() == hint_teacher.size(), "hint_teacher",
             "distill.hint_teacher must name one teacher layer per distill.hint_student entry");
   }

@@ -33,6 +33,7 @@ class LmDistillHook : public TrainHook {
   void on_loss(TrainState& state) override;
   bool uses_cache() const { return o_.cfg.top_k > 0; }
   const LmTeacherCache& cache() const { return cache_; }
+  std::shared_ptr<TextModel> teacher() const { return teacher_; }
 
  private:
   LmDistillOptions o_;

@@ -28,10 +28,12 @@ BertLayerImpl::BertLayerImpl(const BertOptions& o) : heads_(o.heads) {
   ffn_norm = register_module("ffn_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.hidden}).eps(o.layer_norm_eps)));
 }
 
-torch::Tensor BertLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& key_mask) {
+torch::Tensor BertLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& key_mask, TransformerTrace* trace) {
   const int64_t b = x.size(0), t = x.size(1), h = x.size(2), hd = h / heads_;
   const auto split = [&](const torch::Tensor& y) { return y.view({b, t, heads_, hd}).transpose(1, 2); };  // [B, nh, T, hd]
-  torch::Tensor a = at::scaled_dot_product_attention(split(query(x)), split(key(x)), split(value(x)), key_mask);
+  const torch::Tensor qs = query(x), ks = key(x), vs = value(x);
+  if (trace && trace->want_qkv) trace->q.push_back(qs), trace->k.push_back(ks), trace->v.push_back(vs);
+  torch::Tensor a = at::scaled_dot_product_attention(split(qs), split(ks), split(vs), key_mask);
   a = a.transpose(1, 2).reshape({b, t, h});
   torch::Tensor y = attn_norm(x + attn_out(a));
   return ffn_norm(y + ffn_out(torch::gelu(ffn_in(y))));
@@ -43,6 +45,7 @@ BertEncoderImpl::BertEncoderImpl(const BertOptions& o) : opts_(o) {
   token_type = register_module("token_type", Embedding(o.type_vocab, o.hidden));
   embed_norm = register_module("embed_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.hidden}).eps(o.layer_norm_eps)));
   for (int64_t i = 0; i < o.layers; ++i) layers.push_back(register_module("layer" + std::to_string(i), BertLayer(o)));
+  if (o.embedding_dim > 0) dense = register_module("dense", Linear(o.hidden, o.embedding_dim));
 }
 
 torch::Tensor BertEncoderImpl::forward(const torch::Tensor& ids, const torch::Tensor& mask) {
@@ -53,18 +56,28 @@ torch::Tensor BertEncoderImpl::forward(const torch::Tensor& ids, const torch::Te
   torch::Tensor x = word(ids) + position(pos).unsqueeze(0) + token_type->effective_weight()[0];  // token type 0 throughout
   x = embed_norm(x);
   const torch::Tensor key_mask = mask.to(torch::kBool).view({ids.size(0), 1, 1, t});
-  for (auto& l : layers) x = l(x, key_mask);
+  TransformerTrace* tr = trace && (is_training() || trace->in_eval) ? trace : nullptr;
+  if (tr && tr->want_hidden) tr->hidden.push_back(x);
+  for (auto& l : layers) {
+    x = l(x, key_mask, tr);
+    if (tr && tr->want_hidden) tr->hidden.push_back(x);
+  }
   return x;
 }
 
 torch::Tensor BertEncoderImpl::embed(const torch::Tensor& ids, const torch::Tensor& mask) {
-  return masked_mean_normalized(forward(ids, mask), mask);
+  if (!dense) return masked_mean_normalized(forward(ids, mask), mask);
+  return torch::nn::functional::normalize(dense(masked_mean(forward(ids, mask), mask)),
+                                          torch::nn::functional::NormalizeFuncOptions().p(2).dim(1));
+}
+
+torch::Tensor masked_mean(const torch::Tensor& h, const torch::Tensor& mask) {
+  const torch::Tensor m = mask.to(h.dtype()).unsqueeze(-1);  // [B, T, 1]
+  return (h * m).sum(1) / m.sum(1).clamp_min(1e-9);          // sentence-transformers' clamp
 }
 
 torch::Tensor masked_mean_normalized(const torch::Tensor& h, const torch::Tensor& mask) {
-  const torch::Tensor m = mask.to(h.dtype()).unsqueeze(-1);              // [B, T, 1]
-  const torch::Tensor mean = (h * m).sum(1) / m.sum(1).clamp_min(1e-9);  // sentence-transformers' clamp
-  return torch::nn::functional::normalize(mean, torch::nn::functional::NormalizeFuncOptions().p(2).dim(1));
+  return torch::nn::functional::normalize(masked_mean(h, mask), torch::nn::functional::NormalizeFuncOptions().p(2).dim(1));
 }
 
 BertOptions read_bert_config(const std::string& path) {

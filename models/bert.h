@@ -16,13 +16,14 @@ namespace qd {
 struct BertOptions {
   int64_t vocab = 30522, hidden = 384, layers = 6, heads = 12, ffn = 1536, max_positions = 512, type_vocab = 2;
   double layer_norm_eps = 1e-12;
+  int64_t embedding_dim = 0;  // > 0: a linear projection of the pooled embedding to this width (sentence-transformers' Dense)
 };
 
 class BertLayerImpl : public torch::nn::Module {
  public:
   explicit BertLayerImpl(const BertOptions& o);
   // x [B, T, H], key_mask [B, 1, 1, T] bool (true: attend) -> [B, T, H]
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& key_mask);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& key_mask, TransformerTrace* trace = nullptr);
   Linear query{nullptr}, key{nullptr}, value{nullptr}, attn_out{nullptr}, ffn_in{nullptr}, ffn_out{nullptr};
   torch::nn::LayerNorm attn_norm{nullptr}, ffn_norm{nullptr};
 
@@ -36,20 +37,26 @@ class BertEncoderImpl : public torch::nn::Module {
   explicit BertEncoderImpl(const BertOptions& o);
   // ids [B, T] int64, mask [B, T] (1: token, 0: padding) -> last hidden states [B, T, H].
   torch::Tensor forward(const torch::Tensor& ids, const torch::Tensor& mask);
-  // The sentence embedding: masked mean of the last hidden states, L2-normalized. [B, H]
+  // The sentence embedding: masked mean of the last hidden states (projected to embedding_dim when
+  // set), L2-normalized. [B, H or embedding_dim]
   torch::Tensor embed(const torch::Tensor& ids, const torch::Tensor& mask);
+  int64_t embedding_dim() const { return opts_.embedding_dim > 0 ? opts_.embedding_dim : opts_.hidden; }
   const BertOptions& options() const { return opts_; }
+  TransformerTrace* trace = nullptr;  // filled by training forwards when set (feature KD)
 
   Embedding word{nullptr}, position{nullptr}, token_type{nullptr};
   torch::nn::LayerNorm embed_norm{nullptr};
   std::vector<BertLayer> layers;
+  Linear dense{nullptr};  // embedding_dim > 0 only
 
  private:
   BertOptions opts_;
 };
 TORCH_MODULE(BertEncoder);
 
-// sentence-transformers' pooling: the mean of h [B, T, H] over mask [B, T] (1: token), L2-normalized. [B, H]
+// sentence-transformers' pooling: the mean of h [B, T, H] over mask [B, T] (1: token). [B, H]
+torch::Tensor masked_mean(const torch::Tensor& h, const torch::Tensor& mask);
+// The same, L2-normalized.
 torch::Tensor masked_mean_normalized(const torch::Tensor& h, const torch::Tensor& mask);
 
 // Options from a Hugging Face config.json (model_type bert, hidden_act gelu, absolute positions);

@@ -10,6 +10,7 @@
 #include <torch/torch.h>
 
 #include <memory>
+#include <vector>
 
 namespace qd {
 
@@ -52,5 +53,17 @@ class EmbeddingImpl : public torch::nn::Module {
   std::shared_ptr<LayerQuantizer> quant;
 };
 TORCH_MODULE(Embedding);
+
+// What a transformer's forward pass exposes for feature distillation (distill/text_feature_kd.h),
+// filled only while training and only when a model's `trace` points at one:
+//   hidden: Hugging Face's hidden_states: [0] the embedding output, [i] layer i's output (1-based);
+//   q, k, v: layer i's projections [B, T, H] at index i - 1 (before heads are split and rotary
+//   positions applied).
+struct TransformerTrace {
+  bool want_hidden = false, want_qkv = false;
+  bool in_eval = false;  // also record in eval mode (a frozen teacher); a student records only while training
+  std::vector<torch::Tensor> hidden, q, k, v;
+  void clear() { hidden.clear(), q.clear(), k.clear(), v.clear(); }
+};
 
 }  // namespace qd

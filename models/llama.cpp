@@ -36,12 +36,14 @@ torch::Tensor rotate_half(const torch::Tensor& x) {
 }  // namespace
 
 torch::Tensor LlamaLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                                      const torch::Tensor& mask) {
+                                      const torch::Tensor& mask, TransformerTrace* trace) {
   const int64_t b = x.size(0), t = x.size(1);
   const torch::Tensor h = attn_norm(x);
-  torch::Tensor qs = q(h).view({b, t, heads_, head_dim_}).transpose(1, 2);  // [B, nh, T, hd]
-  torch::Tensor ks = k(h).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
-  torch::Tensor vs = v(h).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
+  const torch::Tensor qp = q(h), kp = k(h), vp = v(h);
+  if (trace && trace->want_qkv) trace->q.push_back(qp), trace->k.push_back(kp), trace->v.push_back(vp);
+  torch::Tensor qs = qp.view({b, t, heads_, head_dim_}).transpose(1, 2);  // [B, nh, T, hd]
+  torch::Tensor ks = kp.view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
+  torch::Tensor vs = vp.view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
   qs = qs * cos + rotate_half(qs) * sin;
   ks = ks * cos + rotate_half(ks) * sin;
   if (kv_heads_ != heads_) {  // grouped-query attention: kv head j serves query heads j * r .. j * r + r - 1
@@ -78,7 +80,12 @@ torch::Tensor LlamaImpl::hidden_states(const torch::Tensor& ids, const torch::Te
   const torch::Tensor causal = torch::ones({t, t}, torch::TensorOptions().dtype(torch::kBool).device(ids.device())).tril();
   const torch::Tensor attn = causal.view({1, 1, t, t}) & mask.to(torch::kBool).view({b, 1, 1, t});
   torch::Tensor x = embed(ids);
-  for (auto& l : layers) x = l(x, cos, sin, attn);
+  TransformerTrace* tr = trace && (is_training() || trace->in_eval) ? trace : nullptr;
+  if (tr && tr->want_hidden) tr->hidden.push_back(x);
+  for (auto& l : layers) {
+    x = l(x, cos, sin, attn, tr);
+    if (tr && tr->want_hidden) tr->hidden.push_back(x);
+  }
   return norm(x);
 }
 

@@ -39,7 +39,8 @@ class LlamaLayerImpl : public torch::nn::Module {
  public:
   explicit LlamaLayerImpl(const LlamaOptions& o);
   // x [B, T, H]; cos, sin [T, head_dim]; mask [B, 1, T, T] bool (true: attend) -> [B, T, H]
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, const torch::Tensor& mask);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, const torch::Tensor& mask,
+                        TransformerTrace* trace = nullptr);
   RmsNorm attn_norm{nullptr}, ffn_norm{nullptr};
   Linear q{nullptr}, k{nullptr}, v{nullptr}, out{nullptr}, gate{nullptr}, up{nullptr}, down{nullptr};
 
@@ -55,6 +56,7 @@ class LlamaImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& ids, const torch::Tensor& mask);
   torch::Tensor hidden_states(const torch::Tensor& ids, const torch::Tensor& mask);  // [B, T, H], after the final norm
   const LlamaOptions& options() const { return opts_; }
+  TransformerTrace* trace = nullptr;  // filled by training forwards when set (feature KD)
 
   Embedding embed{nullptr};
   std::vector<LlamaLayer> layers;

@@ -27,6 +27,7 @@ struct ModelConfig {
   std::string tokenizer;   // from scratch: whose tokenizer (a pretrained name or path); fixes the vocabulary
   int hidden = 256, layers = 4, heads = 4, kv_heads = 0, ffn = 1024, max_positions = 512;
   double rope_theta = 10000.0;
+  int embedding_dim = 0;  // bert from scratch: project the pooled embedding to this width (0: hidden)
   // Pretrained only: keep these of the teacher's layers (0-based, in order), dropping the rest: a
   // shallower student initialised from a subset of the teacher's layers. Empty: all layers.
   std::vector<int> keep_layers;
@@ -67,6 +68,10 @@ struct ModelConfig {
     v.field("max_positions", max_positions, "bert: position embeddings; llama: longest sequence",
             Range<int>{1, 1 << 20});
     v.field("rope_theta", rope_theta, "llama: rotary base frequency", Range<double>{1.0, 1e9});
+    v.field("embedding_dim", embedding_dim,
+            "bert from scratch: a linear projection of the pooled sentence embedding to this width, so that a "
+            "narrow student matches its teacher's embedding (0: the hidden size, no projection)",
+            Range<int>{0, 16384});
     v.field("keep_layers", keep_layers,
             "bert/llama with model.pretrained: keep only these of its layers (0-based, strictly increasing), e.g. "
             "[0, 2, 4] for a shallower student initialised from the teacher's; empty: all",

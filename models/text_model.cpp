@@ -191,6 +191,7 @@ std::shared_ptr<TextModel> make_text_model(const ModelConfig& cfg) {
     o.heads = cfg.heads;
     o.ffn = cfg.ffn;
     o.max_positions = cfg.max_positions;
+    o.embedding_dim = cfg.embedding_dim;
     BertEncoder e(o);
     init_transformer(*e);
     return std::make_shared<BertModel>(e, tok);

@@ -58,6 +58,11 @@ class TextModel : public Model {
   virtual torch::Tensor embed(const torch::Tensor& ids, const torch::Tensor& mask);
   virtual bool causal() const = 0;
   virtual int64_t hidden_size() const = 0;
+  virtual int64_t embedding_dim() const { return hidden_size(); }  // width of embed()
+  virtual int64_t num_layers() const = 0;
+  virtual int64_t num_heads() const = 0;
+  // Where forward passes record hidden states and q/k/v for feature KD (nullptr: nowhere).
+  virtual void set_trace(TransformerTrace* t) = 0;
   virtual int64_t max_positions() const = 0;
   const TextTokenizer& tokenizer() const { return *tokenizer_; }
   std::shared_ptr<const TextTokenizer> tokenizer_ptr() const { return tokenizer_; }
@@ -74,6 +79,10 @@ class BertModel : public TextModel {
   torch::Tensor embed(const torch::Tensor& ids, const torch::Tensor& mask) override;
   bool causal() const override { return false; }
   int64_t hidden_size() const override { return encoder->options().hidden; }
+  int64_t embedding_dim() const override { return encoder->embedding_dim(); }
+  int64_t num_layers() const override { return encoder->options().layers; }
+  int64_t num_heads() const override { return encoder->options().heads; }
+  void set_trace(TransformerTrace* t) override { encoder->trace = t; }
   int64_t max_positions() const override { return encoder->options().max_positions; }
   std::string kind() const override { return "bert"; }
   BertEncoder encoder{nullptr};
@@ -85,6 +94,9 @@ class LlamaModel : public TextModel {
   torch::Tensor forward_text(const torch::Tensor& ids, const torch::Tensor& mask) override;
   bool causal() const override { return true; }
   int64_t hidden_size() const override { return lm->options().hidden; }
+  int64_t num_layers() const override { return lm->options().layers; }
+  int64_t num_heads() const override { return lm->options().heads; }
+  void set_trace(TransformerTrace* t) override { lm->trace = t; }
   int64_t max_positions() const override { return lm->options().max_positions; }
   std::string kind() const override { return "llama"; }
   Llama lm{nullptr};

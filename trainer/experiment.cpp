@@ -13,6 +13,7 @@
 #include "common/progress.h"
 #include "distill/distill_hook.h"
 #include "distill/lm_distill_hook.h"
+#include "distill/text_feature_kd.h"
 #include "formats/mapped_file.h"
 #include "models/registry.h"
 #include "models/text_model.h"
@@ -284,6 +285,36 @@ std::shared_ptr<LmDistillHook> make_lm_distill_hook(const ExperimentConfig& cfg,
   return std::make_shared<LmDistillHook>(o, teacher);
 }
 
+namespace {
+// The text distillation hooks: logit KD (causal_lm) and hidden-state / attention-relation KD,
+// sharing one teacher.
+void add_text_distill_hooks(Trainer& trainer, const ExperimentConfig& cfg, const Task& task,
+                            const std::shared_ptr<TextModel>& student) {
+  std::shared_ptr<TextModel> teacher;
+  if (cfg.task.name == TaskKind::kCausalLm) {
+    auto lm = make_lm_distill_hook(cfg, task, *student);
+    teacher = lm->teacher();
+    trainer.add_hook(lm);
+  }
+  if (!cfg.distill.feature_kd()) return;
+  if (!teacher) {
+    ModelConfig tc;
+    tc.name = cfg.model.name;
+    tc.pretrained = cfg.distill.teacher;
+    try {
+      teacher = make_text_model(tc);
+    } catch (const UserError& e) {
+      cfg.fail("distill.teacher", e.what());
+    }
+  }
+  try {
+    trainer.add_hook(std::make_shared<TextFeatureKdHook>(cfg.distill, teacher, student));
+  } catch (const UserError& e) {
+    cfg.fail(!cfg.distill.hidden_student.empty() ? "distill.hidden_student" : "distill.attention_student", e.what());
+  }
+}
+}  // namespace
+
 int run_train(const TrainCommand& cmd) {
   const auto t0 = std::chrono::steady_clock::now();
   ExperimentConfig cfg = load_experiment_config(cmd.config_path, cmd.overrides);
@@ -311,7 +342,7 @@ int run_train(const TrainCommand& cmd) {
            " thread(s) each, on ", device.str());
   Trainer trainer(cfg, model, task, cfg.run_dir(), comm);
   if (!text) add_experiment_hooks(trainer, cfg, *model, data, device);
-  if (text && cfg.distill.enabled()) trainer.add_hook(make_lm_distill_hook(cfg, *task, static_cast<TextModel&>(*model)));
+  if (text && cfg.distill.enabled()) add_text_distill_hooks(trainer, cfg, *task, std::static_pointer_cast<TextModel>(model));
   if (text && cfg.qat.enabled) add_qat_hook(trainer, cfg);
 
   const bool writer = comm->rank() == 0;

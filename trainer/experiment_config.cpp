@@ -14,6 +14,9 @@ void check_task(const ExperimentConfig& c) {
                                "(fortunes) or sentence_embedding (wordnet)");
       if (c.model.is_text())
         c.fail("model.name", "bert and llama read text: set task.name: sentence_embedding (bert) or causal_lm (llama)");
+      if (c.distill.feature_kd())
+        c.fail(c.distill.hidden_student.empty() ? "distill.attention_student" : "distill.hidden_student",
+               "hidden-state and attention-relation KD are for bert/llama; CNNs use distill.hint_student");
       if (!c.qat.layers.empty())
         c.fail("qat.layers", "per-layer rules apply to the linear and embedding layers of transformers; the CNNs "
                              "use qat.weight and qat.activation");
@@ -29,11 +32,13 @@ void check_task(const ExperimentConfig& c) {
   }
   const char* later = " is not available for transformers yet (issue 14 brings distillation, QAT and pruning of "
                       "bert/llama); remove the section to train or evaluate the model as it is";
-  if (c.distill.enabled() && c.task.name != TaskKind::kCausalLm)
-    c.fail("distill.teacher", std::string("distillation of a sentence_embedding student through the distill section") + later +
-                                  " (task.teacher already trains it on a teacher's embeddings)");
+  if (c.distill.enabled() && c.task.name == TaskKind::kSentenceEmbedding && !c.distill.feature_kd())
+    c.fail("distill.teacher", "a sentence_embedding student learns its teacher's embeddings through task.teacher; the "
+                              "distill section adds hidden-state KD (distill.hidden_student / hidden_teacher) or "
+                              "attention-relation KD (distill.attention_student / attention_teacher): set one");
   if (c.distill.enabled() && !c.distill.hint_student.empty())
-    c.fail("distill.hint_student", std::string("hidden-state distillation") + later);
+    c.fail("distill.hint_student", "hint KD names CNN layers; transformers use distill.hidden_student / hidden_teacher "
+                                   "(hidden-state numbers, 0 = embeddings)");
   if (c.prune.enabled) c.fail("prune.enabled", std::string("pruning") + later);
 }
 

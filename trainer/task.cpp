@@ -271,9 +271,11 @@ class SentenceEmbeddingTask : public Task {
       texts.resize(static_cast<size_t>(cfg.data.train_subset));
     for (const auto& t : texts) ids_.push_back(encode_cut(*tok_, t, cfg.data.seq_len));
     targets_ = teacher_embeddings(texts, device, comm);
-    if (targets_.size(1) != model.hidden_size())
-      cfg.fail("model.hidden", concat("the student's embedding has ", model.hidden_size(), " dimensions, the teacher's (",
-                                      cfg.task.teacher, ") ", targets_.size(1), "; give the student hidden: ", targets_.size(1)));
+    if (targets_.size(1) != model.embedding_dim())
+      cfg.fail(cfg.model.embedding_dim > 0 ? "model.embedding_dim" : "model.hidden",
+               concat("the student's embedding has ", model.embedding_dim(), " dimensions, the teacher's (", cfg.task.teacher,
+                      ") ", targets_.size(1), "; give the student embedding_dim: ", targets_.size(1),
+                      " (a projection of its pooled hidden states) or hidden: ", targets_.size(1)));
   }
   std::string name() const override { return "sentence_embedding"; }
   int64_t train_size() const override { return static_cast<int64_t>(ids_.size()); }
@@ -298,7 +300,9 @@ class SentenceEmbeddingTask : public Task {
   }
   void accumulate(const TrainState& st, const torch::Tensor& loss, torch::Tensor& sums) const override {
     const double b = static_cast<double>(st.targets.size(0));
-    sums[0] += loss.detach().to(torch::kFloat64) * b;
+    // The task's own term (the trainer records it before hooks add feature-KD terms).
+    const auto own = st.loss_terms.find("ce");
+    sums[0] += (own != st.loss_terms.end() ? own->second : loss).detach().to(torch::kFloat64) * b;
     sums[2] += b;
   }
   std::map<std::string, double> train_metrics(const torch::Tensor& sums) const override {
@@ -433,7 +437,7 @@ torch::Tensor embed_texts(TextModel& model, const std::vector<std::string>& text
   std::vector<int64_t> order(static_cast<size_t>(n));
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return ids[static_cast<size_t>(a)].size() < ids[static_cast<size_t>(b)].size(); });
-  torch::Tensor out = torch::zeros({n, model.hidden_size()}, torch::TensorOptions().dtype(torch::kFloat32).device(device));
+  torch::Tensor out = torch::zeros({n, model.embedding_dim()}, torch::TensorOptions().dtype(torch::kFloat32).device(device));
   const int64_t batches = (n + batch_size - 1) / batch_size;
   ProgressBar bar("embed", n, progress && rank == 0, std::max<int64_t>(1, batches / 5));
   int64_t done = 0;

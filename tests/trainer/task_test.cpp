@@ -19,6 +19,7 @@
 #include "tests/pretrained_util.h"
 #include "tests/test_util.h"
 #include "distill/lm_distill_hook.h"
+#include "distill/text_feature_kd.h"
 #include "qat/module_qat.h"
 #include "qat/qat_hook.h"
 #include "trainer/experiment.h"
@@ -240,6 +241,63 @@ TEST(SentenceEmbeddingTask, StudentLearnsTheTeachersEmbeddings) {
   EXPECT_EQ(m.values.at("queries"), 200.0);
 }
 
+// Hidden-state and attention-relation KD from MiniLM into a narrower 2-layer bert: both terms are
+// logged every step and fall as the student trains; the projections are trained and checkpointed
+// with the hook (they are not part of the student).
+TEST(SentenceEmbeddingTask, HiddenStateAndAttentionKdTrainTheStudentsLayers) {
+  const std::string skip = missing_teacher("minilm-l6");
+  if (!skip.empty()) GTEST_SKIP() << skip;
+  test::TempDir dir;
+  ExperimentConfig cfg = parse_experiment_config(
+      "experiment: {name: feat}\ntask: {name: sentence_embedding, teacher: minilm-l6}\n"
+      "data: {dataset: wordnet, seq_len: 24, batch_size: 16, train_subset: 128, test_subset: 50}\n"
+      "model: {name: bert, tokenizer: minilm-l6, hidden: 96, layers: 2, heads: 4, ffn: 128, max_positions: 64, "
+      "embedding_dim: 384}\n"
+      "distill: {teacher: minilm-l6, hidden_student: [1, 2], hidden_teacher: [3, 6], attention_student: 2, "
+      "attention_teacher: 6, attention_heads: 4}\n"
+      "optimizer: {name: adamw, lr: 0.002, weight_decay: 0.0}\n"
+      "trainer: {epochs: 4, progress: false, threads: 2, log_every: 1}\n",
+      "feat.yaml");
+  cfg.task.cache_dir = dir.file("cache");
+  cfg.experiment.output_dir = dir.path().string();
+  torch::manual_seed(0);
+  std::shared_ptr<TextModel> student = make_text_model(cfg.model);
+  auto task = make_text_task(cfg, *student, torch::kCPU, nullptr);
+  ModelConfig tc;
+  tc.name = ModelKind::kBert;
+  tc.pretrained = "minilm-l6";
+  auto hook = std::make_shared<TextFeatureKdHook>(cfg.distill, make_text_model(tc), student);
+  EXPECT_EQ(hook->parameters().size(), 4u) << "two projections 96 -> 384, weight and bias";
+  Trainer t(cfg, student, task, cfg.run_dir(), nullptr);
+  t.add_hook(hook);
+  fs::create_directories(fs::path(cfg.run_dir()) / "checkpoints");
+  t.fit();
+  std::vector<double> hidden, attention, cosine;
+  std::ifstream f(fs::path(cfg.run_dir()) / "metrics.jsonl");
+  for (std::string line; std::getline(f, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j["type"] == "epoch") {
+      cosine.push_back(j["train_cosine"].get<double>());
+      EXPECT_GE(cosine.back(), -1.0) << "the task's statistics leave the KD terms out";
+      EXPECT_LE(cosine.back(), 1.0);
+    }
+    if (j["type"] != "step") continue;
+    hidden.push_back(j["loss_hidden"].get<double>());
+    attention.push_back(j["loss_attention"].get<double>());
+  }
+  ASSERT_EQ(hidden.size(), 32u);
+  const auto mean = [](const std::vector<double>& v, size_t from, size_t n) {
+    double s = 0;
+    for (size_t i = from; i < from + n; ++i) s += v[i];
+    return s / static_cast<double>(n);
+  };
+  EXPECT_LT(mean(hidden, 24, 8), 0.7 * mean(hidden, 0, 8)) << "hidden-state KD did not train";
+  EXPECT_LT(mean(attention, 24, 8), 0.9 * mean(attention, 0, 8)) << "attention-relation KD did not train";
+  EXPECT_GT(attention.front(), 0.0);
+  ASSERT_EQ(cosine.size(), 4u);
+  EXPECT_GT(cosine.back(), cosine.front()) << "the student also learns the teacher's embeddings";
+}
+
 TEST(TextTask, ConfigsThatDoNotFitAreRefusedWithTheKey) {
   const auto error = [](const std::string& yaml) {
     try {
@@ -261,6 +319,14 @@ TEST(TextTask, ConfigsThatDoNotFitAreRefusedWithTheKey) {
   EXPECT_NE(error("experiment: {name: x}\ntask: {name: causal_lm}\ndata: {dataset: fortunes}\n"
                   "model: {name: llama, pretrained: smollm2-135m}\nprune: {enabled: true}\n")
                 .find("prune.enabled"),
+            std::string::npos);
+  EXPECT_NE(error("experiment: {name: x}\ntask: {name: sentence_embedding, teacher: minilm-l6}\ndata: {dataset: wordnet}\n"
+                  "model: {name: bert, tokenizer: minilm-l6}\ndistill: {teacher: minilm-l6}\n")
+                .find("distill.hidden_student"),
+            std::string::npos)
+      << "a sentence_embedding student's distill section is for feature KD";
+  EXPECT_NE(error("experiment: {name: x}\nmodel: {name: convnet}\ndistill: {teacher: t, hidden_student: [1], hidden_teacher: [2]}\n")
+                .find("distill.hidden_student"),
             std::string::npos);
   EXPECT_NE(error("experiment: {name: x}\nmodel: {name: llama, pretrained: smollm2-135m}\n").find("model.name"),
             std::string::npos)
