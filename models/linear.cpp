@@ -43,4 +43,10 @@ void EmbeddingImpl::attach(std::shared_ptr<LayerQuantizer> q) {
   quant = std::move(q);
 }
 
+void QuantPointImpl::attach(std::shared_ptr<LayerQuantizer> q) {
+  if (quant) replace_module("qat", q);
+  else register_module("qat", q);
+  quant = std::move(q);
+}
+
 }  // namespace qd

@@ -54,6 +54,17 @@ class EmbeddingImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Embedding);
 
+// A point of the computation where an activation may be quantized (the keys and values that a
+// decoder keeps in its KV cache, say): the identity until qat/ attaches a quantizer, whose
+// input() it then applies. Holds no state of its own, so checkpoints are unchanged without QAT.
+class QuantPointImpl : public torch::nn::Module {
+ public:
+  torch::Tensor forward(const torch::Tensor& x) { return quant ? quant->input(x) : x; }
+  void attach(std::shared_ptr<LayerQuantizer> q);
+  std::shared_ptr<LayerQuantizer> quant;
+};
+TORCH_MODULE(QuantPoint);
+
 // What a transformer's forward pass exposes for feature distillation (distill/text_feature_kd.h),
 // filled only while training and only when a model's `trace` points at one:
 //   hidden: Hugging Face's hidden_states: [0] the embedding output, [i] layer i's output (1-based);

@@ -25,6 +25,8 @@ LlamaLayerImpl::LlamaLayerImpl(const LlamaOptions& o) : heads_(o.heads), kv_head
   gate = register_module("gate", lin(o.hidden, o.ffn));
   up = register_module("up", lin(o.hidden, o.ffn));
   down = register_module("down", lin(o.ffn, o.hidden));
+  k_cache = register_module("k_cache", QuantPoint());
+  v_cache = register_module("v_cache", QuantPoint());
 }
 
 namespace {
@@ -45,7 +47,8 @@ torch::Tensor LlamaLayerImpl::forward(const torch::Tensor& x, const torch::Tenso
   torch::Tensor ks = kp.view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
   torch::Tensor vs = vp.view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
   qs = qs * cos + rotate_half(qs) * sin;
-  ks = ks * cos + rotate_half(ks) * sin;
+  ks = k_cache(ks * cos + rotate_half(ks) * sin);  // [B, nkv, T, hd]: rows of head_dim, as a KV cache stores them
+  vs = v_cache(vs);
   if (kv_heads_ != heads_) {  // grouped-query attention: kv head j serves query heads j * r .. j * r + r - 1
     ks = ks.repeat_interleave(heads_ / kv_heads_, 1);
     vs = vs.repeat_interleave(heads_ / kv_heads_, 1);

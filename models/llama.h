@@ -42,6 +42,7 @@ class LlamaLayerImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, const torch::Tensor& mask,
                         TransformerTrace* trace = nullptr);
   RmsNorm attn_norm{nullptr}, ffn_norm{nullptr};
+  QuantPoint k_cache{nullptr}, v_cache{nullptr};  // keys (after rotary) and values as the KV cache holds them
   Linear q{nullptr}, k{nullptr}, v{nullptr}, out{nullptr}, gate{nullptr}, up{nullptr}, down{nullptr};
 
  private:

@@ -45,18 +45,18 @@ torch::Tensor per_token_fake_quant(const torch::Tensor& x, int bits) {
 }
 
 LayerQatImpl::LayerQatImpl(const QatConfig& cfg, const LayerQuantRule& rule, int64_t out, int64_t in,
-                           const std::string& layer)
+                           const std::string& layer, bool with_weight)
     : weight_spec_(cfg.weight_spec(rule.weight)), input_spec_(rule.activation), out_(out), in_(in) {
   flags = register_buffer("flags", torch::zeros({1}, torch::kUInt8));
   const QuantSpec& w = weight_spec_;
-  const int64_t block = w.format == WeightFormat::kGgml ? kGgmlBlock : w.group_size;
+  const int64_t block = !with_weight ? 0 : w.format == WeightFormat::kGgml ? kGgmlBlock : w.group_size;
   QD_CHECK(block == 0 || in % block == 0, UserError, "qat: layer ", layer, " has rows of ", in, " values, not a multiple of ",
            "its weight groups of ", block, "; give it another group_size (qat.layers) or leave it float (enabled: false)");
   QD_CHECK(input_spec_.dynamic != DynamicQuant::kPerBlock || in % kGgmlBlock == 0, UserError, "qat: layer ", layer,
            " reads inputs of ", in, " values, not a multiple of 32: activation.dynamic per_block cannot apply; use per_token");
   QD_CHECK(input_spec_.dynamic != DynamicQuant::kNone || !input_spec_.per_channel, UserError, "qat: layer ", layer,
            ": a static input scale of a linear layer is per tensor; set activation.per_channel: false or a dynamic mode");
-  if (w.format == WeightFormat::kOnnx) {
+  if (with_weight && w.format == WeightFormat::kOnnx) {
     FakeQuantizeOptions o;
     o.spec = w;
     o.spec.per_channel = w.per_channel || w.group_size > 0;
@@ -84,6 +84,7 @@ void LayerQatImpl::load_flags() { enabled_ = flags.cpu()[0].item<uint8_t>() != 0
 
 torch::Tensor LayerQatImpl::weight(const torch::Tensor& w) {
   if (!enabled_) return w;
+  QD_CHECK(weight_quant || weight_spec_.format == WeightFormat::kGgml, UserError, "qat: an activation point has no weight");
   if (weight_spec_.format == WeightFormat::kGgml)
     return ggml_fake_quant(w, weight_spec_.bits == 8 ? GgmlBlockType::kQ8_0 : GgmlBlockType::kQ4_0);
   if (weight_spec_.group_size == 0) return weight_quant(w);
@@ -98,6 +99,8 @@ torch::Tensor LayerQatImpl::input(const torch::Tensor& x) {
     case DynamicQuant::kPerToken:
       return per_token_fake_quant(x, input_spec_.bits);
     case DynamicQuant::kPerBlock:
+      QD_CHECK(x.size(-1) % kGgmlBlock == 0, UserError, "qat: per_block quantization needs rows that are a multiple of 32 "
+               "values; these have ", x.size(-1), " (use per_token)");
       return ggml_fake_quant(x.reshape({-1, x.size(-1)}), GgmlBlockType::kQ8_0).view(x.sizes());
   }
   return x;
@@ -133,6 +136,21 @@ int64_t attach_qat(torch::nn::Module& model, const QatConfig& cfg) {
     if (auto lin = std::dynamic_pointer_cast<LinearImpl>(m)) lin->attach(twin);
     else std::dynamic_pointer_cast<EmbeddingImpl>(m)->attach(twin);
     ++attached;
+  }
+  if (cfg.kv_cache != DynamicQuant::kNone) {
+    int64_t points = 0;
+    for (const auto& item : modules) {
+      auto p = std::dynamic_pointer_cast<QuantPointImpl>(item.value());
+      const std::string& name = item.key();
+      if (!p || !(layer_pattern_match("*k_cache", name) || layer_pattern_match("*v_cache", name))) continue;
+      LayerQuantRule rule{true, cfg.weight, cfg.activation};
+      rule.activation.dynamic = cfg.kv_cache;
+      rule.activation.bits = 8;
+      // Rows of head_dim: the width is checked when the first tensor arrives (per_block needs 32 | head_dim).
+      p->attach(std::make_shared<LayerQatImpl>(cfg, rule, 0, kGgmlBlock, name, /*with_weight=*/false));
+      ++points, ++attached;
+    }
+    QD_CHECK(points > 0, UserError, "qat.kv_cache: this model has no KV cache (a llama decoder has one)");
   }
   return attached;
 }

@@ -34,7 +34,9 @@ namespace qd {
 class LayerQatImpl : public LayerQuantizer {
  public:
   // A twin for a [out, in] weight (Embedding: [count, dim]); `layer` names it in messages.
-  LayerQatImpl(const QatConfig& cfg, const LayerQuantRule& rule, int64_t out, int64_t in, const std::string& layer);
+  // `with_weight` false: an activation point only (a QuantPoint, rows of `in` values).
+  LayerQatImpl(const QatConfig& cfg, const LayerQuantRule& rule, int64_t out, int64_t in, const std::string& layer,
+               bool with_weight = true);
   torch::Tensor weight(const torch::Tensor& w) override;
   torch::Tensor input(const torch::Tensor& x) override;
 
@@ -56,7 +58,8 @@ class LayerQatImpl : public LayerQuantizer {
 };
 TORCH_MODULE(LayerQat);
 
-// Attaches a twin to every Linear / Embedding of `model` whose rule is enabled. UserError when a
+// Attaches a twin to every Linear / Embedding of `model` whose rule is enabled, and with
+// qat.kv_cache an input-only twin to every KV-cache QuantPoint (names ending k_cache / v_cache). UserError when a
 // pattern of qat.layers matches no layer (a typo would silently quantize nothing) or a layer's
 // width does not fit its rule's groups or blocks. Returns the number of layers attached.
 int64_t attach_qat(torch::nn::Module& model, const QatConfig& cfg);

@@ -159,6 +159,7 @@ struct QatConfig {
     return s;
   }();
   std::vector<std::pair<std::string, LayerQuantRule>> layers;  // pattern -> rule, in file order
+  DynamicQuant kv_cache = DynamicQuant::kNone;                  // llama: keys and values as the KV cache holds them
 
   template <class V>
   void visit(V& v) {
@@ -185,6 +186,12 @@ struct QatConfig {
                      "Layers no pattern matches use qat.weight / qat.activation",
                      [this] { return LayerQuantRule{true, weight, activation}; });
     v.check(weight.dynamic == DynamicQuant::kNone, "weight.dynamic", "dynamic quantization is for activations");
+    v.field("kv_cache", kv_cache,
+            "llama: int8 keys (after rotary positions) and values as a KV cache would hold them: none (float), "
+            "per_token (one symmetric scale per head row) or per_block (llama.cpp's q8_0 cache: blocks of 32, fp16 "
+            "scales)",
+            Choices<DynamicQuant>{{{"none", DynamicQuant::kNone}, {"per_token", DynamicQuant::kPerToken},
+                                   {"per_block", DynamicQuant::kPerBlock}}});
     v.check(weight.observer == ObserverKind::kMinMax || weight.observer == ObserverKind::kLsq, "weight.observer",
             "weights are observed exactly every step: use minmax or lsq");
     v.check(weight.symmetric, "weight.symmetric",

@@ -101,9 +101,9 @@ TEST(LayerQat, GgmlFormatTrainsOnTheQ8_0AndQ4_0Grids) {
   }
 }
 
-Llama tiny_llama() {
+Llama tiny_llama(int64_t heads = 4, int64_t kv_heads = 2) {
   LlamaOptions o;
-  o.vocab = 64, o.hidden = 64, o.layers = 2, o.heads = 4, o.kv_heads = 2, o.ffn = 96, o.max_positions = 32;
+  o.vocab = 64, o.hidden = 64, o.layers = 2, o.heads = heads, o.kv_heads = kv_heads, o.ffn = 96, o.max_positions = 32;
   torch::manual_seed(3);
   return Llama(o);
 }
@@ -163,6 +163,32 @@ TEST(AttachQat, TwinIsTheIdentityUntilEnabledAndPassesGradients) {
   after.sum().backward();
   EXPECT_TRUE(m->layers[0]->gate->weight.grad().defined());
   EXPECT_GT(m->layers[0]->gate->weight.grad().abs().sum().item<double>(), 0.0) << "the STE reaches the float weight";
+}
+
+// qat.kv_cache: the keys (after rotary positions) and values of every llama layer pass through an
+// input-only twin, llama.cpp's q8_0 cache blocks over each head's row; the linears are untouched.
+TEST(AttachQat, KvCacheQuantizesKeysAndValuesAsTheCacheHoldsThem) {
+  Llama m = tiny_llama(2, 1);  // head_dim 32: one q8_0 block per row
+  const torch::Tensor ids = torch::randint(0, 64, {1, 8});
+  const torch::Tensor mask = torch::ones({1, 8}, torch::kLong);
+  const torch::Tensor before = m->forward(ids, mask).detach();
+  const QatConfig cfg = qat_with("  enabled: true\n  kv_cache: per_block\n  layers:\n    \"*\": {enabled: false}\n");
+  EXPECT_EQ(attach_qat(*m, cfg), 4) << "k_cache and v_cache of two layers; every linear left float";
+  auto k = std::dynamic_pointer_cast<LayerQatImpl>(m->layers[0]->k_cache->quant);
+  ASSERT_TRUE(k);
+  EXPECT_FALSE(k->weight_quant) << "an activation point has no weight";
+  for (auto& t : layer_qats(*m)) t->set_enabled(true);
+  const torch::Tensor x = torch::randn({1, 1, 8, 32});  // [B, kv heads, T, head_dim]
+  EXPECT_TRUE(torch::equal(m->layers[0]->k_cache(x),
+                           ggml_quantize_dequantize(x.reshape({-1, 32}), GgmlBlockType::kQ8_0).view(x.sizes())));
+  const torch::Tensor after = m->forward(ids, mask).detach();
+  EXPECT_FALSE(torch::equal(after, before));
+  const double moved = ((after - before).norm() / before.norm()).item<double>();
+  EXPECT_LT(moved, 0.05) << "int8 keys and values move the logits a little";
+  Llama odd = tiny_llama();  // head_dim 16: not a whole q8_0 block
+  attach_qat(*odd, cfg);
+  for (auto& t : layer_qats(*odd)) t->set_enabled(true);
+  EXPECT_THROW(odd->forward(ids, mask), UserError);
 }
 
 TEST(QatLayersConfig, BadRulesAreRefusedWithTheKey) {
