@@ -115,6 +115,10 @@ int run_cli(int argc, char** argv) {
                        "(e.g. configs/smollm2_teacher.yaml); text tasks are measured on the held-out test split")
       ->required();
   eval_cmd->add_flag("--int8", eval.int8, "evaluate the int8 simulation (QAT runs)");
+  eval_cmd->add_flag("--ptq", eval.ptq,
+                     "a transformer config with a qat section: quantize its weights by round-to-nearest without "
+                     "training (post-training quantization, the baseline QAT must beat) and evaluate that; its "
+                     "activations must be dynamic (qat.activation.dynamic per_token or per_block)");
   eval_cmd->add_flag("--json", eval.json, "print one JSON object");
   eval_cmd->add_option("--checkpoint", eval.checkpoint, "which checkpoint")->check(CLI::IsMember({"best", "last"}));
   eval_cmd->add_option("--split", eval.split,

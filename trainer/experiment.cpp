@@ -485,7 +485,15 @@ ExperimentConfig config_of(const fs::path& where, const char* command, const std
 
 int run_text_eval(const EvalCommand& cmd, const ExperimentConfig& cfg) {
   const LoadedText t = load_text_model(cfg, cmd.run_dir, cmd.checkpoint);
-  const bool quantized = cfg.qat.enabled && load_qat_flags(*t.model);
+  if (cmd.ptq) {  // round-to-nearest weights, dynamic activations: nothing to calibrate
+    QD_CHECK(is_config_file(cmd.run_dir) && cfg.qat.enabled, UserError, "--ptq quantizes a config's model with its qat "
+             "section (qat.enabled: true) without training; ", cmd.run_dir, " is not such a config");
+    for (const auto& l : layer_qats(*t.model))
+      QD_CHECK(l->input_spec().dynamic != DynamicQuant::kNone, UserError, "--ptq: the layers' inputs have static scales, "
+               "which need calibration; set qat.activation.dynamic: per_token or per_block");
+    set_fake_quant_enabled(*t.model, true);
+  }
+  const bool quantized = cmd.ptq || (cfg.qat.enabled && load_qat_flags(*t.model));
   QD_CHECK(!cmd.int8 || quantized, UserError, "--int8: ", cmd.run_dir, " has no quantization-aware training ",
            cfg.qat.enabled ? "active in this checkpoint" : "(no qat section in its config)");
   std::shared_ptr<Task> task = make_text_task(cfg, *t.model, torch::kCPU, nullptr, /*for_training=*/false);
@@ -503,6 +511,7 @@ int run_text_eval(const EvalCommand& cmd, const ExperimentConfig& cfg) {
   if (!is_config_file(cmd.run_dir)) j["run_dir"] = cmd.run_dir, j["epoch"] = t.epoch;
   for (const auto& [k, v] : m.values) j[k] = v;
   j["quantized"] = quantized;
+  if (cmd.ptq) j["ptq"] = true;
   for (const auto& [k, v] : fp32.values) j["fp32_" + k] = v;
   if (m.values.count("tokens") && m.values.at("tokens") > 0) j["ms_per_1000_tokens"] = 1e6 * seconds / m.values.at("tokens");
   if (cmd.json) std::printf("%s\n", j.dump().c_str());
@@ -554,6 +563,8 @@ int run_eval(const EvalCommand& cmd) {
     set_threads(cfg.trainer.threads);
     return run_text_eval(cmd, cfg);
   }
+  QD_CHECK(!cmd.ptq, UserError, "--ptq: post-training quantization applies to transformer configs; image runs quantize "
+           "through QAT (qdistill eval RUN --int8)");
   QD_CHECK(cmd.split == "test", UserError, "--split ", cmd.split, ": image runs are evaluated on the test set; their "
            "validation split is data.validation_size, which training reports");
   QD_CHECK(!cmd.int8 || cfg.qat.enabled, UserError, "--int8: ", dir.string(), " has no quantization-aware training "

@@ -24,6 +24,7 @@ struct EvalCommand {
   bool json = false;
   std::string checkpoint = "best";  // best | last
   std::string split = "test";       // text tasks: test | validation
+  bool ptq = false;                 // a config file: quantize with its qat section, no training (round to nearest)
   std::vector<std::string> overrides;  // --set, for a config file
 };
 

@@ -532,6 +532,44 @@ TEST(TextCli, TrainEvalAndEmbed) {
 
 // A real `kill -9` of `qdistill train` as soon as a mid-epoch checkpoint exists, then --resume:
 // the final checkpoint's held-out perplexity and the epoch records equal an uninterrupted run's.
+// A student cut from SmolLM2's layers (model.keep_layers), evaluated on the validation split with a
+// --set override, and round-to-nearest Q4_0 without training (--ptq): the quantized figures come
+// next to the float ones, and a static-activation config is refused with the fix.
+TEST(TextCli, KeepLayersValidationSplitAndPostTrainingQuantization) {
+  const std::string skip = missing_teacher("smollm2-135m");
+  if (!skip.empty()) GTEST_SKIP() << skip;
+  test::TempDir dir;
+  const std::string corpus = small_fortunes(dir);
+  const std::string cfg = dir.file("cut.yaml");
+  std::ofstream(cfg) << "experiment: {name: cut}\ntask: {name: causal_lm}\n"
+                     << "data: {dataset: fortunes, text_root: " << corpus << ", seq_len: 32, test_subset: 4}\n"
+                     << "model: {name: llama, pretrained: smollm2-135m, keep_layers: [0, 29]}\n"
+                     << "qat: {enabled: true, weight: {bits: 4, group_size: 32, format: ggml}, "
+                     << "activation: {dynamic: per_block}}\ntrainer: {threads: 2}\n";
+  const auto json = [](const test::ProcResult& r) { return nlohmann::json::parse(r.output.substr(r.output.find('{'))); };
+  const test::ProcResult val = qdistill("eval --json --split validation " + test::quoted(cfg));
+  ASSERT_EQ(val.code, 0) << val.output;
+  const nlohmann::json v = json(val);
+  EXPECT_EQ(v["eval_split"], "validation");
+  EXPECT_FALSE(v["quantized"].get<bool>()) << "without --ptq the quantizers stay off";
+  EXPECT_LT(v["params"].get<int64_t>(), 40000000) << "two of thirty layers kept";
+  const test::ProcResult other = qdistill("eval --json --split validation " + test::quoted(cfg) + " --set 'model.keep_layers=[0,1,29]'");
+  ASSERT_EQ(other.code, 0) << other.output;
+  EXPECT_GT(json(other)["params"].get<int64_t>(), v["params"].get<int64_t>());
+  const test::ProcResult ptq = qdistill("eval --json --ptq " + test::quoted(cfg));
+  ASSERT_EQ(ptq.code, 0) << ptq.output;
+  const nlohmann::json q = json(ptq);
+  EXPECT_TRUE(q["quantized"].get<bool>());
+  EXPECT_EQ(q["eval_split"], "test");
+  EXPECT_NE(q["perplexity"].get<double>(), q["fp32_perplexity"].get<double>()) << "Q4_0 weights change the model";
+  const test::ProcResult stat = qdistill("eval --ptq " + test::quoted(cfg) + " --set qat.activation.dynamic=none");
+  EXPECT_EQ(stat.code, 2) << stat.output;
+  EXPECT_NE(stat.output.find("per_token or per_block"), std::string::npos) << stat.output;
+  const test::ProcResult bad = qdistill("eval " + test::quoted(cfg) + " --set 'model.keep_layers=[0,30]'");
+  EXPECT_EQ(bad.code, 2) << bad.output;
+  EXPECT_NE(bad.output.find("keep_layers"), std::string::npos) << bad.output;
+}
+
 TEST(TextCli, KillNineThenResumeEqualsTheUninterruptedRun) {
   const std::string skip = missing_teacher("smollm2-135m");
   if (!skip.empty()) GTEST_SKIP() << skip;

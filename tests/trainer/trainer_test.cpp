@@ -10,6 +10,7 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "models/linear.h"
 #include <fstream>
 #include "common/checkpoint.h"
 #include "trainer/experiment.h"
@@ -235,6 +236,35 @@ TEST(Checkpoint, CorruptOrMismatchedIsAUserError) {
   wide.model.width = 8;
   auto other = build_model(wide, data);
   EXPECT_THROW(load_checkpoint(dir.file("ok.pt"), *other, nullptr, {}), UserError);
+}
+
+// A module that holds no tensors (a transformer's KV-cache QuantPoint with nothing attached) may
+// be missing from an older checkpoint; one that holds tensors may not.
+TEST(Checkpoint, ModulesWithoutTensorsMayBeNewerThanTheFile) {
+  struct Old : torch::nn::Module {
+    Old() { fc = register_module("fc", torch::nn::Linear(3, 2)); }
+    torch::nn::Linear fc{nullptr};
+  };
+  struct New : Old {
+    explicit New(bool with_tensors) {
+      if (with_tensors) register_module("extra", torch::nn::Linear(2, 2));
+      else register_module("point", QuantPoint());
+    }
+  };
+  test::TempDir dir;
+  torch::manual_seed(1);
+  Old old;
+  save_checkpoint(dir.file("old.pt"), old, nullptr, CheckpointMeta{}, {});
+  New empty(false);
+  load_checkpoint(dir.file("old.pt"), empty, nullptr, {});
+  EXPECT_TRUE(torch::equal(empty.fc->weight, old.fc->weight)) << "the weights loaded";
+  New more(true);
+  try {
+    load_checkpoint(dir.file("old.pt"), more, nullptr, {});
+    FAIL() << "a module with tensors is missing from the file";
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("extra"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace
