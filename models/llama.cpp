@@ -72,17 +72,20 @@ LlamaImpl::LlamaImpl(const LlamaOptions& o) : opts_(o) {
 }
 
 torch::Tensor LlamaImpl::hidden_states(const torch::Tensor& ids, const torch::Tensor& mask) {
-  const int64_t b = ids.size(0), t = ids.size(1);
+  return decode(embed(ids), mask);
+}
+
+torch::Tensor LlamaImpl::decode(torch::Tensor x, const torch::Tensor& mask) {
+  const int64_t b = x.size(0), t = x.size(1);
   TORCH_CHECK(t <= opts_.max_positions, "a sequence of ", t, " tokens is longer than the model's ", opts_.max_positions, " positions");
   // Rotary angles, in float32 as Hugging Face computes them: [T, hd] = (pos x inv_freq) twice.
-  const torch::Tensor pos = torch::arange(t, torch::TensorOptions().dtype(torch::kFloat32).device(ids.device()));
+  const torch::Tensor pos = torch::arange(t, torch::TensorOptions().dtype(torch::kFloat32).device(x.device()));
   const torch::Tensor freqs = torch::outer(pos, inv_freq_);
   const torch::Tensor emb = torch::cat({freqs, freqs}, -1);
   const torch::Tensor cos = emb.cos(), sin = emb.sin();
   // Causal, and padding keys masked (padding sits at the end, so every query keeps key 0).
-  const torch::Tensor causal = torch::ones({t, t}, torch::TensorOptions().dtype(torch::kBool).device(ids.device())).tril();
+  const torch::Tensor causal = torch::ones({t, t}, torch::TensorOptions().dtype(torch::kBool).device(x.device())).tril();
   const torch::Tensor attn = causal.view({1, 1, t, t}) & mask.to(torch::kBool).view({b, 1, 1, t});
-  torch::Tensor x = embed(ids);
   TransformerTrace* tr = trace && (is_training() || trace->in_eval) ? trace : nullptr;
   if (tr && tr->want_hidden) tr->hidden.push_back(x);
   for (auto& l : layers) {
@@ -93,8 +96,11 @@ torch::Tensor LlamaImpl::hidden_states(const torch::Tensor& ids, const torch::Te
 }
 
 torch::Tensor LlamaImpl::forward(const torch::Tensor& ids, const torch::Tensor& mask) {
-  const torch::Tensor h = hidden_states(ids, mask);
-  return opts_.tied_embeddings ? torch::matmul(embed->head_input(h), embed->effective_weight().t()) : lm_head(h);
+  if (!opts_.tied_embeddings) return lm_head(hidden_states(ids, mask));
+  // The (fake-quantized) table once for the lookup and the tied head.
+  const torch::Tensor w = embed->effective_weight();
+  const torch::Tensor h = decode(torch::nn::functional::embedding(ids, w), mask);
+  return torch::matmul(embed->head_input(h), w.t());
 }
 
 torch::Tensor unpermute_rotary_rows(const torch::Tensor& w, int64_t heads) {

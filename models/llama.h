@@ -65,6 +65,8 @@ class LlamaImpl : public torch::nn::Module {
   Linear lm_head{nullptr};  // untied embeddings only
 
  private:
+  // The layers and the final norm over embedded tokens x [B, T, H].
+  torch::Tensor decode(torch::Tensor x, const torch::Tensor& mask);
   LlamaOptions opts_;
   torch::Tensor inv_freq_;  // [head_dim / 2], float32, as Hugging Face computes it
 };

@@ -147,10 +147,17 @@ void copy_kept_layers(torch::nn::Module& dst, const torch::nn::Module& src, cons
   for (auto& b : dst.named_buffers(true)) b.value().copy_(from_buffers[source_name(b.key())]);
 }
 
-template <class Options>
-void check_keep_layers(const ModelConfig& cfg, const Options& o, const std::string& path) {
+// A pretrained bert / llama holder (BertEncoder, Llama) with only model.keep_layers of its layers.
+template <class Holder>
+Holder kept_layers(Holder full, const ModelConfig& cfg, const std::string& path) {
+  if (cfg.keep_layers.empty()) return full;
+  auto o = full->options();
   QD_CHECK(cfg.keep_layers.back() < o.layers, UserError, "model.keep_layers: ", path, " has ", o.layers,
            " layers (0 to ", o.layers - 1, "); layer ", cfg.keep_layers.back(), " does not exist");
+  o.layers = static_cast<int64_t>(cfg.keep_layers.size());
+  Holder kept(o);
+  copy_kept_layers(*kept, *full, cfg.keep_layers);
+  return kept;
 }
 }  // namespace
 
@@ -162,24 +169,10 @@ std::shared_ptr<TextModel> make_text_model(const ModelConfig& cfg) {
     if (cfg.name == ModelKind::kBert) {
       QD_CHECK(fs::is_directory(path), UserError, path, ": a pretrained bert is a Hugging Face folder (config.json, "
                "model.safetensors, tokenizer.json)");
-      BertEncoder full = load_bert(path);
-      if (cfg.keep_layers.empty()) return std::make_shared<BertModel>(full, tok);
-      check_keep_layers(cfg, full->options(), path);
-      BertOptions o = full->options();
-      o.layers = static_cast<int64_t>(cfg.keep_layers.size());
-      BertEncoder kept(o);
-      copy_kept_layers(*kept, *full, cfg.keep_layers);
-      return std::make_shared<BertModel>(kept, tok);
+      return std::make_shared<BertModel>(kept_layers(load_bert(path), cfg, path), tok);
     }
     QD_CHECK(fs::path(path).extension() == ".gguf", UserError, path, ": a pretrained llama is a .gguf file");
-    Llama full = load_llama(path);
-    if (cfg.keep_layers.empty()) return std::make_shared<LlamaModel>(full, tok);
-    check_keep_layers(cfg, full->options(), path);
-    LlamaOptions o = full->options();
-    o.layers = static_cast<int64_t>(cfg.keep_layers.size());
-    Llama kept(o);
-    copy_kept_layers(*kept, *full, cfg.keep_layers);
-    return std::make_shared<LlamaModel>(kept, tok);
+    return std::make_shared<LlamaModel>(kept_layers(load_llama(path), cfg, path), tok);
   }
   auto tok = load_tokenizer(cfg.tokenizer);
   if (cfg.name == ModelKind::kBert) {
