@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/error.h"
 #include "formats/json_file.h"
 #include "formats/safetensors.h"
 
@@ -40,7 +41,8 @@ torch::Tensor BertLayerImpl::forward(const torch::Tensor& x, const torch::Tensor
 }
 
 BertEncoderImpl::BertEncoderImpl(const BertOptions& o) : opts_(o) {
-  word = register_module("word", Embedding(o.vocab, o.hidden));
+  word = register_module("word", Embedding(o.vocab, o.embedding_rank > 0 ? o.embedding_rank : o.hidden));
+  if (o.embedding_rank > 0) word_proj = register_module("word_proj", Linear(o.embedding_rank, o.hidden, false));
   position = register_module("position", Embedding(o.max_positions, o.hidden));
   token_type = register_module("token_type", Embedding(o.type_vocab, o.hidden));
   embed_norm = register_module("embed_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.hidden}).eps(o.layer_norm_eps)));
@@ -53,7 +55,7 @@ torch::Tensor BertEncoderImpl::forward(const torch::Tensor& ids, const torch::Te
   TORCH_CHECK(t <= opts_.max_positions, "a sequence of ", t, " tokens is longer than the model's ", opts_.max_positions,
               " positions");
   const torch::Tensor pos = torch::arange(t, ids.options().dtype(torch::kLong));
-  torch::Tensor x = word(ids) + position(pos).unsqueeze(0) + token_type->effective_weight()[0];  // token type 0 throughout
+  torch::Tensor x = (word_proj ? word_proj(word(ids)) : word(ids)) + position(pos).unsqueeze(0) + token_type->effective_weight()[0];  // token type 0 throughout
   x = embed_norm(x);
   const torch::Tensor key_mask = mask.to(torch::kBool).view({ids.size(0), 1, 1, t});
   TransformerTrace* tr = trace && (is_training() || trace->in_eval) ? trace : nullptr;
@@ -148,6 +150,26 @@ BertEncoder load_bert(const std::string& folder) {
   }
   m->eval();
   return m;
+}
+
+BertEncoder factorize_word_embedding(const BertEncoder& full, int64_t rank) {
+  BertOptions o = full->options();
+  QD_CHECK(o.embedding_rank == 0, UserError, "model.embedding_rank: the word embedding is factorized already");
+  QD_CHECK(rank > 0 && rank < o.hidden, UserError, "model.embedding_rank: ", rank, " must be between 1 and the hidden size ",
+           o.hidden, " - 1 to make the embedding smaller");
+  o.embedding_rank = rank;
+  BertEncoder f(o);
+  torch::NoGradGuard g;
+  auto from = full->named_parameters(true);
+  for (auto& p : f->named_parameters(true))
+    if (p.key() != "word.weight" && p.key() != "word_proj.weight") p.value().copy_(from[p.key()]);
+  for (auto& b : f->named_buffers(true)) b.value().copy_(full->named_buffers(true)[b.key()]);
+  // Double precision: the factors are the best rank-r approximation whatever the machine's SVD kernel.
+  const auto [u, s, vh] = torch::linalg_svd(full->word->weight.to(torch::kFloat64), false);
+  f->word->weight.copy_((u.narrow(1, 0, rank) * s.narrow(0, 0, rank)).to(torch::kFloat32));
+  f->word_proj->weight.copy_(vh.narrow(0, 0, rank).t().to(torch::kFloat32));
+  f->train(full->is_training());
+  return f;
 }
 
 }  // namespace qd

@@ -17,6 +17,7 @@ struct BertOptions {
   int64_t vocab = 30522, hidden = 384, layers = 6, heads = 12, ffn = 1536, max_positions = 512, type_vocab = 2;
   double layer_norm_eps = 1e-12;
   int64_t embedding_dim = 0;  // > 0: a linear projection of the pooled embedding to this width (sentence-transformers' Dense)
+  int64_t embedding_rank = 0;  // > 0: the word embedding is a [vocab, rank] table and a rank -> hidden projection (ALBERT)
 };
 
 class BertLayerImpl : public torch::nn::Module {
@@ -45,6 +46,7 @@ class BertEncoderImpl : public torch::nn::Module {
   TransformerTrace* trace = nullptr;  // filled by training forwards when set (feature KD)
 
   Embedding word{nullptr}, position{nullptr}, token_type{nullptr};
+  Linear word_proj{nullptr};  // embedding_rank > 0 only: rank -> hidden, no bias
   torch::nn::LayerNorm embed_norm{nullptr};
   std::vector<BertLayer> layers;
   Linear dense{nullptr};  // embedding_dim > 0 only
@@ -66,5 +68,9 @@ BertOptions read_bert_config(const std::string& config_json);
 // encoder needs, shape-checked, names as BertModel's (with or without a "bert." prefix; the
 // pooler is not used). FormatError for a missing or misshapen tensor.
 BertEncoder load_bert(const std::string& folder);
+// `full` with its [vocab, hidden] word embedding W replaced by the rank-`rank` truncated SVD
+// W ~ (U_r S_r) V_r^T: the table U_r S_r [vocab, rank] and the projection V_r [hidden, rank]
+// (word_proj); every other tensor copied. UserError unless 0 < rank < hidden.
+BertEncoder factorize_word_embedding(const BertEncoder& full, int64_t rank);
 
 }  // namespace qd

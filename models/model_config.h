@@ -28,6 +28,9 @@ struct ModelConfig {
   int hidden = 256, layers = 4, heads = 4, kv_heads = 0, ffn = 1024, max_positions = 512;
   double rope_theta = 10000.0;
   int embedding_dim = 0;  // bert from scratch: project the pooled embedding to this width (0: hidden)
+  // bert: a factorized word embedding, [vocab, rank] then rank -> hidden (ALBERT); pretrained: from
+  // the truncated SVD of the teacher's table. 0: a plain [vocab, hidden] table.
+  int embedding_rank = 0;
   // Pretrained only: keep these of the teacher's layers (0-based, in order), dropping the rest: a
   // shallower student initialised from a subset of the teacher's layers. Empty: all layers.
   std::vector<int> keep_layers;
@@ -72,6 +75,11 @@ struct ModelConfig {
             "bert from scratch: a linear projection of the pooled sentence embedding to this width, so that a "
             "narrow student matches its teacher's embedding (0: the hidden size, no projection)",
             Range<int>{0, 16384});
+    v.field("embedding_rank", embedding_rank,
+            "bert: factorize the word embedding into a [vocab, rank] table and a rank -> hidden projection "
+            "(ALBERT), a student whose largest tensor shrinks by hidden/rank; with model.pretrained both start "
+            "from the truncated SVD of the pretrained table (0: a plain [vocab, hidden] table)",
+            Range<int>{0, 16384});
     v.field("keep_layers", keep_layers,
             "bert/llama with model.pretrained: keep only these of its layers (0-based, strictly increasing), e.g. "
             "[0, 2, 4] for a shallower student initialised from the teacher's; empty: all",
@@ -80,6 +88,8 @@ struct ModelConfig {
             "bert/llama: start from these weights: a run directory (its checkpoints/best.pt) or a .pt file, of the "
             "architecture this section describes (e.g. a float KD run, before its QAT stage); empty: the "
             "pretrained or fresh weights");
+    v.check(embedding_rank == 0 || name == ModelKind::kBert, "embedding_rank",
+            "model.embedding_rank factorizes a bert word embedding; remove it for other models");
     v.check(init_checkpoint.empty() || is_text(), "init_checkpoint", "model.init_checkpoint applies to bert/llama models");
     v.check(keep_layers.empty() || !pretrained.empty(), "keep_layers",
             "model.keep_layers picks layers of a pretrained model; set model.pretrained or remove it");

@@ -169,7 +169,9 @@ std::shared_ptr<TextModel> make_text_model(const ModelConfig& cfg) {
     if (cfg.name == ModelKind::kBert) {
       QD_CHECK(fs::is_directory(path), UserError, path, ": a pretrained bert is a Hugging Face folder (config.json, "
                "model.safetensors, tokenizer.json)");
-      return std::make_shared<BertModel>(kept_layers(load_bert(path), cfg, path), tok);
+      BertEncoder e = kept_layers(load_bert(path), cfg, path);
+      if (cfg.embedding_rank > 0) e = factorize_word_embedding(e, cfg.embedding_rank);
+      return std::make_shared<BertModel>(e, tok);
     }
     QD_CHECK(fs::path(path).extension() == ".gguf", UserError, path, ": a pretrained llama is a .gguf file");
     return std::make_shared<LlamaModel>(kept_layers(load_llama(path), cfg, path), tok);
@@ -185,6 +187,7 @@ std::shared_ptr<TextModel> make_text_model(const ModelConfig& cfg) {
     o.ffn = cfg.ffn;
     o.max_positions = cfg.max_positions;
     o.embedding_dim = cfg.embedding_dim;
+    o.embedding_rank = cfg.embedding_rank;
     BertEncoder e(o);
     init_transformer(*e);
     return std::make_shared<BertModel>(e, tok);

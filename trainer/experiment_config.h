@@ -21,12 +21,14 @@ enum class DeviceKind { kCpu, kCuda };
 enum class OptimizerKind { kSgd, kAdamW };
 enum class ScheduleKind { kConstant, kCosine, kStep };
 enum class TaskKind { kImageClassification, kCausalLm, kSentenceEmbedding };
+enum class EmbeddingLoss { kCosine, kMse, kContrastive };
 
 // What is learned and measured (trainer/task.h): the batch, the loss, the metrics.
 struct TaskConfig {
   TaskKind name = TaskKind::kImageClassification;
   std::string teacher;    // sentence_embedding: the model whose embeddings the student learns
   std::string cache_dir;  // sentence_embedding: where the teacher's embeddings are cached
+  EmbeddingLoss loss = EmbeddingLoss::kCosine;  // sentence_embedding: what the student learns from
 
   template <class V>
   void visit(V& v) {
@@ -42,6 +44,13 @@ struct TaskConfig {
             "path; empty for a model that is itself pretrained and only evaluated");
     v.field("cache_dir", cache_dir,
             "sentence_embedding: folder of the teacher-embedding cache (empty: <experiment.output_dir>/teacher_cache)");
+    v.field("loss", loss,
+            "sentence_embedding: cosine (1 - cosine to task.teacher's embedding: embedding KD); mse (the mean squared "
+            "error to it, sentence-transformers' MSELoss); contrastive (no teacher: in-batch InfoNCE from each "
+            "training definition to its lemma list, scale 20, sentence-transformers' MultipleNegativesRankingLoss)",
+            Choices<EmbeddingLoss>{{{"cosine", EmbeddingLoss::kCosine},
+                                    {"mse", EmbeddingLoss::kMse},
+                                    {"contrastive", EmbeddingLoss::kContrastive}}});
   }
 };
 

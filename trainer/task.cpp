@@ -258,9 +258,23 @@ class SentenceEmbeddingTask : public Task {
                         bool for_training)
       : cfg_(cfg), tok_(model.tokenizer_ptr()) {
     if (!for_training) return;
+    if (contrastive()) {
+      if (!cfg.task.teacher.empty())
+        cfg.fail("task.teacher", "task.loss: contrastive learns from definition/lemma-list pairs without a teacher (the "
+                                 "no-KD baseline); remove task.teacher, or use task.loss: cosine or mse to learn its embeddings");
+      // Training pairs: each train synset's definition and its lemma list.
+      std::vector<Synset> synsets = load_wordnet(cfg.data.text_folder(), TextSplit::kTrain);
+      if (cfg.data.train_subset > 0 && static_cast<int64_t>(synsets.size()) > cfg.data.train_subset)
+        synsets.resize(static_cast<size_t>(cfg.data.train_subset));
+      for (const auto& s : synsets) {
+        ids_.push_back(encode_cut(*tok_, s.query, cfg.data.seq_len));
+        docs_.push_back(encode_cut(*tok_, s.document, cfg.data.seq_len));
+      }
+      return;
+    }
     if (cfg.task.teacher.empty())
       cfg.fail("task.teacher", "sentence_embedding training needs a teacher whose embeddings the student learns, e.g. "
-                               "task.teacher: minilm-l6");
+                               "task.teacher: minilm-l6 (or task.loss: contrastive, which learns without one)");
     // Training texts: the train split's definitions and lemma lists, each once.
     std::vector<std::string> texts;
     std::unordered_set<std::string> seen;
@@ -280,7 +294,9 @@ class SentenceEmbeddingTask : public Task {
   std::string name() const override { return "sentence_embedding"; }
   int64_t train_size() const override { return static_cast<int64_t>(ids_.size()); }
   std::string describe() const override {
-    return concat(ids_.size(), " train texts (WordNet definitions and lemma lists) with ", cfg_.task.teacher, "'s embeddings");
+    if (contrastive()) return concat(ids_.size(), " train pairs (WordNet definition -> lemma list), in-batch contrastive");
+    return concat(ids_.size(), " train texts (WordNet definitions and lemma lists) with ", cfg_.task.teacher, "'s embeddings (",
+                  cfg_.task.loss == EmbeddingLoss::kMse ? "mse" : "cosine", ")");
   }
   void load_batch(TrainState& st, const std::vector<int64_t>& indices, int64_t first, int64_t last) override {
     std::vector<const std::vector<int32_t>*> rows;
@@ -289,13 +305,27 @@ class SentenceEmbeddingTask : public Task {
       rows.push_back(&ids_[static_cast<size_t>(indices[static_cast<size_t>(i)])]);
       which.push_back(indices[static_cast<size_t>(i)]);
     }
+    // Contrastive: the B definitions, then their B lemma lists, in one padded batch.
+    if (contrastive())
+      for (int64_t i : which) rows.push_back(&docs_[static_cast<size_t>(i)]);
     auto [ids, mask] = pad_batch(rows, tok_->pad_id());
     st.inputs = ids.to(st.device);
     st.mask = mask.to(st.device);
-    st.targets = targets_.index_select(0, torch::tensor(which, torch::kLong)).to(st.device);  // [B, D]
+    if (contrastive())
+      st.targets = torch::arange(static_cast<int64_t>(which.size()), torch::kLong).to(st.device);  // [B]: pair i is row i
+    else
+      st.targets = targets_.index_select(0, torch::tensor(which, torch::kLong)).to(st.device);  // [B, D]
   }
   torch::Tensor forward_loss(Model& model, TrainState& st) override {
-    st.logits = static_cast<TextModel&>(model).embed(st.inputs, st.mask);  // [B, D], L2-normalized
+    const torch::Tensor e = static_cast<TextModel&>(model).embed(st.inputs, st.mask);  // L2-normalized
+    if (contrastive()) {
+      const int64_t b = st.targets.size(0);
+      st.logits = e.narrow(0, 0, b);                                                   // [B, D] definitions
+      const torch::Tensor sims = torch::matmul(st.logits, e.narrow(0, b, b).t()) * 20.0;  // [B, B]
+      return torch::nn::functional::cross_entropy(sims, st.targets);
+    }
+    st.logits = e;  // [B, D]
+    if (cfg_.task.loss == EmbeddingLoss::kMse) return (st.logits - st.targets).pow(2).mean();
     return (1.0 - (st.logits * st.targets).sum(1)).mean();
   }
   void accumulate(const TrainState& st, const torch::Tensor& loss, torch::Tensor& sums) const override {
@@ -303,12 +333,14 @@ class SentenceEmbeddingTask : public Task {
     // The task's own term (the trainer records it before hooks add feature-KD terms).
     const auto own = st.loss_terms.find("ce");
     sums[0] += (own != st.loss_terms.end() ? own->second : loss).detach().to(torch::kFloat64) * b;
+    if (!contrastive()) sums[1] += (st.logits * st.targets).sum().detach().to(torch::kFloat64);
     sums[2] += b;
   }
   std::map<std::string, double> train_metrics(const torch::Tensor& sums) const override {
     const torch::Tensor s = sums.cpu();
-    const double loss = s[0].item<double>() / std::max(1.0, s[2].item<double>());
-    return {{"train_loss", loss}, {"train_cosine", 1.0 - loss}};
+    const double n = std::max(1.0, s[2].item<double>());
+    if (contrastive()) return {{"train_loss", s[0].item<double>() / n}};
+    return {{"train_loss", s[0].item<double>() / n}, {"train_cosine", s[1].item<double>() / n}};
   }
   TaskMetrics evaluate(Model& model, torch::Device device, Communicator* comm, bool held_out_test) override {
     const TextSplit split = held_out_test ? TextSplit::kTest : TextSplit::kValidation;
@@ -388,9 +420,11 @@ class SentenceEmbeddingTask : public Task {
     }
     return t;
   }
+  bool contrastive() const { return cfg_.task.loss == EmbeddingLoss::kContrastive; }
   ExperimentConfig cfg_;
   std::shared_ptr<const TextTokenizer> tok_;
-  std::vector<std::vector<int32_t>> ids_;
+  std::vector<std::vector<int32_t>> ids_;   // training texts (contrastive: the definitions)
+  std::vector<std::vector<int32_t>> docs_;  // contrastive: each definition's lemma list
   torch::Tensor targets_;  // [N, D] float32 on CPU
 };
 

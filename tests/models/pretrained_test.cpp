@@ -9,6 +9,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "common/error.h"
 #include "formats/gguf.h"
 #include "formats/mapped_file.h"
 #include "models/bert.h"
@@ -57,6 +58,38 @@ std::string teacher_path(const char* which) {
   const test::ProcResult r =
       test::run_command(py + " " + test::quoted(std::string(QD_SOURCE_DIR) + "/tests/formats/oracle.py") + " paths");
   return nlohmann::json::parse(r.output)[which].get<std::string>();
+}
+
+// model.embedding_rank: the truncated SVD of the word embedding. A table of rank r is rebuilt
+// exactly by its rank-r factors (the encoder's outputs unchanged); rank r - 1 loses exactly the
+// smallest singular value; a rank that saves nothing is refused.
+TEST(BertEmbeddingRank, TruncatedSvdFactorsKeepAnExactlyLowRankTable) {
+  torch::manual_seed(3);
+  BertOptions o;
+  o.vocab = 40, o.hidden = 16, o.layers = 1, o.heads = 2, o.ffn = 24, o.max_positions = 8;
+  BertEncoder full(o);
+  {
+    torch::NoGradGuard g;
+    full->word->weight.copy_(torch::matmul(torch::randn({40, 4}), torch::randn({4, 16})));  // rank 4
+  }
+  full->eval();
+  const torch::Tensor ids = torch::randint(0, 40, {3, 6}, torch::kLong), mask = torch::ones({3, 6}, torch::kLong);
+  BertEncoder f4 = factorize_word_embedding(full, 4);
+  EXPECT_EQ(f4->word->weight.sizes(), (std::vector<int64_t>{40, 4}));
+  EXPECT_EQ(f4->word_proj->weight.sizes(), (std::vector<int64_t>{16, 4}));
+  EXPECT_FALSE(f4->word_proj->bias.defined());
+  EXPECT_FALSE(f4->is_training());
+  EXPECT_TRUE(torch::allclose(f4->forward(ids, mask), full->forward(ids, mask), 1e-4, 1e-4));
+  EXPECT_TRUE(torch::equal(f4->layers[0]->ffn_in->weight, full->layers[0]->ffn_in->weight));
+  // Rank 3: the reconstruction error is the discarded singular value (Eckart-Young).
+  BertEncoder f3 = factorize_word_embedding(full, 3);
+  const torch::Tensor w3 = torch::matmul(f3->word->weight, f3->word_proj->weight.t());
+  const torch::Tensor sv = torch::linalg_svdvals(full->word->weight.to(torch::kFloat64));
+  EXPECT_NEAR((w3 - full->word->weight).norm().item<double>(), sv[3].item<double>(), 1e-3 * sv[0].item<double>());
+  EXPECT_GT((f3->forward(ids, mask) - full->forward(ids, mask)).abs().max().item<double>(), 1e-3);
+  EXPECT_THROW(factorize_word_embedding(full, 16), UserError);
+  EXPECT_THROW(factorize_word_embedding(full, 0), UserError);
+  EXPECT_THROW(factorize_word_embedding(f4, 2), UserError) << "factorized already";
 }
 
 TEST(PretrainedTeachers, MiniLmEmbeddingsMatchSentenceTransformers) {

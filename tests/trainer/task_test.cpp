@@ -241,6 +241,67 @@ TEST(SentenceEmbeddingTask, StudentLearnsTheTeachersEmbeddings) {
   EXPECT_EQ(m.values.at("queries"), 200.0);
 }
 
+// The no-KD baseline: task.loss contrastive learns definition -> lemma list pairs with in-batch
+// negatives and no teacher (one with a teacher is refused); its loss falls. task.loss mse is the
+// elementwise mean squared error to the teacher's (unit) embedding, 2 (1 - cosine) / D.
+TEST(SentenceEmbeddingTask, ContrastiveWithoutATeacherAndMseToIt) {
+  const std::string skip = missing_teacher("minilm-l6");
+  if (!skip.empty()) GTEST_SKIP() << skip;
+  test::TempDir dir;
+  const std::string model = "model: {name: bert, pretrained: minilm-l6, keep_layers: [5], embedding_rank: 64}\n";
+  ExperimentConfig cfg = parse_experiment_config(
+      "experiment: {name: con}\ntask: {name: sentence_embedding, loss: contrastive}\n"
+      "data: {dataset: wordnet, seq_len: 24, batch_size: 16, train_subset: 128, test_subset: 50}\n" + model +
+          "optimizer: {name: adamw, lr: 0.0005, weight_decay: 0.0}\n"
+          "trainer: {epochs: 4, progress: false, threads: 2, log_every: 1}\n",
+      "con.yaml");
+  cfg.experiment.output_dir = dir.path().string();
+  torch::manual_seed(0);
+  std::shared_ptr<TextModel> student = make_text_model(cfg.model);
+  auto task = make_text_task(cfg, *student, torch::kCPU, nullptr);
+  EXPECT_EQ(task->train_size(), 128);
+  TrainState st;
+  task->load_batch(st, {5, 9, 2}, 0, 3);
+  EXPECT_EQ(st.inputs.size(0), 6) << "three definitions, then their three lemma lists";
+  EXPECT_TRUE(torch::equal(st.targets, torch::arange(3, torch::kLong)));
+  Trainer t(cfg, student, task, cfg.run_dir(), nullptr);
+  fs::create_directories(fs::path(cfg.run_dir()) / "checkpoints");
+  t.fit();
+  std::vector<double> loss;
+  std::ifstream f(fs::path(cfg.run_dir()) / "metrics.jsonl");
+  for (std::string line; std::getline(f, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j["type"] != "epoch") continue;
+    loss.push_back(j["train_loss"].get<double>());
+    EXPECT_FALSE(j.contains("train_cosine"));
+  }
+  ASSERT_EQ(loss.size(), 4u);
+  EXPECT_GT(loss.front(), 0.05);
+  EXPECT_LT(loss.back(), 0.8 * loss.front()) << "the pairs were not learned";
+
+  ExperimentConfig with_teacher = cfg;
+  with_teacher.task.teacher = "minilm-l6";
+  try {
+    make_text_task(with_teacher, *student, torch::kCPU, nullptr);
+    ADD_FAILURE() << "a contrastive run with a teacher was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("task.teacher"), std::string::npos) << e.what();
+  }
+
+  ExperimentConfig mse = cfg;
+  mse.task.loss = EmbeddingLoss::kMse;
+  mse.task.teacher = "minilm-l6";
+  mse.task.cache_dir = dir.file("cache");
+  auto mtask = make_text_task(mse, *student, torch::kCPU, nullptr);
+  TrainState ms;
+  mtask->load_batch(ms, {5, 9, 2, 40}, 0, 4);
+  const torch::Tensor l = mtask->forward_loss(*student, ms);
+  const torch::Tensor cos = (ms.logits * ms.targets).sum(1);
+  EXPECT_EQ(ms.targets.sizes(), (std::vector<int64_t>{4, 384}));
+  EXPECT_NEAR(l.item<double>(), (2.0 * (1.0 - cos) / 384.0).mean().item<double>(), 1e-6);
+  EXPECT_GT(l.item<double>(), 1e-4);
+}
+
 // Hidden-state and attention-relation KD from MiniLM into a narrower 2-layer bert: both terms are
 // logged every step and fall as the student trains; the projections are trained and checkpointed
 // with the hook (they are not part of the student).
