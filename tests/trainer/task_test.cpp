@@ -268,10 +268,7 @@ TEST(SentenceEmbeddingTask, ContrastiveWithoutATeacherAndMseToIt) {
   fs::create_directories(fs::path(cfg.run_dir()) / "checkpoints");
   t.fit();
   std::vector<double> loss;
-  std::ifstream f(fs::path(cfg.run_dir()) / "metrics.jsonl");
-  for (std::string line; std::getline(f, line);) {
-    const auto j = nlohmann::json::parse(line);
-    if (j["type"] != "epoch") continue;
+  for (const auto& j : epoch_records((fs::path(cfg.run_dir()) / "metrics.jsonl").string())) {
     loss.push_back(j["train_loss"].get<double>());
     EXPECT_FALSE(j.contains("train_cosine"));
   }
