@@ -8,6 +8,8 @@
 
 #include "common/error.h"
 #include "models/registry.h"
+#include "models/text_model.h"
+#include "qat/module_qat.h"
 #include "parallel/launch.h"
 #include "trainer/experiment.h"
 #include "trainer/experiment_config.h"
@@ -58,8 +60,24 @@ int fail(int code, const std::string& message) {
   return code;
 }
 
+// A transformer's layers: what qat.layers patterns match, and how many hidden states
+// distill.hidden_* may name.
+int print_text_layers(const ExperimentConfig& cfg) {
+  const std::shared_ptr<TextModel> model = make_text_model(cfg.model);
+  const std::vector<QuantizableLayer> layers = quantizable_layers(*model);
+  std::printf("%s (%lld parameters), %lld transformer layers (hidden states 0..%lld for distill.hidden_*); "
+              "linear and embedding layers (qat.layers patterns match these names):\n",
+              model->kind().c_str(), static_cast<long long>(count_params(*model)),
+              static_cast<long long>(model->num_layers()), static_cast<long long>(model->num_layers()));
+  for (const auto& l : layers)
+    std::printf("  %-28s %-9s [%lld, %lld]\n", l.name.c_str(), l.kind.c_str(), static_cast<long long>(l.out),
+                static_cast<long long>(l.in));
+  return 0;
+}
+
 int print_layers(const TrainCommand& cmd) {
   const ExperimentConfig cfg = load_experiment_config(cmd.config_path, cmd.overrides);
+  if (cfg.model.is_text()) return print_text_layers(cfg);
   auto model = make_model(cfg.model, InputSpec{});
   model->eval();
   torch::NoGradGuard g;

@@ -553,6 +553,13 @@ TEST(TextCli, TrainEvalAndEmbed) {
   EXPECT_DOUBLE_EQ(j["perplexity"].get<double>(), summary["perplexity"].get<double>()) << "eval = summary on best.pt";
   EXPECT_GT(j["bits_per_byte"].get<double>(), 0.0);
 
+  // `qdistill layers` lists a transformer's quantizable layers by the names qat.layers matches.
+  const test::ProcResult ls = qdistill("layers " + test::quoted(cfg));
+  ASSERT_EQ(ls.code, 0) << ls.output;
+  EXPECT_NE(ls.output.find("1 transformer layers"), std::string::npos) << ls.output;
+  for (const char* name : {"lm.embed ", "lm.layer0.q ", "lm.layer0.down "})
+    EXPECT_NE(ls.output.find(name), std::string::npos) << name << " missing from:\n" << ls.output;
+
   // Embeddings of the pretrained MiniLM, one line per input line, unit length; the same text twice
   // gives the same vector.
   const std::string input = dir.file("in.txt");
