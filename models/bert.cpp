@@ -161,9 +161,10 @@ BertEncoder factorize_word_embedding(const BertEncoder& full, int64_t rank) {
   BertEncoder f(o);
   torch::NoGradGuard g;
   auto from = full->named_parameters(true);
+  auto from_buffers = full->named_buffers(true);
   for (auto& p : f->named_parameters(true))
     if (p.key() != "word.weight" && p.key() != "word_proj.weight") p.value().copy_(from[p.key()]);
-  for (auto& b : f->named_buffers(true)) b.value().copy_(full->named_buffers(true)[b.key()]);
+  for (auto& b : f->named_buffers(true)) b.value().copy_(from_buffers[b.key()]);
   // Double precision: the factors are the best rank-r approximation whatever the machine's SVD kernel.
   const auto [u, s, vh] = torch::linalg_svd(full->word->weight.to(torch::kFloat64), false);
   f->word->weight.copy_((u.narrow(1, 0, rank) * s.narrow(0, 0, rank)).to(torch::kFloat32));
