@@ -6,6 +6,8 @@
 
 #include "common/error.h"
 #include "common/progress.h"
+#include "qat/conv_bn.h"
+#include "qat/fake_quantize.h"
 #include "runtime/interpreter.h"
 #include "runtime/qdm.h"
 
@@ -21,8 +23,10 @@ struct ActQuant {
 };
 
 // The activation quantizer's trained parameters; what the integer runtime can express.
-ActQuant activation(const FakeQuantizeImpl* fq, const std::string& where) {
-  QD_CHECK(fq != nullptr, UserError, "export: ", where, " has no quantizer: the model was not prepared for QAT");
+ActQuant activation(const TensorQuantizer* q, const std::string& where) {
+  QD_CHECK(q != nullptr, UserError, "export: ", where, " has no quantizer: the model was not prepared for QAT");
+  const auto* fq = dynamic_cast<const FakeQuantizeImpl*>(q);
+  QD_CHECK(fq != nullptr, UserError, "export: the quantizer of ", where, " is not a static int8 quantizer");
   QD_CHECK(fq->initialized() && fq->enabled(), UserError, "export: the quantizer of ", where,
            " never ran (QAT did not start before this checkpoint); export a checkpoint from a QAT epoch");
   const QuantSpec& s = fq->options().spec;
@@ -56,7 +60,10 @@ struct QuantWeights {
   std::vector<int8_t> q;
   std::vector<float> scale;
 };
-QuantWeights quantize_weights(FakeQuantizeImpl& fq, const torch::Tensor& w, const std::string& where) {
+QuantWeights quantize_weights(TensorQuantizer& quantizer, const torch::Tensor& w, const std::string& where) {
+  auto* p = dynamic_cast<FakeQuantizeImpl*>(&quantizer);
+  QD_CHECK(p != nullptr, UserError, "export: the weight quantizer of ", where, " is not a per-channel int8 quantizer");
+  FakeQuantizeImpl& fq = *p;
   QD_CHECK(fq.enabled(), UserError, "export: the weight quantizer of ", where,
            " is off (QAT did not start before this checkpoint); export a checkpoint from a QAT epoch");
   const QuantSpec& s = fq.options().spec;
@@ -119,7 +126,8 @@ rt::Model build_int_model(Model& model, const InputSpec& in) {
     switch (n.kind) {
       case ExportNode::kConvBn: {
         ConvBnReluImpl& c = *n.conv;
-        QD_CHECK(c.qat && c.out_quant, UserError, "export: ", n.name, " was not prepared for QAT");
+        auto* cq = dynamic_cast<ConvBnQatImpl*>(c.qat.get());
+        QD_CHECK(cq && c.out_quant, UserError, "export: ", n.name, " was not prepared for QAT");
         // Exactly the folding of ConvBnQat's deployed forward (conv_bn.cpp), so the weights fed to
         // the quantizer, hence the integers, are the simulation's.
         const BatchNormImpl& bn = *c.bn;
@@ -127,7 +135,7 @@ rt::Model build_int_model(Model& model, const InputSpec& in) {
         const torch::Tensor w = c.conv->weight;
         const torch::Tensor wf = w * factor.view({-1, 1, 1, 1});
         const torch::Tensor bf = bn.bias - bn.running_mean * factor;
-        QuantWeights qw = quantize_weights(*c.qat->weight_quant, wf, n.name);
+        QuantWeights qw = quantize_weights(*cq->weight_quant, wf, n.name);
         const ActQuant oq = activation(c.out_quant.get(), n.name);
         const auto& opt = c.conv->options;
         QD_CHECK(opt.groups() == 1 && w.size(2) == w.size(3), UserError, "export: ", n.name,

@@ -49,18 +49,17 @@ std::vector<ChannelGroup> ConvNet::channel_groups() {
   return groups;
 }
 
-void ConvNet::prepare_qat(const QatConfig& cfg) {
-  input_quant_ = register_module("input_quant", make_activation_quant(cfg, norm_->mean.size(1), false));
-  const FakeQuantizeImpl* in = input_quant_.get();
-  for (auto& b : blocks_) {
-    b->prepare_qat(cfg);
-    b->qat->set_input_quant(in);  // max pooling keeps the scale
-    in = b->out_quant.get();
+void ConvNet::attach_quantizers(QuantizerFactory& f) {
+  input_quant_ = register_module("input_quant", f.activation("input_quant", norm_->mean.size(1), false));
+  const TensorQuantizer* in = input_quant_.get();
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    blocks_[i]->attach_quantizers(f, feature_names_[i], in);  // max pooling keeps the scale
+    in = blocks_[i]->out_quant.get();
   }
   // The pooled features are non-negative (means of ReLU outputs): their range starts at 0.
   if (head_ == HeadKind::kGap)
-    head_quant_ = register_module("head_quant", make_activation_quant(cfg, classifier_->options.in_features(), true));
-  classifier_quant_ = register_module("classifier_quant", make_weight_quant(cfg, classifier_->options.out_features()));
+    head_quant_ = register_module("head_quant", f.activation("head_quant", classifier_->options.in_features(), true));
+  classifier_quant_ = register_module("classifier_quant", f.weight("classifier", classifier_->options.out_features()));
 }
 
 ExportGraph ConvNet::export_graph() {
@@ -104,21 +103,20 @@ ExportGraph ConvNet::export_graph() {
 torch::Tensor ConvNet::forward(torch::Tensor x) {
   begin_capture();
   x = norm_(x);
-  if (input_quant_) x = input_quant_(x);
+  if (input_quant_) x = input_quant_->forward(x);
   for (size_t i = 0; i < blocks_.size(); ++i) {
     x = blocks_[i](x);
     capture(feature_names_[i], x);  // [B, C, H, W] before the pool
     if (pool_after_[i]) x = torch::max_pool2d(x, 2);
   }
   x = head_ == HeadKind::kGap ? x.mean({2, 3}) : x.flatten(1);  // [B, features]
-  if (head_quant_) x = head_quant_(x);
+  if (head_quant_) x = head_quant_->forward(x);
   capture("features", x);
   x = drop_(x);
   if (classifier_quant_) {
-    const torch::Tensor w = classifier_quant_(classifier_->weight);
-    const FakeQuantizeImpl* in = head_quant_ ? head_quant_.get() : blocks_.back()->out_quant.get();
-    const bool on = classifier_quant_->enabled();
-    return torch::linear(x, w, fake_quantize_bias(classifier_->bias, on ? in : nullptr, classifier_quant_->effective_scale()));
+    const torch::Tensor w = classifier_quant_->forward(classifier_->weight);
+    const TensorQuantizer* in = head_quant_ ? head_quant_.get() : blocks_.back()->out_quant.get();
+    return torch::linear(x, w, classifier_quant_->quantize_bias(classifier_->bias, in));
   }
   return classifier_(x);
 }

@@ -25,7 +25,7 @@ ConvBnReluImpl::ConvBnReluImpl(int64_t in, int64_t out, int64_t kernel, int64_t 
   torch::nn::init::kaiming_normal_(conv->weight, 0.0, torch::kFanOut, torch::kReLU);
 }
 
-void Model::prepare_qat(const QatConfig&) {
+void Model::attach_quantizers(QuantizerFactory&) {
   throw UserError(concat("qat: the ", kind(), " model has no quantization-aware training; use convnet or resnet"));
 }
 
@@ -38,10 +38,9 @@ ExportGraph Model::export_graph() {
   throw UserError(concat("export: the ", kind(), " model cannot be exported to int8; use convnet or resnet"));
 }
 
-void ConvBnReluImpl::prepare_qat(const QatConfig& cfg) {
-  const int64_t out = conv->options.out_channels();
-  qat = register_module("qat", ConvBnQat(cfg, out));
-  out_quant = register_module("out_quant", make_activation_quant(cfg, out, relu_));
+void ConvBnReluImpl::attach_quantizers(QuantizerFactory& f, const std::string& name, const TensorQuantizer* input) {
+  qat = register_module("qat", f.conv_bn(name, *this, input));
+  out_quant = register_module("out_quant", f.output(name, *this));
 }
 
 torch::Tensor ConvBnReluImpl::forward(const torch::Tensor& x) {
@@ -49,14 +48,7 @@ torch::Tensor ConvBnReluImpl::forward(const torch::Tensor& x) {
     torch::Tensor y = bn(conv(x));
     return relu_ ? torch::relu(y) : y;
   }
-  torch::Tensor y;
-  if (qat->weight_quant->enabled() || qat->bn_frozen()) {
-    const BnTensors t{bn->weight, bn->bias, bn->running_mean, bn->running_var, bn->eps};
-    y = qat->forward(x, conv->weight, stride_, padding_, t, [this](const torch::Tensor& v) { return bn(v); });
-  } else {
-    y = bn(conv(x));
-  }
-  return out_quant(y);  // applies the ReLU whether or not it quantizes
+  return out_quant->forward(qat->forward(x, *this));  // out_quant applies the ReLU whether or not it quantizes
 }
 
 int64_t count_params(const torch::nn::Module& m) {

@@ -8,9 +8,7 @@
 #include <vector>
 
 #include "models/batchnorm.h"
-#include "qat/conv_bn.h"
-#include "qat/fake_quantize.h"
-#include "qat/qat_config.h"
+#include "models/quantizer.h"
 
 namespace qd {
 
@@ -24,15 +22,15 @@ struct ExportNode {
   enum Kind { kConvBn, kMaxPool, kAdd, kMeanPool, kLinear } kind = kConvBn;
   std::string name;  // the layer's name; a capturable feature name where there is one
   int input = 0, input2 = -1;
-  ConvBnReluImpl* conv = nullptr;           // kConvBn (its qat->weight_quant and out_quant)
+  ConvBnReluImpl* conv = nullptr;           // kConvBn (its qat and out_quant twins)
   int kernel = 2, stride = 2, pad = 0;      // kMaxPool
-  FakeQuantizeImpl* out_quant = nullptr;    // kAdd, kMeanPool: the quantizer of the output
+  TensorQuantizer* out_quant = nullptr;     // kAdd, kMeanPool: the quantizer of the output
   torch::nn::LinearImpl* linear = nullptr;  // kLinear (always last; float logits)
-  FakeQuantizeImpl* weight_quant = nullptr; // kLinear
+  TensorQuantizer* weight_quant = nullptr;  // kLinear
 };
 struct ExportGraph {
   InputNormImpl* norm = nullptr;
-  FakeQuantizeImpl* input_quant = nullptr;
+  TensorQuantizer* input_quant = nullptr;
   std::vector<ExportNode> nodes;
 };
 
@@ -58,11 +56,12 @@ class Model : public torch::nn::Module {
 
   void set_capture(std::vector<std::string> names) { capture_ = std::move(names); }
 
-  // Inserts the quantizers of quantization-aware training (disabled until QatHook's schedule
-  // turns them on): the normalized input, every conv's folded weights and output (after its
-  // ReLU), residual additions, the pooled features and the classifier's weights. Throws
-  // UserError for models without QAT support.
-  virtual void prepare_qat(const QatConfig& cfg);
+  // Declares the model's quantization points (models/quantizer.h) and registers the twin that
+  // `f` makes for each: the normalized input, every conv's folded weights and output (after its
+  // ReLU), residual additions, the pooled features and the classifier's weights. qat/'s
+  // attach_qat calls it; the twins start disabled until QatHook's schedule turns them on.
+  // Throws UserError for models without QAT support.
+  virtual void attach_quantizers(QuantizerFactory& f);
 
   // Channel dependency groups for structured pruning (see ChannelGroup). Throws UserError for
   // models without structured pruning.
@@ -102,12 +101,16 @@ class ConvBnReluImpl : public torch::nn::Module {
  public:
   ConvBnReluImpl(int64_t in, int64_t out, int64_t kernel = 3, int64_t stride = 1, bool relu = true);
   torch::Tensor forward(const torch::Tensor& x);
-  // Adds the folded-weight quantizer and the output quantizer (which fuses the ReLU).
-  void prepare_qat(const QatConfig& cfg);
+  // Registers the twins `f` makes for this unit, named `name` (qat.layers patterns match it):
+  // "qat" (the folded, quantized conv-BN, whose input `input` quantizes) and "out_quant" (which
+  // fuses the ReLU).
+  void attach_quantizers(QuantizerFactory& f, const std::string& name, const TensorQuantizer* input);
+  const std::vector<int64_t>& stride() const { return stride_; }
+  const std::vector<int64_t>& padding() const { return padding_; }
   torch::nn::Conv2d conv{nullptr};
   BatchNorm bn{nullptr};
-  ConvBnQat qat{nullptr};           // QAT only
-  FakeQuantize out_quant{nullptr};  // QAT only
+  std::shared_ptr<ConvBnQuantizer> qat;        // QAT only
+  std::shared_ptr<TensorQuantizer> out_quant;  // QAT only
   bool relu_;
 
  private:

@@ -13,22 +13,17 @@ BasicBlockImpl::BasicBlockImpl(int64_t in, int64_t mid, int64_t out, int64_t str
   conv2->bn->weight.zero_();
 }
 
-void BasicBlockImpl::prepare_qat(const QatConfig& cfg, const FakeQuantizeImpl* input_quant) {
-  conv1->prepare_qat(cfg);
-  conv2->prepare_qat(cfg);
-  conv1->qat->set_input_quant(input_quant);
-  conv2->qat->set_input_quant(conv1->out_quant.get());
-  if (shortcut) {
-    shortcut->prepare_qat(cfg);
-    shortcut->qat->set_input_quant(input_quant);
-  }
-  add_quant = register_module("add_quant", make_activation_quant(cfg, conv2->conv->options.out_channels(), true));
+void BasicBlockImpl::attach_quantizers(QuantizerFactory& f, const std::string& name, const TensorQuantizer* input) {
+  conv1->attach_quantizers(f, name + ".conv1", input);
+  conv2->attach_quantizers(f, name + ".conv2", conv1->out_quant.get());
+  if (shortcut) shortcut->attach_quantizers(f, name + ".shortcut", input);
+  add_quant = register_module("add_quant", f.activation(name + ".add_quant", conv2->conv->options.out_channels(), true));
 }
 
 torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
   torch::Tensor identity = shortcut ? shortcut(x) : x;
   torch::Tensor sum = conv2(conv1(x)) + identity;
-  return add_quant ? add_quant(sum) : torch::relu(sum);  // add_quant fuses the ReLU
+  return add_quant ? add_quant->forward(sum) : torch::relu(sum);  // add_quant fuses the ReLU
 }
 
 ResNet::ResNet(const ModelConfig& cfg, const InputSpec& in) {
@@ -108,17 +103,16 @@ std::vector<ChannelGroup> ResNet::channel_groups() {
   return ordered;
 }
 
-void ResNet::prepare_qat(const QatConfig& cfg) {
-  input_quant_ = register_module("input_quant", make_activation_quant(cfg, norm_->mean.size(1), false));
-  stem_->prepare_qat(cfg);
-  stem_->qat->set_input_quant(input_quant_.get());
-  const FakeQuantizeImpl* in = stem_->out_quant.get();
-  for (auto& b : blocks_) {
-    b->prepare_qat(cfg, in);
-    in = b->add_quant.get();
+void ResNet::attach_quantizers(QuantizerFactory& f) {
+  input_quant_ = register_module("input_quant", f.activation("input_quant", norm_->mean.size(1), false));
+  stem_->attach_quantizers(f, "stem", input_quant_.get());
+  const TensorQuantizer* in = stem_->out_quant.get();
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    blocks_[i]->attach_quantizers(f, feature_names_[i + 1], in);  // [0] is the stem
+    in = blocks_[i]->add_quant.get();
   }
-  head_quant_ = register_module("head_quant", make_activation_quant(cfg, fc_->options.in_features(), true));
-  fc_quant_ = register_module("fc_quant", make_weight_quant(cfg, fc_->options.out_features()));
+  head_quant_ = register_module("head_quant", f.activation("head_quant", fc_->options.in_features(), true));
+  fc_quant_ = register_module("fc_quant", f.weight("fc", fc_->options.out_features()));
 }
 
 ExportGraph ResNet::export_graph() {
@@ -172,7 +166,7 @@ ExportGraph ResNet::export_graph() {
 torch::Tensor ResNet::forward(torch::Tensor x) {
   begin_capture();
   x = norm_(x);
-  if (input_quant_) x = input_quant_(x);
+  if (input_quant_) x = input_quant_->forward(x);
   x = stem_(x);
   capture("stem", x);
   for (size_t i = 0; i < blocks_.size(); ++i) {
@@ -180,13 +174,12 @@ torch::Tensor ResNet::forward(torch::Tensor x) {
     capture(feature_names_[i + 1], x);  // [0] is the stem
   }
   x = x.mean({2, 3});  // [B, 4w]
-  if (head_quant_) x = head_quant_(x);
+  if (head_quant_) x = head_quant_->forward(x);
   capture("features", x);
   x = drop_(x);
   if (fc_quant_) {  // [B, classes]
-    const torch::Tensor w = fc_quant_(fc_->weight);
-    return torch::linear(x, w, fake_quantize_bias(fc_->bias, fc_quant_->enabled() ? head_quant_.get() : nullptr,
-                                                  fc_quant_->effective_scale()));
+    const torch::Tensor w = fc_quant_->forward(fc_->weight);
+    return torch::linear(x, w, fc_quant_->quantize_bias(fc_->bias, head_quant_.get()));
   }
   return fc_(x);  // [B, classes]
 }

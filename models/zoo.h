@@ -29,13 +29,13 @@ class ConvNet : public Model {
   ConvNet(const ModelConfig& cfg, const InputSpec& in);
   torch::Tensor forward(torch::Tensor x) override;
   std::string kind() const override { return "convnet"; }
-  void prepare_qat(const QatConfig& cfg) override;
+  void attach_quantizers(QuantizerFactory& f) override;
   std::vector<ChannelGroup> channel_groups() override;
   ExportGraph export_graph() override;
 
  private:
   InputNorm norm_{nullptr};
-  FakeQuantize input_quant_{nullptr}, head_quant_{nullptr}, classifier_quant_{nullptr};  // QAT only
+  std::shared_ptr<TensorQuantizer> input_quant_, head_quant_, classifier_quant_;  // QAT only
   std::vector<ConvBnRelu> blocks_;
   std::vector<bool> pool_after_;  // per block
   int64_t final_hw_ = 1;          // spatial size feeding a flatten head
@@ -50,11 +50,12 @@ class BasicBlockImpl : public torch::nn::Module {
  public:
   BasicBlockImpl(int64_t in, int64_t mid, int64_t out, int64_t stride);  // mid: conv1's channels
   torch::Tensor forward(const torch::Tensor& x);
-  // Quantizes both branches and the (ReLU'd) sum; `input_quant` quantizes the block's input.
-  void prepare_qat(const QatConfig& cfg, const FakeQuantizeImpl* input_quant);
+  // Quantizes both branches and the (ReLU'd) sum; `input` quantizes the block's input. `name`:
+  // the block's (its convs are name.conv1, name.conv2, name.shortcut).
+  void attach_quantizers(QuantizerFactory& f, const std::string& name, const TensorQuantizer* input);
   ConvBnRelu conv1{nullptr}, conv2{nullptr};
   ConvBnRelu shortcut{nullptr};  // null for identity
-  FakeQuantize add_quant{nullptr};  // QAT only: the quantized addition
+  std::shared_ptr<TensorQuantizer> add_quant;  // QAT only: the quantized addition
 };
 TORCH_MODULE(BasicBlock);
 
@@ -65,13 +66,13 @@ class ResNet : public Model {
   ResNet(const ModelConfig& cfg, const InputSpec& in);
   torch::Tensor forward(torch::Tensor x) override;
   std::string kind() const override { return "resnet"; }
-  void prepare_qat(const QatConfig& cfg) override;
+  void attach_quantizers(QuantizerFactory& f) override;
   std::vector<ChannelGroup> channel_groups() override;
   ExportGraph export_graph() override;
 
  private:
   InputNorm norm_{nullptr};
-  FakeQuantize input_quant_{nullptr}, head_quant_{nullptr}, fc_quant_{nullptr};  // QAT only
+  std::shared_ptr<TensorQuantizer> input_quant_, head_quant_, fc_quant_;  // QAT only
   ConvBnRelu stem_{nullptr};
   std::vector<BasicBlock> blocks_;
   torch::nn::Dropout drop_{nullptr};

@@ -60,7 +60,7 @@ RemovalResult remove_pruned_channels(Model& masked, const ModelConfig& cfg, cons
     }
   }
   r.model = make_model(r.config, in);
-  if (qat && qat->enabled) r.model->prepare_qat(*qat);
+  if (qat && qat->enabled) attach_qat(*r.model, *qat);
   r.model->to(masked.parameters().front().device());
 
   torch::NoGradGuard ng;

@@ -20,8 +20,13 @@ FoldedWeights fold_bn(const torch::Tensor& weight, const torch::Tensor& bias, co
   return f;
 }
 
-ConvBnQatImpl::ConvBnQatImpl(const QatConfig& cfg, int64_t out_channels) {
-  weight_quant = register_module("weight_quant", make_weight_quant(cfg, out_channels));
+ConvBnQatImpl::ConvBnQatImpl(const QuantSpec& weight, int64_t out_channels, const FakeQuantizeImpl* input_quant)
+    : input_quant_(input_quant) {
+  FakeQuantizeOptions o;
+  o.spec = weight;
+  o.channels = out_channels;
+  o.weight = true;
+  weight_quant = register_module("weight_quant", FakeQuantize(o));
   frozen_flag = register_buffer("bn_frozen", torch::zeros({1}, torch::kUInt8));
 }
 
@@ -34,18 +39,23 @@ void ConvBnQatImpl::set_bn_frozen(bool frozen) {
 
 void ConvBnQatImpl::load_flags() { bn_frozen_ = frozen_flag.cpu()[0].item<uint8_t>() != 0; }
 
-torch::Tensor ConvBnQatImpl::forward(const torch::Tensor& x, const torch::Tensor& conv_weight,
-                                     torch::IntArrayRef stride, torch::IntArrayRef padding, const BnTensors& bn,
-                                     const std::function<torch::Tensor(const torch::Tensor&)>& bn_train) {
+torch::Tensor ConvBnQatImpl::forward(const torch::Tensor& x, ConvBnReluImpl& unit) {
+  if (!weight_quant->enabled() && !bn_frozen_) return unit.bn(unit.conv(x));
+  const BnTensors t{unit.bn->weight, unit.bn->bias, unit.bn->running_mean, unit.bn->running_var, unit.bn->eps};
+  return fold_forward(x, unit.conv->weight, unit.stride(), unit.padding(), t,
+                      [&unit](const torch::Tensor& v) { return unit.bn(v); });
+}
+
+torch::Tensor ConvBnQatImpl::fold_forward(const torch::Tensor& x, const torch::Tensor& conv_weight,
+                                          torch::IntArrayRef stride, torch::IntArrayRef padding, const BnTensors& bn,
+                                          const std::function<torch::Tensor(const torch::Tensor&)>& bn_train) {
   const torch::Tensor inv_std = torch::rsqrt(bn.running_var + bn.eps);
   const torch::Tensor factor = bn.weight * inv_std;  // [O]; gamma gets gradient through it too
   const std::vector<int64_t> shape = per_channel_shape(conv_weight);
   torch::Tensor w = weight_quant(conv_weight * factor.view(shape));
   if (bn_frozen_ || !is_training()) {
     // The deployed computation: folded bias from the running statistics, rounded to int32.
-    const torch::Tensor bias = fake_quantize_bias(bn.bias - bn.running_mean * factor,
-                                                  weight_quant->enabled() ? input_quant_ : nullptr,
-                                                  weight_quant->effective_scale());
+    const torch::Tensor bias = weight_quant->quantize_bias(bn.bias - bn.running_mean * factor, input_quant_);
     return torch::conv2d(x, w, bias, stride, padding);
   }
   // Undo the fold so BN sees the unscaled convolution: conv(x, fq(W f)) / f, computed as

@@ -15,6 +15,8 @@
 
 #include <functional>
 
+#include "models/model.h"
+#include "models/quantizer.h"
 #include "qat/fake_quantize.h"
 
 namespace qd {
@@ -34,22 +36,25 @@ struct FoldedWeights {
 // optional bias (undefined: none).
 FoldedWeights fold_bn(const torch::Tensor& weight, const torch::Tensor& bias, const BnTensors& bn);
 
-// The QAT state of one Conv-BN(-ReLU) unit: the weight quantizer of the folded weights and
-// whether BN is frozen. The unit's output quantizer belongs to the layer (it may fuse a ReLU).
-class ConvBnQatImpl : public torch::nn::Module {
+// The quantization-aware twin of a Conv-BN(-ReLU) unit (models/quantizer.h): the weight
+// quantizer of the folded weights and whether BN is frozen. The unit's output quantizer is a
+// twin of its own (it may fuse the ReLU). Registered as the unit's submodule "qat".
+class ConvBnQatImpl : public ConvBnQuantizer {
  public:
-  ConvBnQatImpl(const QatConfig& cfg, int64_t out_channels);
+  // `weight`: the spec of the folded weights (cfg.weight_spec() of the layer's rule), per output
+  // channel. `input_quant`: the quantizer of this conv's input (null: none). Once it has a scale,
+  // the deployed forward rounds the folded bias to the int32 the integer runtime adds (in_scale *
+  // w_scale units), so the simulation computes what deploys. Not owned (a sibling module).
+  ConvBnQatImpl(const QuantSpec& weight, int64_t out_channels, const FakeQuantizeImpl* input_quant);
+
+  // The unit's conv -> BN: plain while fake-quant is off and BN trains, else folded as below.
+  torch::Tensor forward(const torch::Tensor& x, ConvBnReluImpl& unit) override;
 
   // conv2d(x, W) -> BN, with folding and weight fake-quant as described above. `bn_train`
   // runs the BN module in training mode (batch statistics, running-statistics update, sync BN).
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& conv_weight, torch::IntArrayRef stride,
-                        torch::IntArrayRef padding, const BnTensors& bn,
-                        const std::function<torch::Tensor(const torch::Tensor&)>& bn_train);
-
-  // The quantizer of this conv's input: once it has a scale, the deployed forward rounds the
-  // folded bias to the int32 the integer runtime adds (in_scale * w_scale units), so the
-  // simulation computes what deploys. Not owned (a sibling module of the same model).
-  void set_input_quant(const FakeQuantizeImpl* q) { input_quant_ = q; }
+  torch::Tensor fold_forward(const torch::Tensor& x, const torch::Tensor& conv_weight, torch::IntArrayRef stride,
+                             torch::IntArrayRef padding, const BnTensors& bn,
+                             const std::function<torch::Tensor(const torch::Tensor&)>& bn_train);
   void set_bn_frozen(bool frozen);
   bool bn_frozen() const { return bn_frozen_; }
   void load_flags();

@@ -271,4 +271,8 @@ torch::Tensor fake_quantize_bias(const torch::Tensor& bias, const FakeQuantizeIm
   return bias + (q - bias).detach();
 }
 
+torch::Tensor FakeQuantizeImpl::quantize_bias(const torch::Tensor& bias, const TensorQuantizer* input) const {
+  return fake_quantize_bias(bias, enabled() ? dynamic_cast<const FakeQuantizeImpl*>(input) : nullptr, effective_scale());
+}
+
 }  // namespace qd

@@ -21,6 +21,7 @@
 
 #include <torch/torch.h>
 
+#include "models/quantizer.h"
 #include "qat/fake_quant_cpu.h"
 #include "qat/qat_config.h"
 
@@ -36,10 +37,14 @@ struct FakeQuantizeOptions {
   bool relu = false;
 };
 
-class FakeQuantizeImpl : public torch::nn::Module {
+// The twin of every CNN quantization point (models/quantizer.h): activations and weights.
+class FakeQuantizeImpl : public TensorQuantizer {
  public:
   explicit FakeQuantizeImpl(FakeQuantizeOptions o);
-  torch::Tensor forward(const torch::Tensor& x);
+  torch::Tensor forward(const torch::Tensor& x) override;
+  // fake_quantize_bias below, with this quantizer's scale while it is enabled. `input` is a
+  // FakeQuantizeImpl or null.
+  torch::Tensor quantize_bias(const torch::Tensor& bias, const TensorQuantizer* input) const override;
 
   // Control, set by QatHook from the schedule. `enabled`: outputs are fake-quantized (once a
   // range is known). `observing`: statistics update the range; off = frozen scales.

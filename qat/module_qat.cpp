@@ -1,6 +1,8 @@
 #include "qat/module_qat.h"
 
 #include "common/error.h"
+#include "models/model.h"
+#include "qat/conv_bn.h"
 #include "qat/ggml_quant.h"
 
 namespace qd {
@@ -117,14 +119,108 @@ std::vector<QuantizableLayer> quantizable_layers(torch::nn::Module& model) {
   return out;
 }
 
-int64_t attach_qat(torch::nn::Module& model, const QatConfig& cfg) {
-  const std::vector<QuantizableLayer> layers = quantizable_layers(model);
-  QD_CHECK(!layers.empty(), UserError, "qat: the model has no linear or embedding layers to quantize");
+namespace {
+
+// The module-type mapping of the CNNs (models/quantizer.h): a Conv-BN unit -> ConvBnQat (folded,
+// per-channel weights) plus a static output quantizer that fuses its ReLU; a plain layer's
+// weights -> a per-channel FakeQuantize; an activation point -> a static FakeQuantize. Each point
+// takes the rule of the first `qat.layers` pattern that matches its name, restricted to what the
+// integer CNN runtime runs (every layer int8-stored, static activations, per-channel weights).
+class CnnQuantizerFactory : public QuantizerFactory {
+ public:
+  explicit CnnQuantizerFactory(const QatConfig& cfg) : cfg_(cfg) {}
+
+  std::shared_ptr<TensorQuantizer> activation(const std::string& point, int64_t channels, bool relu) override {
+    return make_activation(point, rule(point).activation, channels, relu);
+  }
+  std::shared_ptr<TensorQuantizer> weight(const std::string& layer, int64_t out) override {
+    FakeQuantizeOptions o;
+    o.spec = cfg_.weight_spec(rule(layer).weight);
+    o.channels = out;
+    o.weight = true;
+    return FakeQuantize(o).ptr();
+  }
+  std::shared_ptr<ConvBnQuantizer> conv_bn(const std::string& layer, ConvBnReluImpl& unit,
+                                           const TensorQuantizer* input) override {
+    const auto* in = dynamic_cast<const FakeQuantizeImpl*>(input);
+    QD_CHECK(input == nullptr || in != nullptr, UserError, "qat: the input of ", layer, " is not quantized by qat/");
+    return std::make_shared<ConvBnQatImpl>(cfg_.weight_spec(rule(layer).weight), unit.conv->options.out_channels(), in);
+  }
+  std::shared_ptr<TensorQuantizer> output(const std::string& layer, ConvBnReluImpl& unit) override {
+    return make_activation(layer, rule(layer).activation, unit.conv->options.out_channels(), unit.relu_);
+  }
+
+  const std::vector<std::string>& names() const { return names_; }
+  int64_t made() const { return made_; }
+
+ private:
+  LayerQuantRule rule(const std::string& name) {
+    if (names_.empty() || names_.back() != name) names_.push_back(name);
+    ++made_;
+    LayerQuantRule r = cfg_.rule_for(name);
+    auto refuse = [&name](bool ok, const char* why) {
+      QD_CHECK(ok, UserError, "qat.layers: ", name, " is a layer of a CNN, whose integer export runs every layer in "
+               "int8 with static activations: ", why);
+    };
+    refuse(r.enabled, "it cannot stay float (enabled: false)");
+    refuse(r.weight.group_size == 0 && r.weight.format == WeightFormat::kOnnx,
+           "its weights are per output channel (no group_size, format onnx)");
+    refuse(r.activation.dynamic == DynamicQuant::kNone, "its activations have static scales (activation.dynamic: none)");
+    refuse(cfg_.target != QatTarget::kTensorRt || r.activation.symmetric,
+           "qat.target tensorrt needs symmetric activations (activation.symmetric: true)");
+    return r;
+  }
+  static std::shared_ptr<TensorQuantizer> make_activation(const std::string&, const QuantSpec& spec, int64_t channels,
+                                                          bool relu) {
+    FakeQuantizeOptions o;
+    o.spec = spec;
+    o.channels = channels;
+    o.relu = relu;
+    return FakeQuantize(o).ptr();
+  }
+
+  QatConfig cfg_;
+  std::vector<std::string> names_;
+  int64_t made_ = 0;
+};
+
+void check_patterns_used(const QatConfig& cfg, const std::vector<std::string>& names) {
   for (const auto& [pattern, rule] : cfg.layers) {
     bool used = false;
-    for (const auto& l : layers) used = used || layer_pattern_match(pattern, l.name);
+    for (const auto& n : names) used = used || layer_pattern_match(pattern, n);
     QD_CHECK(used, UserError, "qat.layers: the pattern \"", pattern, "\" matches no layer of this model (its layers are named "
-             "like \"", layers.front().name, "\" and \"", layers.back().name, "\"; `qdistill layers CONFIG` lists them all)");
+             "like \"", names.front(), "\" and \"", names.back(), "\"; `qdistill layers CONFIG` lists them all)");
+  }
+}
+
+}  // namespace
+
+std::vector<std::string> cnn_quantization_points(Model& model) {
+  QatConfig cfg;
+  cfg.enabled = true;
+  CnnQuantizerFactory f(cfg);
+  model.attach_quantizers(f);
+  return f.names();
+}
+
+std::unique_ptr<QuantizerFactory> cnn_quantizer_factory(const QatConfig& cfg) {
+  return std::make_unique<CnnQuantizerFactory>(cfg);
+}
+
+int64_t attach_qat(torch::nn::Module& model, const QatConfig& cfg) {
+  const std::vector<QuantizableLayer> layers = quantizable_layers(model);
+  if (layers.empty()) {  // a CNN: it declares its quantization points itself
+    auto* cnn = dynamic_cast<Model*>(&model);
+    QD_CHECK(cnn != nullptr, UserError, "qat: the model has no layers to quantize");
+    CnnQuantizerFactory f(cfg);
+    cnn->attach_quantizers(f);
+    check_patterns_used(cfg, f.names());
+    return f.made();
+  }
+  {
+    std::vector<std::string> names;
+    for (const auto& l : layers) names.push_back(l.name);
+    check_patterns_used(cfg, names);
   }
   int64_t attached = 0;
   const auto modules = model.named_modules("", /*include_self=*/false);

@@ -1,7 +1,13 @@
-// Quantization-aware training attached by module type (issue 14): the transformer layer types of
-// models/linear.h (Linear, Embedding) get a quantization-aware twin, chosen per layer name by
-// `qat.layers` (first matching pattern) and attached by attach_qat(), the way torch.ao maps
-// nn.Linear to its QAT module. Models declare their structure once and include nothing of qat/.
+// Quantization-aware training attached by module type (issue 14), the way torch.ao maps
+// nn.Linear to its QAT module: each layer type gets a quantization-aware twin, configured per
+// layer name by `qat.layers` (first matching pattern) and attached by attach_qat(). Models declare
+// their structure once and include nothing of qat/:
+//   transformers: the Linear, Embedding and QuantPoint layers of models/linear.h -> LayerQat;
+//   CNNs: the quantization points that Model::attach_quantizers declares (models/quantizer.h):
+//         a Conv-BN unit -> ConvBnQat (qat/conv_bn.h) plus a static output quantizer that fuses
+//         its ReLU; the classifier's weights, the input, residual sums, pooled features ->
+//         FakeQuantize. Their names: the layer's ("block0", "stage1_block0.conv1", "classifier",
+//         "fc") or the point's ("input_quant", "head_quant", "stage1_block0.add_quant").
 //
 // What the twin computes (all with the straight-through estimator: the gradient reaches the float
 // weight / input unchanged, clipped where a static scale clamps):
@@ -26,6 +32,8 @@
 #include <vector>
 
 #include "models/linear.h"
+#include "models/model.h"
+#include "models/quantizer.h"
 #include "qat/fake_quantize.h"
 #include "qat/qat_config.h"
 
@@ -59,10 +67,19 @@ class LayerQatImpl : public LayerQuantizer {
 TORCH_MODULE(LayerQat);
 
 // Attaches a twin to every Linear / Embedding of `model` whose rule is enabled, and with
-// qat.kv_cache an input-only twin to every KV-cache QuantPoint (names ending k_cache / v_cache). UserError when a
-// pattern of qat.layers matches no layer (a typo would silently quantize nothing) or a layer's
-// width does not fit its rule's groups or blocks. Returns the number of layers attached.
+// qat.kv_cache an input-only twin to every KV-cache QuantPoint (names ending k_cache / v_cache);
+// or, for a CNN of the zoo, a twin to each of its quantization points. UserError when a pattern
+// of qat.layers matches no layer (a typo would silently quantize nothing), a layer's width does
+// not fit its rule's groups or blocks, a CNN layer's rule asks for what its integer export does
+// not run, or the model has no quantization support (mlp). Returns the number of twins attached.
 int64_t attach_qat(torch::nn::Module& model, const QatConfig& cfg);
+
+// The mapping attach_qat gives a CNN (for a single unit in tests: unit->attach_quantizers(*f, name, input)).
+std::unique_ptr<QuantizerFactory> cnn_quantizer_factory(const QatConfig& cfg);
+
+// The names of a CNN's quantization points in forward order: what qat.layers patterns match.
+// Attaches default twins to `model` (give it a throwaway model).
+std::vector<std::string> cnn_quantization_points(Model& model);
 
 // The quantizable layers of `model`: (name, kind "linear" | "embedding", [out, in]) in order.
 struct QuantizableLayer {

@@ -180,7 +180,7 @@ struct QatConfig {
     v.section("weight", weight);
     v.section("activation", activation);
     v.named_sections("layers", layers,
-                     "transformers: quantization per layer-name pattern (* matches any run of characters, e.g. "
+                     "quantization per layer-name pattern (* matches any run of characters, e.g. "
                      "\"*.gate\", \"lm.embed\"); the first pattern in file order that matches a layer's name "
                      "(`qdistill layers CONFIG` lists them) decides; each starts from qat.weight / qat.activation. "
                      "Layers no pattern matches use qat.weight / qat.activation",

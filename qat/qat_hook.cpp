@@ -27,7 +27,7 @@ void QatHook::on_train_begin(TrainState& state) {
     if (auto c = std::dynamic_pointer_cast<ConvBnQatImpl>(m)) conv_bns_.emplace_back(c);
   layers_ = layer_qats(*state.model);
   QD_CHECK(!quantizers_.empty() || !layers_.empty(), UserError,
-           "qat: the model has no quantizers (Model::prepare_qat / attach_qat was not called)");
+           "qat: the model has no quantizers (attach_qat was not called)");
   state.best_from_epoch = std::max(state.best_from_epoch, qat_first_full_epoch(cfg_, state.steps_per_epoch));
   const QuantSpec w = cfg_.weight_spec();
   if (!layers_.empty()) {

@@ -1,8 +1,7 @@
 // Runs QAT inside the trainer: the schedule (start, observer freeze, BN freeze) and the
 // cross-rank synchronisation of activation statistics, so every rank uses identical scales.
 //
-// The model must already carry its quantizers (Model::prepare_qat for the CNNs, attach_qat of
-// qat/module_qat.h for the transformers, called where the model is built, so their buffers and LSQ parameters exist before the optimizer and the checkpoint do).
+// The model must already carry its quantizers (attach_qat of qat/module_qat.h, called where the model is built, so their buffers and LSQ parameters exist before the optimizer and the checkpoint do).
 // Everything QAT learns lives in model buffers/parameters: checkpoints restore it bit-exactly,
 // and the flags are recomputed from the schedule at every step.
 #pragma once

@@ -91,6 +91,14 @@ int print_layers(const TrainCommand& cmd) {
     for (size_t i = 0; i < shape.size(); ++i) s += (i ? " x " : "") + std::to_string(shape[i]);
     std::printf("  %-16s [%s]\n", name.c_str(), s.c_str());
   }
+  try {  // what qat.layers patterns match: the conv units, the classifier, the activation points
+    auto twin = make_model(cfg.model, InputSpec{});
+    std::string names;
+    for (const auto& n : cnn_quantization_points(*twin)) names += (names.empty() ? "" : ", ") + n;
+    std::printf("quantization points (qat.layers patterns match these names):\n  %s\n", names.c_str());
+  } catch (const UserError&) {
+    // no QAT for this model (mlp)
+  }
   std::vector<ChannelGroup> groups;
   try {
     groups = model->channel_groups();

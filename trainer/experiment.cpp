@@ -46,9 +46,9 @@ std::shared_ptr<Model> build_model(const ExperimentConfig& cfg, const DataBundle
   std::shared_ptr<Model> model = make_model(cfg.model, input_spec(data));
   if (cfg.qat.enabled) {
     try {
-      model->prepare_qat(cfg.qat);
+      attach_qat(*model, cfg.qat);  // by module type: the twins of the CNN's quantization points
     } catch (const UserError& e) {
-      cfg.fail("qat.enabled", e.what());
+      cfg.fail(cfg.qat.layers.empty() ? "qat.enabled" : "qat.layers", e.what());
     }
   }
   return model;

@@ -17,9 +17,6 @@ void check_task(const ExperimentConfig& c) {
       if (c.distill.feature_kd())
         c.fail(c.distill.hidden_student.empty() ? "distill.attention_student" : "distill.hidden_student",
                "hidden-state and attention-relation KD are for bert/llama; CNNs use distill.hint_student");
-      if (!c.qat.layers.empty())
-        c.fail("qat.layers", "per-layer rules apply to the linear and embedding layers of transformers; the CNNs "
-                             "use qat.weight and qat.activation");
       return;
     case TaskKind::kCausalLm:
       if (c.data.dataset != DatasetKind::kFortunes) c.fail("data.dataset", "task causal_lm reads the fortunes corpus: data.dataset: fortunes");

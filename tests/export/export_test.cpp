@@ -44,7 +44,7 @@ std::shared_ptr<Model> calibrated(const std::string& model_yaml, const InputSpec
   q.activation.symmetric = symmetric_act;
   q.activation.per_channel = false;
   q.activation.observer = ObserverKind::kMinMax;
-  m->prepare_qat(q);
+  attach_qat(*m, q);
   torch::NoGradGuard g;
   for (auto& p : m->named_parameters())
     if (p.key().find("bn.weight") != std::string::npos) p.value().uniform_(0.5, 1.5);  // no dead residual branches
@@ -124,7 +124,7 @@ TEST(ExportIntModel, RefusesWhatTheRuntimeCannotRun) {
   std::shared_ptr<Model> fresh = make_model(c.model, in);
   QatConfig q;
   q.enabled = true;
-  fresh->prepare_qat(q);
+  attach_qat(*fresh, q);
   fresh->eval();
   try {  // quantizers that never observed anything have no scales
     build_int_model(*fresh, in);

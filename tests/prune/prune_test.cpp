@@ -204,7 +204,7 @@ void check_removal(const std::string& model_yaml, bool qat_on) {
   std::shared_ptr<Model> m = make_model(c.model, InputSpec{});
   QatConfig q;
   q.enabled = true;
-  if (qat_on) m->prepare_qat(q);
+  if (qat_on) attach_qat(*m, q);
   {
     torch::NoGradGuard g;  // non-trivial BN statistics and residual gammas
     for (auto& p : m->parameters()) p.add_(torch::randn_like(p) * 0.1);

@@ -288,8 +288,8 @@ TEST(BnFold, FoldedConvEqualsConvThenBatchNormInEval) {
   // The QAT path with BN frozen and fake-quant off computes exactly that fold.
   QatConfig q;
   q.enabled = true;
-  unit->prepare_qat(q);
-  unit->qat->set_bn_frozen(true);
+  unit->attach_quantizers(*cnn_quantizer_factory(q), "unit", nullptr);
+  std::dynamic_pointer_cast<ConvBnQatImpl>(unit->qat)->set_bn_frozen(true);
   unit->train();
   const torch::Tensor mean_before = unit->bn->running_mean.clone();
   EXPECT_TRUE(torch::allclose(unit(x), ref, 1e-5, 1e-5));
@@ -310,9 +310,11 @@ TEST(BnFold, TrainingPathNormalizesWithBatchStatistics) {
   QatConfig q;
   q.enabled = true;
   q.weight.bits = 8;
-  b->prepare_qat(q);
-  b->qat->weight_quant->set_enabled(true);
-  b->qat->weight_quant->set_observing(true);
+  b->attach_quantizers(*cnn_quantizer_factory(q), "b", nullptr);
+  auto twin = std::dynamic_pointer_cast<ConvBnQatImpl>(b->qat);
+  ASSERT_TRUE(twin) << "a Conv-BN unit's twin is ConvBnQat";
+  twin->weight_quant->set_enabled(true);
+  twin->weight_quant->set_observing(true);
   a->train();
   b->train();
   const torch::Tensor x = torch::randn({8, 3, 6, 6});
@@ -352,7 +354,7 @@ TEST(QatModels, ConvNetAndResNetQuantizeEveryLayerMlpRefuses) {
     const torch::Tensor x = torch::rand({4, 1, 28, 28});
     m->eval();
     const torch::Tensor fp32 = m->forward(x);
-    m->prepare_qat(q);
+    attach_qat(*m, q);
     m->eval();
     EXPECT_TRUE(torch::equal(m->forward(x), fp32)) << "quantizers must start disabled: " << m->kind();
     // Turn QAT on, observe one training batch, then the eval output differs but stays close.
@@ -370,7 +372,59 @@ TEST(QatModels, ConvNetAndResNetQuantizeEveryLayerMlpRefuses) {
   ModelConfig mlp;
   mlp.name = ModelKind::kMlp;
   std::shared_ptr<Model> m = make_model(mlp, in);
-  EXPECT_THROW(m->prepare_qat(q), UserError);
+  EXPECT_THROW(attach_qat(*m, q), UserError);
+}
+
+// The CNNs get their twins through the same module-type mapping as the transformers: the names
+// their state has in checkpoints are the layers' (so CNN checkpoints from before the mapping still
+// load), and qat.layers patterns configure them per layer.
+TEST(QatModels, CnnTwinsAttachByLayerNameWithCheckpointNamesKept) {
+  auto cfg = [](const std::string& model, const std::string& qat) {
+    return parse_experiment_config("experiment: {name: t}\nmodel: " + model + "\nqat:\n  enabled: true\n" + qat, "q.yaml");
+  };
+  InputSpec in;
+  {
+    ExperimentConfig c = cfg("{name: convnet, width: 4, depth: 3}", "");
+    std::shared_ptr<Model> m = make_model(c.model, in);
+    EXPECT_EQ(attach_qat(*m, c.qat), 3 * 2 + 3)
+        << "each conv: ConvBnQat + its output; the input, the pooled features (gap head), the classifier";
+    const auto buffers = m->named_buffers();
+    for (const char* key : {"input_quant.scale", "block0.qat.weight_quant.scale", "block0.qat.bn_frozen",
+                            "block2.out_quant.scale", "classifier_quant.scale"})
+      EXPECT_TRUE(buffers.contains(key)) << key;
+    EXPECT_TRUE(std::dynamic_pointer_cast<ConvBnQatImpl>(m->named_modules()["block1.qat"]) != nullptr);
+  }
+  {  // A rule per layer name: block1's folded weights in 4 bits, the rest at the section's 8.
+    ExperimentConfig c = cfg("{name: resnet, width: 4, depth: 8}",
+                             "  layers:\n    \"*.conv2\": {weight: {bits: 4}}\n    \"fc\": {weight: {bits: 6}}\n");
+    std::shared_ptr<Model> m = make_model(c.model, in);
+    attach_qat(*m, c.qat);
+    auto mods = m->named_modules();
+    auto bits = [&](const std::string& name) {
+      return std::dynamic_pointer_cast<FakeQuantizeImpl>(mods[name])->options().spec.bits;
+    };
+    EXPECT_EQ(bits("stage1_block0.conv2.qat.weight_quant"), 4);
+    EXPECT_EQ(bits("stage1_block0.conv1.qat.weight_quant"), 8);
+    EXPECT_EQ(bits("stem.qat.weight_quant"), 8);
+    EXPECT_EQ(bits("fc_quant"), 6);
+    EXPECT_EQ(bits("stage1_block0.add_quant"), 8);
+  }
+  auto refused = [&](const std::string& qat) {
+    ExperimentConfig c = cfg("{name: convnet, width: 4, depth: 3}", qat);
+    std::shared_ptr<Model> m = make_model(c.model, in);
+    try {
+      attach_qat(*m, c.qat);
+    } catch (const UserError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(refused("  layers:\n    \"blok*\": {weight: {bits: 4}}\n").find("matches no layer"), std::string::npos);
+  EXPECT_NE(refused("  layers:\n    \"block1\": {enabled: false}\n").find("block1"), std::string::npos);
+  EXPECT_NE(refused("  layers:\n    \"block1\": {weight: {group_size: 32}}\n").find("per output channel"),
+            std::string::npos);
+  EXPECT_NE(refused("  layers:\n    \"input_quant\": {activation: {dynamic: per_token}}\n").find("static scales"),
+            std::string::npos);
 }
 
 TEST(QatConfig, BadValuesNameTheKey) {

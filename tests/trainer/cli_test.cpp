@@ -72,6 +72,28 @@ TEST(Cli, MissingDataExitsTwoNamingTheFolder) {
   EXPECT_FALSE(fs::exists(dir.path() / "runs"));
 }
 
+// `qdistill layers` lists a CNN's quantization points, the names qat.layers patterns match; a
+// pattern that matches none of them is a config error (exit 2) naming qat.layers.
+TEST(Cli, LayersListsCnnQuantizationPointsAndATypoPatternExitsTwo) {
+  test::TempDir dir;
+  const std::string cfg = write_config(dir, "model: {name: resnet, width: 4, depth: 8}\n"
+                                            "data: {train_subset: 64, test_subset: 64, batch_size: 32}\n"
+                                            "trainer: {epochs: 1, threads: 1}\n");
+  const ProcResult ls = qdistill("layers " + cfg);
+  ASSERT_EQ(ls.code, 0) << ls.output;
+  for (const char* name : {"input_quant, stem, stage1_block0.conv1", "stage3_block0.shortcut", "head_quant, fc\n"})
+    EXPECT_NE(ls.output.find(name), std::string::npos) << name << " missing from:\n" << ls.output;
+  const std::string bad = write_config(dir, "model: {name: resnet, width: 4, depth: 8}\n"
+                                            "data: {train_subset: 64, test_subset: 64, batch_size: 32}\n"
+                                            "trainer: {epochs: 1, threads: 1}\n"
+                                            "qat:\n  enabled: true\n  layers:\n    \"stage9*\": {weight: {bits: 4}}\n");
+  const ProcResult typo = qdistill("train " + bad);
+  EXPECT_EQ(typo.code, 2) << typo.output;
+  EXPECT_NE(typo.output.find("qat.layers"), std::string::npos) << typo.output;
+  EXPECT_NE(typo.output.find("\"stage9*\" matches no layer"), std::string::npos) << typo.output;
+  EXPECT_FALSE(fs::exists(dir.path() / "runs" / "cli" / "checkpoints")) << typo.output;
+}
+
 TEST(Cli, TrainWritesRunDirThenRefusesToClobberThenResumesAndEvals) {
   test::TempDir dir;
   const std::string cfg = write_config(dir, kTiny);
