@@ -131,7 +131,7 @@ class CnnQuantizerFactory : public QuantizerFactory {
   explicit CnnQuantizerFactory(const QatConfig& cfg) : cfg_(cfg) {}
 
   std::shared_ptr<TensorQuantizer> activation(const std::string& point, int64_t channels, bool relu) override {
-    return make_activation(point, rule(point).activation, channels, relu);
+    return make_activation(rule(point).activation, channels, relu);
   }
   std::shared_ptr<TensorQuantizer> weight(const std::string& layer, int64_t out) override {
     FakeQuantizeOptions o;
@@ -147,7 +147,7 @@ class CnnQuantizerFactory : public QuantizerFactory {
     return std::make_shared<ConvBnQatImpl>(cfg_.weight_spec(rule(layer).weight), unit.conv->options.out_channels(), in);
   }
   std::shared_ptr<TensorQuantizer> output(const std::string& layer, ConvBnReluImpl& unit) override {
-    return make_activation(layer, rule(layer).activation, unit.conv->options.out_channels(), unit.relu_);
+    return make_activation(rule(layer).activation, unit.conv->options.out_channels(), unit.relu_);
   }
 
   const std::vector<std::string>& names() const { return names_; }
@@ -170,8 +170,7 @@ class CnnQuantizerFactory : public QuantizerFactory {
            "qat.target tensorrt needs symmetric activations (activation.symmetric: true)");
     return r;
   }
-  static std::shared_ptr<TensorQuantizer> make_activation(const std::string&, const QuantSpec& spec, int64_t channels,
-                                                          bool relu) {
+  static std::shared_ptr<TensorQuantizer> make_activation(const QuantSpec& spec, int64_t channels, bool relu) {
     FakeQuantizeOptions o;
     o.spec = spec;
     o.channels = channels;
