@@ -31,22 +31,31 @@ ConvNet::ConvNet(const ModelConfig& cfg, const InputSpec& in) : head_(cfg.head) 
   classifier_ = register_module("classifier", torch::nn::Linear(features, in.num_classes));
 }
 
-std::vector<ChannelGroup> ConvNet::channel_groups() {
-  std::vector<ChannelGroup> groups;
+std::vector<PruneGroup> ConvNet::prune_groups() {
+  std::vector<PruneGroup> groups;
   for (size_t i = 0; i < blocks_.size(); ++i) {
-    ChannelGroup g;
+    PruneGroup g;
     g.name = feature_names_[i];
+    g.axis = "channels";
     g.layers = {g.name};
-    g.producers = {blocks_[i].ptr()};
-    g.channels = blocks_[i]->conv->options.out_channels();
+    g.units = blocks_[i]->conv->options.out_channels();
+    append_conv_bn_slices(g.slices, g.name);
     if (i + 1 < blocks_.size()) {
-      g.consumers.push_back({feature_names_[i + 1], blocks_[i + 1]->conv->weight, 1});
+      g.slices.push_back({feature_names_[i + 1] + ".conv.weight", 1, 1, SliceRole::kConsumer});
+      g.readers.push_back(feature_names_[i + 1]);
     } else {  // flatten: channel c feeds features [c*h*w, (c+1)*h*w)
-      g.consumers.push_back({"classifier", classifier_->weight, head_ == HeadKind::kGap ? 1 : final_hw_});
+      g.slices.push_back({"classifier.weight", 1, head_ == HeadKind::kGap ? 1 : final_hw_, SliceRole::kConsumer});
+      g.readers.push_back("classifier");
     }
     groups.push_back(std::move(g));
   }
   return groups;
+}
+
+ModelConfig ConvNet::pruned_config(const ModelConfig& cfg, const std::vector<int64_t>& kept) {
+  ModelConfig c = cfg;
+  c.channels.assign(kept.begin(), kept.end());
+  return c;
 }
 
 void ConvNet::attach_quantizers(QuantizerFactory& f) {

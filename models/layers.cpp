@@ -29,9 +29,22 @@ void Model::attach_quantizers(QuantizerFactory&) {
   throw UserError(concat("qat: the ", kind(), " model has no quantization-aware training; use convnet or resnet"));
 }
 
-std::vector<ChannelGroup> Model::channel_groups() {
-  throw UserError(concat("prune: the ", kind(), " model has no structured (channel) pruning; use convnet or resnet, "
+std::vector<PruneGroup> Model::prune_groups() {
+  throw UserError(concat("prune: the ", kind(), " model has no structured pruning; use convnet, resnet, llama, "
                          "or prune.method: magnitude"));
+}
+
+ModelConfig Model::pruned_config(const ModelConfig&, const std::vector<int64_t>&) {
+  throw UserError(concat("prune: the ", kind(), " model has no physical removal of pruned units"));
+}
+
+void append_conv_bn_slices(std::vector<DimSlice>& out, const std::string& name) {
+  out.push_back({name + ".conv.weight", 0, 1, SliceRole::kWeight});
+  out.push_back({name + ".bn.weight", 0, 1, SliceRole::kScale});
+  out.push_back({name + ".bn.bias", 0, 1, SliceRole::kMasked});
+  out.push_back({name + ".bn.running_mean", 0, 1, SliceRole::kState});
+  out.push_back({name + ".bn.running_var", 0, 1, SliceRole::kState});
+  out.push_back({name + ".qat.*", 0, 1, SliceRole::kState});
 }
 
 ExportGraph Model::export_graph() {

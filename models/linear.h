@@ -9,7 +9,9 @@
 
 #include <torch/torch.h>
 
+#include <map>
 #include <memory>
+#include <string>
 #include <vector>
 
 namespace qd {
@@ -70,11 +72,21 @@ TORCH_MODULE(QuantPoint);
 //   hidden: Hugging Face's hidden_states: [0] the embedding output, [i] layer i's output (1-based);
 //   q, k, v: layer i's projections [B, T, H] at index i - 1 (before heads are split and rotary
 //   positions applied).
+//   units: structured pruning's activation criterion (Minitron): per prunable group (PruneGroup
+//   name), each unit's activation magnitude summed over the tokens seen, float64 on the CPU.
 struct TransformerTrace {
-  bool want_hidden = false, want_qkv = false;
+  bool want_hidden = false, want_qkv = false, want_units = false;
   bool in_eval = false;  // also record in eval mode (a frozen teacher); a student records only while training
   std::vector<torch::Tensor> hidden, q, k, v;
-  void clear() { hidden.clear(), q.clear(), k.clear(), v.clear(); }
+  std::map<std::string, torch::Tensor> units;
+  void clear() { hidden.clear(), q.clear(), k.clear(), v.clear(), units.clear(); }
+  // Adds |a| summed over every dimension but the last (its units) to units[group].
+  void add_units(const std::string& group, const torch::Tensor& a) {
+    torch::Tensor s = a.detach().abs().reshape({-1, a.size(-1)}).sum(0).to(torch::kCPU, torch::kFloat64);
+    auto it = units.find(group);
+    if (it == units.end()) units.emplace(group, s);
+    else it->second += s;
+  }
 };
 
 }  // namespace qd

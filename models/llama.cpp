@@ -10,8 +10,14 @@ RmsNormImpl::RmsNormImpl(int64_t dim, double eps) : eps_(eps) { weight = registe
 
 torch::Tensor RmsNormImpl::forward(const torch::Tensor& x) {
   const torch::Tensor f = x.to(torch::kFloat32);
-  const torch::Tensor var = f.pow(2).mean(-1, /*keepdim=*/true);
+  const torch::Tensor var = kept_ > 0 ? f.pow(2).sum(-1, /*keepdim=*/true) / static_cast<double>(kept_)
+                                       : f.pow(2).mean(-1, /*keepdim=*/true);
   return weight * (f * torch::rsqrt(var + eps_)).to(x.dtype());
+}
+
+void RmsNormImpl::set_kept(const torch::Tensor& keep) {
+  kept_ = keep.defined() ? keep.sum().item<int64_t>() : 0;
+  if (kept_ == weight.size(0)) kept_ = 0;
 }
 
 LlamaLayerImpl::LlamaLayerImpl(const LlamaOptions& o) : heads_(o.heads), kv_heads_(o.kv_heads), head_dim_(o.head_dim()) {
@@ -53,17 +59,30 @@ torch::Tensor LlamaLayerImpl::forward(const torch::Tensor& x, const torch::Tenso
     ks = ks.repeat_interleave(heads_ / kv_heads_, 1);
     vs = vs.repeat_interleave(heads_ / kv_heads_, 1);
   }
-  const torch::Tensor a = at::scaled_dot_product_attention(qs, ks, vs, mask).transpose(1, 2).reshape({b, t, heads_ * head_dim_});
+  const torch::Tensor heads = at::scaled_dot_product_attention(qs, ks, vs, mask);  // [B, nh, T, hd]
+  const torch::Tensor a = heads.transpose(1, 2).reshape({b, t, heads_ * head_dim_});
   const torch::Tensor y = x + out(a);
   const torch::Tensor f = ffn_norm(y);
-  return y + down(torch::silu(gate(f)) * up(f));
+  const torch::Tensor act = torch::silu(gate(f)) * up(f);
+  if (trace && trace->want_units) {
+    // Minitron's importance: a head group by the L2 norms of its heads' outputs, an FFN neuron by
+    // |its activation|, a hidden feature by |its normalized value| at every norm.
+    trace->add_units(name + ".heads", heads.norm(2, -1).transpose(1, 2).reshape({b, t, kv_heads_, heads_ / kv_heads_}).sum(-1));
+    trace->add_units(name + ".ffn", act);
+    trace->add_units("hidden", h);
+    trace->add_units("hidden", f);
+  }
+  return y + down(act);
 }
 
 LlamaImpl::LlamaImpl(const LlamaOptions& o) : opts_(o) {
-  TORCH_CHECK(o.hidden % o.heads == 0 && o.heads % o.kv_heads == 0 && o.head_dim() % 2 == 0,
-              "llama: hidden must split into heads of even size, and heads into kv_heads groups");
+  TORCH_CHECK((o.head_size > 0 || o.hidden % o.heads == 0) && o.heads % o.kv_heads == 0 && o.head_dim() % 2 == 0,
+              "llama: hidden must split into heads of even size (or head_size be set), and heads into kv_heads groups");
   embed = register_module("embed", Embedding(o.vocab, o.hidden));
-  for (int64_t i = 0; i < o.layers; ++i) layers.push_back(register_module("layer" + std::to_string(i), LlamaLayer(o)));
+  for (int64_t i = 0; i < o.layers; ++i) {
+    layers.push_back(register_module("layer" + std::to_string(i), LlamaLayer(o)));
+    layers.back()->name = "layer" + std::to_string(i);
+  }
   norm = register_module("norm", RmsNorm(o.hidden, o.rms_eps));
   if (!o.tied_embeddings) lm_head = register_module("lm_head", Linear(o.hidden, o.vocab, /*bias=*/false));
   const int64_t hd = o.head_dim();
@@ -92,7 +111,10 @@ torch::Tensor LlamaImpl::decode(torch::Tensor x, const torch::Tensor& mask) {
     x = l(x, cos, sin, attn, tr);
     if (tr && tr->want_hidden) tr->hidden.push_back(x);
   }
-  return norm(x);
+  if (!tr || !tr->want_units) return norm(x);
+  const torch::Tensor h = norm(x);
+  tr->add_units("hidden", h);
+  return h;
 }
 
 torch::Tensor LlamaImpl::forward(const torch::Tensor& ids, const torch::Tensor& mask) {

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "models/linear.h"
+#include "models/structure.h"
 
 namespace qd {
 
@@ -19,19 +20,24 @@ class GgufFile;
 
 struct LlamaOptions {
   int64_t vocab = 49152, hidden = 576, layers = 30, heads = 9, kv_heads = 3, ffn = 1536, max_positions = 8192;
+  int64_t head_size = 0;  // 0: hidden / heads
   double rope_theta = 100000.0, rms_eps = 1e-5;
   bool tied_embeddings = true;
-  int64_t head_dim() const { return hidden / heads; }
+  int64_t head_dim() const { return head_size > 0 ? head_size : hidden / heads; }
 };
 
-class RmsNormImpl : public torch::nn::Module {
+class RmsNormImpl : public torch::nn::Module, public PrunableNorm {
  public:
   RmsNormImpl(int64_t dim, double eps);
   torch::Tensor forward(const torch::Tensor& x);  // as Hugging Face's LlamaRMSNorm, in float32
+  // Hidden-size pruning: the mean of squares runs over the kept features only (the pruned ones are 0).
+  void set_kept(const torch::Tensor& keep) override;
+  double eps() const { return eps_; }
   torch::Tensor weight;
 
  private:
   double eps_;
+  int64_t kept_ = 0;  // 0: all
 };
 TORCH_MODULE(RmsNorm);
 
@@ -44,6 +50,7 @@ class LlamaLayerImpl : public torch::nn::Module {
   RmsNorm attn_norm{nullptr}, ffn_norm{nullptr};
   QuantPoint k_cache{nullptr}, v_cache{nullptr};  // keys (after rotary) and values as the KV cache holds them
   Linear q{nullptr}, k{nullptr}, v{nullptr}, out{nullptr}, gate{nullptr}, up{nullptr}, down{nullptr};
+  std::string name;  // "layer<i>": its prunable groups' prefix (TransformerTrace::units)
 
  private:
   int64_t heads_, kv_heads_, head_dim_;

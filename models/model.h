@@ -8,7 +8,9 @@
 #include <vector>
 
 #include "models/batchnorm.h"
+#include "models/model_config.h"
 #include "models/quantizer.h"
+#include "models/structure.h"
 
 namespace qd {
 
@@ -63,9 +65,13 @@ class Model : public torch::nn::Module {
   // Throws UserError for models without QAT support.
   virtual void attach_quantizers(QuantizerFactory& f);
 
-  // Channel dependency groups for structured pruning (see ChannelGroup). Throws UserError for
-  // models without structured pruning.
-  virtual std::vector<struct ChannelGroup> channel_groups();
+  // Structured pruning: what the model may lose, unit by unit (models/structure.h), in a fixed
+  // order. Throws UserError for models without structured pruning.
+  virtual std::vector<PruneGroup> prune_groups();
+  // The architecture of this model with group i of prune_groups() cut to kept[i] units, for
+  // physical removal: `cfg` is the config this model was built from. UserError where the
+  // architecture cannot express the cut (a llama keeps one FFN width for all its layers, say).
+  virtual ModelConfig pruned_config(const ModelConfig& cfg, const std::vector<int64_t>& kept);
   // The deployed computation of a model prepared for QAT, for int8 export. Throws UserError for
   // models without export support.
   virtual ExportGraph export_graph();
@@ -123,24 +129,9 @@ int64_t count_nonzero_params(const torch::nn::Module& m);
 // Parameters of the Embedding tables (models/linear.h): a tied output projection reuses them.
 int64_t count_embedding_params(const torch::nn::Module& m);
 
-// A layer that reads a group's channels: a conv's input channels (weight dim 1) or a linear's
-// input features (after a flatten each channel feeds `per_channel` consecutive features).
-struct ChannelConsumer {
-  std::string layer;
-  torch::Tensor weight;  // conv [O, I, kh, kw] or linear [O, I]
-  int64_t per_channel = 1;
-};
-
-// Output channels that must be pruned together: every tensor added in a residual sum shares
-// its channels, so all their producers (conv + BN) lose the same channels, and every consumer
-// loses the matching inputs. A plain conv-BN-ReLU chain gives one group per conv.
-struct ChannelGroup {
-  std::string name;
-  std::vector<std::string> layers;  // producers' names, in order
-  std::vector<std::shared_ptr<ConvBnReluImpl>> producers;
-  std::vector<ChannelConsumer> consumers;
-  int64_t channels = 0;
-};
+// The slices of a conv-BN unit's output channels (`name`: its module path): filter, BN gamma and
+// beta, running statistics, and its QAT twin's per-channel state.
+void append_conv_bn_slices(std::vector<DimSlice>& out, const std::string& name);
 
 // Converts 4-d parameters and buffers to channels-last (NHWC) memory format: about 1.3x faster
 // convolutions on CPU with oneDNN. Values are unchanged.

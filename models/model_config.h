@@ -19,14 +19,16 @@ struct ModelConfig {
   int blocks_per_stage = 2;  // convnet: conv blocks between 2x2 max-pools (channels double after each)
   HeadKind head = HeadKind::kGap;  // convnet: global average pool, or flatten -> linear
   double dropout = 0.0;            // before the classifier
-  // Explicit output channels of every channel group (Model::channel_groups() order; a pruned
+  // Explicit output channels of every channel group (Model::prune_groups() order; a pruned
   // model after physical removal). Empty: derived from width.
   std::vector<int> channels;
   // Transformers (bert, llama).
   std::string pretrained;  // a teacher's files (folder / .gguf) or name (minilm-l6, smollm2-135m); empty: from scratch
   std::string tokenizer;   // from scratch: whose tokenizer (a pretrained name or path); fixes the vocabulary
   int hidden = 256, layers = 4, heads = 4, kv_heads = 0, ffn = 1024, max_positions = 512;
+  int head_dim = 0;       // 0: hidden / heads (a pruned model's heads keep their size while hidden shrinks)
   double rope_theta = 10000.0;
+  double norm_eps = 0.0;  // llama RMSNorm epsilon (0: 1e-5)
   int embedding_dim = 0;  // bert from scratch: project the pooled embedding to this width (0: hidden)
   // bert: a factorized word embedding, [vocab, rank] then rank -> hidden (ALBERT); pretrained: from
   // the truncated SVD of the teacher's table. 0: a plain [vocab, hidden] table.
@@ -68,6 +70,12 @@ struct ModelConfig {
     v.field("heads", heads, "bert/llama: attention heads (hidden must be a multiple)", Range<int>{1, 1024});
     v.field("kv_heads", kv_heads, "llama: key/value heads, grouped-query attention (0: = heads)", Range<int>{0, 1024});
     v.field("ffn", ffn, "bert/llama: feed-forward inner size", Range<int>{1, 1 << 18});
+    v.field("head_dim", head_dim,
+            "llama: size of each attention head (0: hidden / heads); physical removal of pruned heads or hidden "
+            "features writes it, since a pruned model's heads keep their size",
+            Range<int>{0, 4096});
+    v.field("norm_eps", norm_eps, "llama: RMSNorm epsilon (0: 1e-5); physical removal writes the pretrained model's",
+            Range<double>{0.0, 1.0});
     v.field("max_positions", max_positions, "bert: position embeddings; llama: longest sequence",
             Range<int>{1, 1 << 20});
     v.field("rope_theta", rope_theta, "llama: rotary base frequency", Range<double>{1.0, 1e9});
@@ -99,10 +107,12 @@ struct ModelConfig {
     v.check(!is_text() || !pretrained.empty() || !tokenizer.empty(), "tokenizer",
             "a bert/llama model from scratch needs a tokenizer: model.tokenizer: minilm-l6 (bert) or smollm2-135m "
             "(llama), or a path");
-    v.check(!is_text() || !pretrained.empty() || hidden % heads == 0, "heads", "hidden must be a multiple of heads");
+    v.check(!is_text() || !pretrained.empty() || head_dim > 0 || hidden % heads == 0, "heads",
+            "hidden must be a multiple of heads (or set model.head_dim)");
+    v.check(head_dim == 0 || name == ModelKind::kLlama, "head_dim", "model.head_dim applies to llama models");
     v.check(name != ModelKind::kLlama || !pretrained.empty() ||
-                ((hidden / heads) % 2 == 0 && heads % (kv_heads ? kv_heads : heads) == 0),
-            "kv_heads", "llama needs an even head size (hidden / heads) and heads a multiple of kv_heads");
+                ((head_dim > 0 ? head_dim : hidden / heads) % 2 == 0 && heads % (kv_heads ? kv_heads : heads) == 0),
+            "kv_heads", "llama needs an even head size (model.head_dim, or hidden / heads) and heads a multiple of kv_heads");
     v.check(!is_text() || pretrained.empty() || tokenizer.empty(), "tokenizer",
             "a pretrained model brings its own tokenizer; remove model.tokenizer");
     v.check(name != ModelKind::kResNet || (depth >= 8 && (depth - 2) % 6 == 0), "depth",

@@ -29,7 +29,7 @@ torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
 ResNet::ResNet(const ModelConfig& cfg, const InputSpec& in) {
   norm_ = register_module("norm", InputNorm(in));
   const int n = (cfg.depth - 2) / 6;
-  // model.channels, in channel_groups() order: per stage its stream, then each block's inner.
+  // model.channels, in prune_groups() order: per stage its stream, then each block's inner.
   const size_t groups = static_cast<size_t>(3 * (n + 1));
   QD_CHECK(cfg.channels.empty() || cfg.channels.size() == groups, UserError, "model.channels: this resnet has ",
            groups, " channel groups (per stage: the residual stream, then one per block), so it needs ", groups,
@@ -55,52 +55,59 @@ ResNet::ResNet(const ModelConfig& cfg, const InputSpec& in) {
   fc_ = register_module("fc", torch::nn::Linear(c, in.num_classes));
 }
 
-std::vector<ChannelGroup> ResNet::channel_groups() {
+std::vector<PruneGroup> ResNet::prune_groups() {
   // Walk the network tracking the group that owns the current residual stream's channels; the
   // result is ordered per stage: its stream, then each block's inner group (model.channels order).
-  std::vector<ChannelGroup> streams, inners;
-  std::vector<ChannelGroup>& groups = inners;
-  ChannelGroup stream;
-  stream.name = "stem";
-  stream.layers = {"stem"};
-  stream.producers = {stem_.ptr()};
-  stream.channels = stem_->conv->options.out_channels();
+  std::vector<PruneGroup> streams, inners;
+  auto start_stream = [](const std::string& group, const std::string& layer, int64_t units) {
+    PruneGroup g;
+    g.name = group;
+    g.axis = "channels";
+    g.layers = {layer};
+    g.units = units;
+    append_conv_bn_slices(g.slices, layer);
+    return g;
+  };
+  auto read = [](PruneGroup& g, const std::string& layer) {
+    g.slices.push_back({layer + ".conv.weight", 1, 1, SliceRole::kConsumer});
+    g.readers.push_back(layer);
+  };
+  PruneGroup stream = start_stream("stem", "stem", stem_->conv->options.out_channels());
   for (size_t i = 0; i < blocks_.size(); ++i) {
     BasicBlockImpl& b = *blocks_[i];
     const std::string name = feature_names_[i + 1];  // stageS_blockI
     if (b.shortcut) {  // a projection starts a new stream: the old one ends here
-      stream.consumers.push_back({name + ".shortcut", b.shortcut->conv->weight, 1});
-      stream.consumers.push_back({name + ".conv1", b.conv1->conv->weight, 1});
+      read(stream, name + ".shortcut");
+      read(stream, name + ".conv1");
       streams.push_back(std::move(stream));
-      stream = ChannelGroup{};
-      stream.name = name.substr(0, name.find('_'));  // stageS
-      stream.layers = {name + ".shortcut"};
-      stream.producers = {b.shortcut.ptr()};
-      stream.channels = b.shortcut->conv->options.out_channels();
+      stream = start_stream(name.substr(0, name.find('_')), name + ".shortcut", b.shortcut->conv->options.out_channels());
     } else {
-      stream.consumers.push_back({name + ".conv1", b.conv1->conv->weight, 1});
+      read(stream, name + ".conv1");
     }
     // conv1's output feeds only conv2: a group of its own.
-    ChannelGroup inner;
-    inner.name = name + ".conv1";
-    inner.layers = {inner.name};
-    inner.producers = {b.conv1.ptr()};
-    inner.consumers.push_back({name + ".conv2", b.conv2->conv->weight, 1});
-    inner.channels = b.conv1->conv->options.out_channels();
-    groups.push_back(std::move(inner));
+    PruneGroup inner = start_stream(name + ".conv1", name + ".conv1", b.conv1->conv->options.out_channels());
+    read(inner, name + ".conv2");
+    inners.push_back(std::move(inner));
     // conv2's output is added to the stream: same channels.
     stream.layers.push_back(name + ".conv2");
-    stream.producers.push_back(b.conv2.ptr());
+    append_conv_bn_slices(stream.slices, name + ".conv2");
   }
-  stream.consumers.push_back({"fc", fc_->weight, 1});
+  stream.slices.push_back({"fc.weight", 1, 1, SliceRole::kConsumer});
+  stream.readers.push_back("fc");
   streams.push_back(std::move(stream));
-  std::vector<ChannelGroup> ordered;
+  std::vector<PruneGroup> ordered;
   const size_t per_stage = blocks_.size() / streams.size();
   for (size_t st = 0; st < streams.size(); ++st) {
     ordered.push_back(std::move(streams[st]));
-    for (size_t i = 0; i < per_stage; ++i) ordered.push_back(std::move(groups[st * per_stage + i]));
+    for (size_t i = 0; i < per_stage; ++i) ordered.push_back(std::move(inners[st * per_stage + i]));
   }
   return ordered;
+}
+
+ModelConfig ResNet::pruned_config(const ModelConfig& cfg, const std::vector<int64_t>& kept) {
+  ModelConfig c = cfg;
+  c.channels.assign(kept.begin(), kept.end());
+  return c;
 }
 
 void ResNet::attach_quantizers(QuantizerFactory& f) {

@@ -117,6 +117,101 @@ LlamaModel::LlamaModel(Llama l, std::shared_ptr<const TextTokenizer> tok) : Text
 }
 torch::Tensor LlamaModel::forward_text(const torch::Tensor& ids, const torch::Tensor& mask) { return lm(ids, mask); }
 
+std::vector<PruneGroup> LlamaModel::prune_groups() {
+  const LlamaOptions& o = lm->options();
+  const int64_t hd = o.head_dim(), per_kv = o.heads / o.kv_heads;
+  std::vector<PruneGroup> groups;
+  PruneGroup hidden;
+  hidden.name = "hidden";
+  hidden.axis = "hidden";
+  hidden.units = o.hidden;
+  hidden.layers = {"embed"};
+  hidden.slices.push_back({"lm.embed.weight", 1, 1, SliceRole::kWeight});  // the tied head reads it too
+  hidden.norms.push_back(lm->norm.get());
+  for (size_t i = 0; i < lm->layers.size(); ++i) {
+    const std::string l = "layer" + std::to_string(i), p = "lm." + l + ".";
+    // A key-value head and the query heads it serves (grouped-query attention): pruned together.
+    PruneGroup heads;
+    heads.name = l + ".heads";
+    heads.axis = "heads";
+    heads.units = o.kv_heads;
+    heads.layers = {l + ".q", l + ".k", l + ".v"};
+    heads.readers = {l + ".out"};
+    for (const char* t : {"q", "k", "v"}) {
+      const int64_t block = t[0] == 'q' ? per_kv * hd : hd;
+      heads.slices.push_back({p + t + ".weight", 0, block, SliceRole::kWeight});
+      heads.slices.push_back({p + t + ".qat.*", 0, block, SliceRole::kState});
+    }
+    heads.slices.push_back({p + "out.weight", 1, per_kv * hd, SliceRole::kConsumer});
+    groups.push_back(std::move(heads));
+    // An FFN neuron: silu(gate) * up is 0 when both rows are.
+    PruneGroup ffn;
+    ffn.name = l + ".ffn";
+    ffn.axis = "ffn";
+    ffn.units = o.ffn;
+    ffn.layers = {l + ".gate", l + ".up"};
+    ffn.readers = {l + ".down"};
+    for (const char* t : {"gate", "up"}) {
+      ffn.slices.push_back({p + t + ".weight", 0, 1, SliceRole::kWeight});
+      ffn.slices.push_back({p + t + ".qat.*", 0, 1, SliceRole::kState});
+    }
+    ffn.slices.push_back({p + "down.weight", 1, 1, SliceRole::kConsumer});
+    groups.push_back(std::move(ffn));
+    // The residual stream: what writes it (embedding, attention output, FFN output), the norms
+    // over it, and every projection that reads it.
+    for (const char* t : {"out", "down"}) {
+      hidden.slices.push_back({p + t + ".weight", 0, 1, SliceRole::kWeight});
+      hidden.slices.push_back({p + t + ".qat.*", 0, 1, SliceRole::kState});
+    }
+    hidden.slices.push_back({p + "attn_norm.weight", 0, 1, SliceRole::kScale});
+    hidden.slices.push_back({p + "ffn_norm.weight", 0, 1, SliceRole::kScale});
+    hidden.norms.push_back(lm->layers[i]->attn_norm.get());
+    hidden.norms.push_back(lm->layers[i]->ffn_norm.get());
+    for (const char* t : {"q", "k", "v", "gate", "up"}) hidden.slices.push_back({p + t + ".weight", 1, 1, SliceRole::kConsumer});
+    hidden.readers.push_back(l);
+  }
+  hidden.slices.push_back({"lm.norm.weight", 0, 1, SliceRole::kScale});
+  if (!o.tied_embeddings) {
+    hidden.slices.push_back({"lm.lm_head.weight", 1, 1, SliceRole::kConsumer});
+    hidden.readers.push_back("lm_head");
+  } else {
+    hidden.readers.push_back("embed (tied head)");
+  }
+  groups.push_back(std::move(hidden));
+  return groups;
+}
+
+ModelConfig LlamaModel::pruned_config(const ModelConfig& cfg, const std::vector<int64_t>& kept) {
+  const LlamaOptions& o = lm->options();
+  const size_t layers = lm->layers.size();
+  QD_CHECK(kept.size() == 2 * layers + 1, Error, "llama: ", kept.size(), " kept counts for ", 2 * layers + 1, " groups");
+  // One architecture for every layer: the same number of heads and FFN neurons everywhere.
+  for (size_t i = 1; i < layers; ++i) {
+    QD_CHECK(kept[2 * i] == kept[0], UserError, "prune: layer", i, " keeps ", kept[2 * i], " key-value heads and layer0 ",
+             kept[0], "; a llama keeps one head count in every layer: use prune.scope: layer and no per-layer "
+             "prune.layer_targets for heads");
+    QD_CHECK(kept[2 * i + 1] == kept[1], UserError, "prune: layer", i, " keeps ", kept[2 * i + 1], " FFN neurons and layer0 ",
+             kept[1], "; a llama keeps one FFN width in every layer: use prune.scope: layer and no per-layer "
+             "prune.layer_targets for FFN groups");
+  }
+  QD_CHECK(o.tied_embeddings, UserError, "prune: physical removal supports llamas with tied embeddings only");
+  ModelConfig c = cfg;
+  c.tokenizer = cfg.pretrained.empty() ? cfg.tokenizer : resolve_pretrained(cfg.pretrained);
+  c.pretrained.clear();
+  c.keep_layers.clear();
+  c.init_checkpoint.clear();
+  c.layers = static_cast<int>(layers);
+  c.kv_heads = static_cast<int>(kept[0]);
+  c.heads = static_cast<int>(kept[0] * (o.heads / o.kv_heads));
+  c.head_dim = static_cast<int>(o.head_dim());
+  c.ffn = static_cast<int>(kept[1]);
+  c.hidden = static_cast<int>(kept.back());
+  c.max_positions = static_cast<int>(o.max_positions);
+  c.rope_theta = o.rope_theta;
+  c.norm_eps = o.rms_eps;
+  return c;
+}
+
 namespace {
 // GPT-2 / BERT initialization: every weight matrix and embedding N(0, 0.02); biases 0; norms 1.
 void init_transformer(torch::nn::Module& m) {
@@ -201,7 +296,9 @@ std::shared_ptr<TextModel> make_text_model(const ModelConfig& cfg) {
   o.kv_heads = cfg.kv_heads ? cfg.kv_heads : cfg.heads;
   o.ffn = cfg.ffn;
   o.max_positions = cfg.max_positions;
+  o.head_size = cfg.head_dim;
   o.rope_theta = cfg.rope_theta;
+  if (cfg.norm_eps > 0) o.rms_eps = cfg.norm_eps;
   o.tied_embeddings = true;
   Llama l(o);
   init_transformer(*l);

@@ -63,6 +63,7 @@ class TextModel : public Model {
   virtual int64_t num_heads() const = 0;
   // Where forward passes record hidden states and q/k/v for feature KD (nullptr: nowhere).
   virtual void set_trace(TransformerTrace* t) = 0;
+  virtual TransformerTrace* trace() const = 0;
   virtual int64_t max_positions() const = 0;
   const TextTokenizer& tokenizer() const { return *tokenizer_; }
   std::shared_ptr<const TextTokenizer> tokenizer_ptr() const { return tokenizer_; }
@@ -83,6 +84,7 @@ class BertModel : public TextModel {
   int64_t num_layers() const override { return encoder->options().layers; }
   int64_t num_heads() const override { return encoder->options().heads; }
   void set_trace(TransformerTrace* t) override { encoder->trace = t; }
+  TransformerTrace* trace() const override { return encoder->trace; }
   int64_t max_positions() const override { return encoder->options().max_positions; }
   std::string kind() const override { return "bert"; }
   BertEncoder encoder{nullptr};
@@ -97,8 +99,14 @@ class LlamaModel : public TextModel {
   int64_t num_layers() const override { return lm->options().layers; }
   int64_t num_heads() const override { return lm->options().heads; }
   void set_trace(TransformerTrace* t) override { lm->trace = t; }
+  TransformerTrace* trace() const override { return lm->trace; }
   int64_t max_positions() const override { return lm->options().max_positions; }
   std::string kind() const override { return "llama"; }
+  // Per layer its key-value head groups ("layer<i>.heads") and FFN neurons ("layer<i>.ffn"), then
+  // the hidden size ("hidden"); the architecture after removal keeps one head count and FFN width
+  // for all layers.
+  std::vector<PruneGroup> prune_groups() override;
+  ModelConfig pruned_config(const ModelConfig& cfg, const std::vector<int64_t>& kept) override;
   Llama lm{nullptr};
 };
 

@@ -30,7 +30,8 @@ class ConvNet : public Model {
   torch::Tensor forward(torch::Tensor x) override;
   std::string kind() const override { return "convnet"; }
   void attach_quantizers(QuantizerFactory& f) override;
-  std::vector<ChannelGroup> channel_groups() override;
+  std::vector<PruneGroup> prune_groups() override;
+  ModelConfig pruned_config(const ModelConfig& cfg, const std::vector<int64_t>& kept) override;
   ExportGraph export_graph() override;
 
  private:
@@ -67,7 +68,8 @@ class ResNet : public Model {
   torch::Tensor forward(torch::Tensor x) override;
   std::string kind() const override { return "resnet"; }
   void attach_quantizers(QuantizerFactory& f) override;
-  std::vector<ChannelGroup> channel_groups() override;
+  std::vector<PruneGroup> prune_groups() override;
+  ModelConfig pruned_config(const ModelConfig& cfg, const std::vector<int64_t>& kept) override;
   ExportGraph export_graph() override;
 
  private:

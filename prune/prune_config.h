@@ -9,7 +9,7 @@
 namespace qd {
 
 enum class PruneMethod { kMagnitude, kChannel };
-enum class PruneCriterion { kL1, kL2, kBnGamma };
+enum class PruneCriterion { kL1, kL2, kBnGamma, kActivation };
 enum class PruneScope { kLayer, kGlobal };
 enum class PruneSchedule { kGradual, kOneShot };
 
@@ -24,17 +24,23 @@ struct PruneConfig {
   int start_epoch = 0;            // t0 (0-based epoch at whose start pruning begins)
   int end_epoch = 1;              // t0 + n*dt: the target is reached at the start of this epoch
   int update_every_steps = 50;    // dt: masks are recomputed this often while the schedule runs
+  int calibration_samples = 64;   // criterion activation: training examples each mask update runs forward
   std::vector<std::string> exclude;       // layers (magnitude) or channel groups / their layers (channel) never pruned
   std::vector<std::string> layer_targets; // per-layer targets: "NAME=SPARSITY", e.g. "block4=0.3"
 
   template <class V>
   void visit(V& v) {
     v.field("enabled", enabled, "prune the student while it trains");
-    v.field("method", method, "magnitude: individual weights (unstructured); channel: whole filters (structured)",
+    v.field("method", method,
+            "magnitude: individual weights (unstructured); channel: whole units (structured): CNN filters; "
+            "transformer head groups, FFN neurons, hidden features (see qdistill layers)",
             Choices<PruneMethod>{{{"magnitude", PruneMethod::kMagnitude}, {"channel", PruneMethod::kChannel}}});
-    v.field("criterion", criterion, "channel: score of a channel (filter L1 / L2 norm, or |BN gamma|)",
+    v.field("criterion", criterion,
+            "channel: score of a unit: L1 / L2 norm of its weights, |BN gamma| (CNN), or activation: its mean "
+            "activation magnitude on prune.calibration_samples training examples, forward only (transformers; "
+            "Minitron)",
             Choices<PruneCriterion>{{{"l1", PruneCriterion::kL1}, {"l2", PruneCriterion::kL2},
-                                     {"bn_gamma", PruneCriterion::kBnGamma}}});
+                                     {"bn_gamma", PruneCriterion::kBnGamma}, {"activation", PruneCriterion::kActivation}}});
     v.field("scope", scope, "rank weights (channels) within each layer (group), or across all of them",
             Choices<PruneScope>{{{"layer", PruneScope::kLayer}, {"global", PruneScope::kGlobal}}});
     v.field("schedule", schedule, "gradual (Zhu & Gupta 2017, cubic) or one_shot at start_epoch",
@@ -47,8 +53,12 @@ struct PruneConfig {
     v.field("end_epoch", end_epoch, "gradual: the target is reached at the start of this epoch", Range<int>{0, 100000});
     v.field("update_every_steps", update_every_steps, "gradual: optimizer steps between mask updates",
             Range<int>{1, 1000000});
+    v.field("calibration_samples", calibration_samples,
+            "criterion activation: training examples (sequences) run forward at each mask update", Range<int>{1, 1000000});
     v.field("exclude", exclude, "layers / channel groups never pruned, e.g. [block0, classifier] (see qdistill layers)");
     v.field("layer_targets", layer_targets, "per-layer final sparsity overrides, \"NAME=SPARSITY\" (e.g. block4=0.3)");
+    v.check(criterion != PruneCriterion::kActivation || method == PruneMethod::kChannel, "criterion",
+            "the activation criterion scores whole units: use prune.method: channel, or criterion l1 for magnitude");
     v.check(initial_sparsity <= target_sparsity, "initial_sparsity", "must not exceed prune.target_sparsity");
     v.check(schedule == PruneSchedule::kOneShot || end_epoch > start_epoch, "end_epoch",
             "the gradual schedule needs prune.end_epoch > prune.start_epoch");

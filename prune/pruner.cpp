@@ -58,13 +58,13 @@ std::map<std::string, double> parse_targets(const std::vector<std::string>& entr
   return out;
 }
 
-// Names a config entry may use: layers (magnitude), or groups and their layers (channel).
-std::vector<std::string> valid_names(const PruneConfig& cfg, Model& model, std::vector<ChannelGroup>* groups_out) {
+// Names a config entry may use: layers (magnitude), or groups and their layers (structured).
+std::vector<std::string> valid_names(const PruneConfig& cfg, Model& model, std::vector<PruneGroup>* groups_out) {
   std::vector<std::string> names;
   if (cfg.method == PruneMethod::kMagnitude) {
     for (const auto& [n, w] : prunable_weights(model)) names.push_back(n);
   } else {
-    std::vector<ChannelGroup> groups = model.channel_groups();
+    std::vector<PruneGroup> groups = model.prune_groups();
     for (const auto& g : groups) {
       names.push_back(g.name);
       for (const auto& l : g.layers)
@@ -75,7 +75,63 @@ std::vector<std::string> valid_names(const PruneConfig& cfg, Model& model, std::
   return names;
 }
 
+// Everything a unit owns is zeroed but per-unit state: its readers' weights too, so that a
+// quantizer's per-row range sees what the smaller model's will.
+bool masked_role(SliceRole r) { return r != SliceRole::kState; }
+
+// [units] from t: |t| (l1), t^2 (l2, before the root) summed over all but the unit's entries.
+torch::Tensor per_unit_sum(const ResolvedSlice& s, int64_t units, bool square) {
+  const torch::Tensor a = square ? s.t.detach().pow(2) : s.t.detach().abs();
+  if (s.dim == 0 && s.block == 1) {  // the common case, reduced as the CNN pruner always has
+    std::vector<int64_t> dims;
+    for (int64_t d = 1; d < a.dim(); ++d) dims.push_back(d);
+    return dims.empty() ? a : a.sum(dims);
+  }
+  return a.transpose(0, s.dim).reshape({units, -1}).sum(1);
+}
+
 }  // namespace
+
+std::vector<ResolvedSlice> resolve_slices(torch::nn::Module& model, const PruneGroup& g) {
+  std::map<std::string, torch::Tensor> tensors;
+  for (const auto& p : model.named_parameters(true)) tensors[p.key()] = p.value();
+  for (const auto& b : model.named_buffers(true)) tensors[b.key()] = b.value();
+  std::vector<ResolvedSlice> out;
+  auto add = [&](const std::string& name, const DimSlice& d, bool wildcard) {
+    auto it = tensors.find(name);
+    QD_CHECK(it != tensors.end(), Error, "prune group ", g.name, ": the model has no tensor ", name);
+    const torch::Tensor& t = it->second;
+    QD_CHECK(t.dim() > d.dim, Error, "prune group ", g.name, ": ", name, " has no dimension ", d.dim);
+    ResolvedSlice r{name, t, d.dim, d.block, d.role};
+    if (wildcard) {
+      QD_CHECK(t.size(d.dim) % g.units == 0, Error, "prune group ", g.name, ": ", name, " has ", t.size(d.dim),
+               " entries along dimension ", d.dim, ", not a multiple of its ", g.units, " units");
+      r.block = t.size(d.dim) / g.units;
+    }
+    QD_CHECK(t.size(d.dim) == g.units * r.block, Error, "prune group ", g.name, ": ", name, " has ", t.size(d.dim),
+             " entries along dimension ", d.dim, ", expected ", g.units, " units x ", r.block);
+    out.push_back(std::move(r));
+  };
+  for (const auto& d : g.slices) {
+    const size_t n = d.tensor.size();
+    if (n < 2 || d.tensor.compare(n - 2, 2, ".*") != 0) {
+      add(d.tensor, d, false);
+      continue;
+    }
+    const std::string path = d.tensor.substr(0, n - 2);
+    for (const auto& m : model.named_modules("", false)) {
+      if (m.key() != path && m.key().rfind(path + ".", 0) != 0) continue;
+      if (const auto* pc = dynamic_cast<const PerChannelState*>(m.value().get()))
+        for (const auto& rel : pc->per_channel_tensors()) add(m.key() + "." + rel, d, true);
+    }
+  }
+  return out;
+}
+
+torch::Tensor slice_indices(const ResolvedSlice& s, const torch::Tensor& keep) {
+  if (s.block == 1) return keep;
+  return (keep.view({-1, 1}) * s.block + torch::arange(s.block, keep.options()).view({1, -1})).reshape({-1});
+}
 
 double scheduled_sparsity(const PruneConfig& cfg, double target, int64_t step, int64_t steps_per_epoch) {
   const int64_t t0 = static_cast<int64_t>(cfg.start_epoch) * steps_per_epoch;
@@ -112,8 +168,10 @@ std::optional<std::pair<std::string, std::string>> check_prune_names(const Prune
 }
 
 void PruneHook::collect(Model& model) {
+  model_ = &model;
   units_.clear();
   groups_.clear();
+  slices_.clear();
   const std::map<std::string, double> targets = parse_targets(cfg_.layer_targets);
   auto target_of = [&](const std::vector<std::string>& names) {
     for (const auto& n : names)
@@ -132,6 +190,13 @@ void PruneHook::collect(Model& model) {
     return;
   }
   valid_names(cfg_, model, &groups_);
+  for (const auto& g : groups_) {
+    slices_.push_back(resolve_slices(model, g));
+    QD_CHECK(cfg_.criterion != PruneCriterion::kBnGamma ||
+                 std::any_of(g.slices.begin(), g.slices.end(), [](const DimSlice& d) { return d.role == SliceRole::kScale; }),
+             UserError, "prune.criterion: bn_gamma scores units by a BatchNorm scale, which group ", g.name, " (", g.axis,
+             ") has none of; use l1, l2 or activation");
+  }
   for (size_t i = 0; i < groups_.size(); ++i) {
     std::vector<std::string> names = groups_[i].layers;
     names.insert(names.begin(), groups_[i].name);
@@ -152,23 +217,38 @@ void PruneHook::on_train_begin(TrainState& state) {
   // Before the final sparsity is reached, epochs measure a bigger model: not eligible for best.pt.
   const int64_t done = cfg_.schedule == PruneSchedule::kOneShot ? cfg_.start_epoch : cfg_.end_epoch;
   state.best_from_epoch = std::max(state.best_from_epoch, done);
-  log_info("prune: ", cfg_.method == PruneMethod::kChannel ? "channels" : "weights", " of ", units_.size(),
+  log_info("prune: ", cfg_.method == PruneMethod::kChannel ? "units" : "weights", " of ", units_.size(),
            cfg_.method == PruneMethod::kChannel ? " groups" : " layers", " to ", cfg_.target_sparsity,
            cfg_.schedule == PruneSchedule::kOneShot ? concat(" at once at epoch ", cfg_.start_epoch + 1)
                                                    : concat(" from epoch ", cfg_.start_epoch + 1, " to ", cfg_.end_epoch));
 }
 
-torch::Tensor PruneHook::channel_scores(const ChannelGroup& g) const {
+torch::Tensor PruneHook::unit_scores(size_t group, const std::map<std::string, torch::Tensor>& measured) const {
   torch::NoGradGuard ng;
-  torch::Tensor score = torch::zeros({g.channels}, torch::kFloat64);
-  for (const auto& p : g.producers) {
+  const int64_t units = groups_[group].units;
+  if (cfg_.criterion == PruneCriterion::kActivation) {
+    auto it = measured.find(groups_[group].name);
+    QD_CHECK(it != measured.end() && it->second.numel() == units, Error, "prune: the calibration pass measured no ",
+             units, " activations for group ", groups_[group].name);
+    return it->second.to(torch::kCPU, torch::kFloat64);
+  }
+  torch::Tensor score = torch::zeros({units}, torch::kFloat64);
+  for (const auto& sl : slices_[group]) {
     torch::Tensor s;
     switch (cfg_.criterion) {
-      case PruneCriterion::kL1: s = p->conv->weight.abs().sum({1, 2, 3}); break;
-      case PruneCriterion::kL2: s = p->conv->weight.pow(2).sum({1, 2, 3}).sqrt(); break;
-      case PruneCriterion::kBnGamma: s = p->bn->weight.abs(); break;
+      case PruneCriterion::kL1:
+        if (sl.role == SliceRole::kWeight) s = per_unit_sum(sl, units, false);
+        break;
+      case PruneCriterion::kL2:
+        if (sl.role == SliceRole::kWeight) s = per_unit_sum(sl, units, true).sqrt();
+        break;
+      case PruneCriterion::kBnGamma:
+        if (sl.role == SliceRole::kScale) s = per_unit_sum(sl, units, false);
+        break;
+      case PruneCriterion::kActivation:  // returned above
+        break;
     }
-    score += s.to(torch::kCPU, torch::kFloat64);
+    if (s.defined()) score += s.to(torch::kCPU, torch::kFloat64);
   }
   return score;
 }
@@ -178,9 +258,15 @@ void PruneHook::update_masks(int64_t step, int64_t steps_per_epoch) {
   // Per unit: how many elements (weights or channels) the schedule prunes now.
   std::vector<torch::Tensor> scores;
   std::vector<int64_t> prune_n;
+  std::map<std::string, torch::Tensor> measured;
+  if (cfg_.criterion == PruneCriterion::kActivation && cfg_.method == PruneMethod::kChannel) {
+    QD_CHECK(importance_ && model_, UserError, "prune.criterion: activation needs a calibration pass, which this "
+             "model or task does not offer; use l1 or l2");
+    measured = importance_(*model_);
+  }
   for (auto& u : units_) {
     const double s = scheduled_sparsity(cfg_, u.target, step, steps_per_epoch);
-    torch::Tensor sc = u.group >= 0 ? channel_scores(groups_[static_cast<size_t>(u.group)])
+    torch::Tensor sc = u.group >= 0 ? unit_scores(static_cast<size_t>(u.group), measured)
                                     : u.weight.detach().abs().reshape({-1}).to(torch::kCPU, torch::kFloat64);
     int64_t n = static_cast<int64_t>(std::floor(s * static_cast<double>(sc.numel()) + 1e-9));
     n = std::min<int64_t>(n, sc.numel() - 1);  // never empty a layer
@@ -213,8 +299,7 @@ void PruneHook::update_masks(int64_t step, int64_t steps_per_epoch) {
       torch::Tensor order = std::get<1>(scores[i].sort(/*stable=*/true, 0, false));
       keep.index_fill_(0, order.slice(0, 0, prune_n[i]), 0.0f);
     }
-    const torch::Device dev = u.group >= 0 ? groups_[static_cast<size_t>(u.group)].producers[0]->conv->weight.device()
-                                           : u.weight.device();
+    const torch::Device dev = u.group >= 0 ? slices_[static_cast<size_t>(u.group)].front().t.device() : u.weight.device();
     u.mask = (u.group >= 0 ? keep : keep.view(u.weight.sizes())).to(dev);
   }
   apply_masks(false);
@@ -235,11 +320,16 @@ void PruneHook::apply_masks(bool to_grads) {
       mul(u.weight, u.mask);
       continue;
     }
-    for (const auto& p : groups_[static_cast<size_t>(u.group)].producers) {
-      mul(p->conv->weight, u.mask.view({-1, 1, 1, 1}));
-      mul(p->bn->weight, u.mask);
-      mul(p->bn->bias, u.mask);
+    const auto g = static_cast<size_t>(u.group);
+    for (const auto& sl : slices_[g]) {
+      if (!masked_role(sl.role)) continue;
+      torch::Tensor m = sl.block == 1 ? u.mask : u.mask.repeat_interleave(sl.block);
+      std::vector<int64_t> shape(static_cast<size_t>(sl.t.dim()), 1);
+      shape[static_cast<size_t>(sl.dim)] = -1;
+      mul(sl.t, m.view(shape));
     }
+    if (!to_grads)
+      for (PrunableNorm* n : groups_[g].norms) n->set_kept(u.mask);
   }
 }
 
@@ -273,7 +363,7 @@ void PruneHook::on_epoch_end(TrainState& state) {
   double pruned = 0, total = 0;
   for (const auto& [name, s] : sparsity()) state.epoch_metrics["sparsity/" + name] = s;
   for (const auto& u : units_) {
-    const double n = static_cast<double>(u.mask.defined() ? u.mask.numel() : (u.group >= 0 ? groups_[static_cast<size_t>(u.group)].channels : u.weight.numel()));
+    const double n = static_cast<double>(u.mask.defined() ? u.mask.numel() : (u.group >= 0 ? groups_[static_cast<size_t>(u.group)].units : u.weight.numel()));
     total += n;
     if (u.mask.defined()) pruned += n - u.mask.sum().item<double>();
   }
@@ -294,10 +384,10 @@ void PruneHook::load_state(torch::serialize::InputArchive& ar) {
   for (auto& u : units_) {
     torch::Tensor m;
     if (!ar.try_read("mask/" + u.name, m)) continue;
-    const torch::Device dev = u.group >= 0 ? groups_[static_cast<size_t>(u.group)].producers[0]->conv->weight.device()
-                                           : u.weight.device();
+    const torch::Device dev = u.group >= 0 ? slices_[static_cast<size_t>(u.group)].front().t.device() : u.weight.device();
     u.mask = m.to(dev);
   }
+  apply_masks(false);  // the weights are masked already; normalizations over a pruned dimension learn their kept units
 }
 
 }  // namespace qd

@@ -1,13 +1,18 @@
 // Pruning while training: masks on a gradual (Zhu & Gupta 2017) or one-shot schedule,
-// unstructured (magnitude) or structured (whole channels, in dependency groups).
+// unstructured (magnitude) or structured (whole units of the groups a model declares in
+// Model::prune_groups(): CNN channels; a transformer's attention-head groups, FFN neurons and
+// hidden size).
 //
 // Masks are applied to the weights after every optimizer step and to the gradients before it,
 // so pruned weights stay exactly zero through momentum and weight decay; QAT's fake-quant reads
 // the masked weights (and, for channels, the zeroed BN gamma/beta folds to zero filters).
-// A pruned channel's conv filter, BN gamma and BN beta are all zero, so its output is exactly 0
-// in training and evaluation, which is what lets export remove it without changing the outputs.
+// Every slice a pruned unit owns is zero (a channel's filter, BN gamma and beta, and its readers'
+// input weights; an FFN neuron's gate and up rows and its down column), so its output is exactly 0
+// in training and evaluation and nothing reads it, which is what lets physical removal
+// (prune/remove.h) drop it without changing the outputs.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -27,9 +32,29 @@ double scheduled_sparsity(const PruneConfig& cfg, double target, int64_t step, i
 // first bad entry (which lists the valid names), nothing when all is well.
 std::optional<std::pair<std::string, std::string>> check_prune_names(const PruneConfig& cfg, Model& model);
 
+// A group's slice with its tensor. A ".*" slice expands to the PerChannelState tensors of the
+// modules under its path, each with block = its size along dim / the group's units.
+struct ResolvedSlice {
+  std::string name;
+  torch::Tensor t;
+  int64_t dim = 0, block = 1;
+  SliceRole role = SliceRole::kWeight;
+};
+// Error (a bug in the model's declaration) for a name that is not a tensor of `model` or a slice
+// whose size is not units * block.
+std::vector<ResolvedSlice> resolve_slices(torch::nn::Module& model, const PruneGroup& g);
+// The entries of dimension `s.dim` that units `keep` ([K] int64) own.
+torch::Tensor slice_indices(const ResolvedSlice& s, const torch::Tensor& keep);
+
+// The activation criterion's measurement: runs calibration examples through the model (forward
+// only) and returns, per group name, each unit's summed activation magnitude ([units]).
+using UnitImportance = std::function<std::map<std::string, torch::Tensor>(Model&)>;
+
 class PruneHook : public TrainHook {
  public:
-  explicit PruneHook(PruneConfig cfg) : cfg_(std::move(cfg)) {}
+  // `importance`: required by criterion activation, unused otherwise.
+  explicit PruneHook(PruneConfig cfg, UnitImportance importance = {})
+      : cfg_(std::move(cfg)), importance_(std::move(importance)) {}
   std::string name() const override { return "prune"; }
   void on_train_begin(TrainState& state) override;
   void on_step_begin(TrainState& state) override;
@@ -43,23 +68,27 @@ class PruneHook : public TrainHook {
   void update_masks(int64_t step, int64_t steps_per_epoch);
   // Fraction of each unit (layer or channel group) that is pruned, by unit name.
   std::map<std::string, double> sparsity() const;
-  const std::vector<ChannelGroup>& groups() const { return groups_; }
+  const std::vector<PruneGroup>& groups() const { return groups_; }
 
  private:
   struct Unit {
     std::string name;
     double target = 0.0;
     torch::Tensor weight;  // magnitude: the weight itself
-    int group = -1;        // channel: index into groups_
-    torch::Tensor mask;    // magnitude: like weight; channel: [C]; undefined until pruning starts
+    int group = -1;        // structured: index into groups_
+    torch::Tensor mask;    // magnitude: like weight; structured: [units]; undefined until pruning starts
   };
   void collect(Model& model);
   void apply_masks(bool to_grads);
-  torch::Tensor channel_scores(const ChannelGroup& g) const;  // [C]
+  // [units] float64; `measured`: the activation criterion's measurement of this update.
+  torch::Tensor unit_scores(size_t group, const std::map<std::string, torch::Tensor>& measured) const;
 
   PruneConfig cfg_;
+  UnitImportance importance_;
+  Model* model_ = nullptr;
   std::vector<Unit> units_;
-  std::vector<ChannelGroup> groups_;
+  std::vector<PruneGroup> groups_;
+  std::vector<std::vector<ResolvedSlice>> slices_;  // per group
   int64_t last_update_ = -1;  // step of the last update
 };
 

@@ -65,6 +65,13 @@ void FakeQuantizeImpl::store_flags() {
   flags.copy_(torch::tensor({uint8_t(enabled_), uint8_t(observing_), uint8_t(initialized_)}, torch::kUInt8));
 }
 
+std::vector<std::string> FakeQuantizeImpl::per_channel_tensors() const {
+  if (!opts_.weight || opts_.channels <= 1) return {};
+  std::vector<std::string> names{"scale", "zero_point", "running_min", "running_max"};
+  if (lsq_scale.defined()) names.push_back("lsq_scale");
+  return names;
+}
+
 void FakeQuantizeImpl::load_flags() {
   torch::Tensor f = flags.cpu();
   enabled_ = f[0].item<uint8_t>() != 0;

@@ -22,6 +22,7 @@
 #include <torch/torch.h>
 
 #include "models/quantizer.h"
+#include "models/structure.h"
 #include "qat/fake_quant_cpu.h"
 #include "qat/qat_config.h"
 
@@ -38,7 +39,7 @@ struct FakeQuantizeOptions {
 };
 
 // The twin of every CNN quantization point (models/quantizer.h): activations and weights.
-class FakeQuantizeImpl : public TensorQuantizer {
+class FakeQuantizeImpl : public TensorQuantizer, public PerChannelState {
  public:
   explicit FakeQuantizeImpl(FakeQuantizeOptions o);
   torch::Tensor forward(const torch::Tensor& x) override;
@@ -55,6 +56,9 @@ class FakeQuantizeImpl : public TensorQuantizer {
   bool initialized() const { return initialized_; }
   // Re-reads the cached flags from the `flags` buffer (after loading a checkpoint).
   void load_flags();
+  // A per-channel weight quantizer's scale, zero point, observer range (and LSQ scale): what
+  // physical removal cuts with the layer's output channels (models/structure.h).
+  std::vector<std::string> per_channel_tensors() const override;
 
   // Activation statistics recorded since the last update(), for the cross-rank reduction:
   // [2, C] float32 rows (-min, max) to be reduced with MAX, or for the percentile observer rows

@@ -60,6 +60,18 @@ int fail(int code, const std::string& message) {
   return code;
 }
 
+// The groups structured pruning may cut (prune.exclude / prune.layer_targets take their names).
+void print_prune_groups(const std::vector<PruneGroup>& groups, const char* order) {
+  std::printf("prunable groups (prune.exclude / prune.layer_targets names; %s):\n", order);
+  for (const auto& grp : groups) {
+    std::string layers, readers;
+    for (const auto& l : grp.layers) layers += (layers.empty() ? "" : ", ") + l;
+    for (const auto& c : grp.readers) readers += (readers.empty() ? "" : ", ") + c;
+    std::printf("  %-22s %5lld %-8s produced by %s; read by %s\n", grp.name.c_str(), static_cast<long long>(grp.units),
+                grp.axis.c_str(), layers.c_str(), readers.c_str());
+  }
+}
+
 // A transformer's layers: what qat.layers patterns match, and how many hidden states
 // distill.hidden_* may name.
 int print_text_layers(const ExperimentConfig& cfg) {
@@ -72,6 +84,11 @@ int print_text_layers(const ExperimentConfig& cfg) {
   for (const auto& l : layers)
     std::printf("  %-28s %-9s [%lld, %lld]\n", l.name.c_str(), l.kind.c_str(), static_cast<long long>(l.out),
                 static_cast<long long>(l.in));
+  try {
+    print_prune_groups(model->prune_groups(), "forward order");
+  } catch (const UserError&) {
+    // no structured pruning for this model yet
+  }
   return 0;
 }
 
@@ -99,20 +116,13 @@ int print_layers(const TrainCommand& cmd) {
   } catch (const UserError&) {
     // no QAT for this model (mlp)
   }
-  std::vector<ChannelGroup> groups;
+  std::vector<PruneGroup> groups;
   try {
-    groups = model->channel_groups();
+    groups = model->prune_groups();
   } catch (const UserError&) {
     return 0;  // no structured pruning for this model
   }
-  std::printf("channel groups (prune.exclude / prune.layer_targets names; model.channels order):\n");
-  for (const auto& grp : groups) {
-    std::string layers, consumers;
-    for (const auto& l : grp.layers) layers += (layers.empty() ? "" : ", ") + l;
-    for (const auto& c : grp.consumers) consumers += (consumers.empty() ? "" : ", ") + c.layer;
-    std::printf("  %-22s %4lld channels  produced by %s; read by %s\n", grp.name.c_str(),
-                static_cast<long long>(grp.channels), layers.c_str(), consumers.c_str());
-  }
+  print_prune_groups(groups, "model.channels order");
   return 0;
 }
 

@@ -140,7 +140,7 @@ nlohmann::json write_pruned_model(const ExperimentConfig& cfg, const DataBundle&
   const CheckpointMeta meta = load_checkpoint((dir / "checkpoints" / "best.pt").string(), *masked, nullptr, {});
   load_qat_flags(*masked);
   masked->eval();
-  RemovalResult r = remove_pruned_channels(*masked, cfg.model, input_spec(data), cfg.qat.enabled ? &cfg.qat : nullptr);
+  RemovalResult r = remove_pruned_units(*masked, cfg.model, input_spec(data), cfg.qat.enabled ? &cfg.qat : nullptr);
   ExperimentConfig small = cfg;
   small.model = r.config;
   small.prune.enabled = false;  // a finished, smaller model
@@ -153,9 +153,9 @@ nlohmann::json write_pruned_model(const ExperimentConfig& cfg, const DataBundle&
   save_checkpoint((out / "checkpoints" / "best.pt").string(), *r.model, nullptr, meta, {});
   write_file_atomic((out / "config.resolved.yaml").string(), to_yaml(small));
   const EvalResult ev = evaluate(*r.model, data.test, cfg.data.eval_batch_size, torch::kCPU, false);
-  std::vector<int64_t> channels(r.config.channels.begin(), r.config.channels.end());
-  log_info("prune: removed pruned channels: ", count_params(*masked), " -> ", count_params(*r.model),
-           " parameters, channels per group ", nlohmann::json(r.total).dump(), " -> ", nlohmann::json(channels).dump(),
+  const std::vector<int64_t>& channels = r.kept;
+  log_info("prune: removed pruned units: ", count_params(*masked), " -> ", count_params(*r.model),
+           " parameters, units per group ", nlohmann::json(r.total).dump(), " -> ", nlohmann::json(channels).dump(),
            "; ", data.test.name, " accuracy ", ev.accuracy, "% (", out.string(), ")");
   return {{"run_dir", out.string()},
           {"params", count_params(*r.model)},
@@ -315,6 +315,81 @@ void add_text_distill_hooks(Trainer& trainer, const ExperimentConfig& cfg, const
 }
 }  // namespace
 
+UnitImportance calibration_importance(const ExperimentConfig& cfg, Task& task, torch::Device device) {
+  const int64_t n = std::min<int64_t>(cfg.prune.calibration_samples, task.train_size());
+  const int64_t batch = cfg.data.eval_batch_size;
+  return [&task, n, batch, device](Model& m) {
+    auto& tm = dynamic_cast<TextModel&>(m);
+    TransformerTrace trace;
+    trace.want_units = trace.in_eval = true;
+    TransformerTrace* saved = tm.trace();
+    const bool was_training = m.is_training();
+    tm.set_trace(&trace);
+    m.eval();
+    torch::NoGradGuard ng;
+    std::vector<int64_t> indices(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) indices[static_cast<size_t>(i)] = i;
+    TrainState st;
+    st.device = device;
+    for (int64_t first = 0; first < n; first += batch) {
+      task.load_batch(st, indices, first, std::min(n, first + batch));
+      tm.forward_text(st.inputs, st.mask);
+    }
+    tm.set_trace(saved);
+    m.train(was_training);
+    return trace.units;
+  };
+}
+
+namespace {
+
+// Structured pruning of a text run: the best checkpoint with its pruned units removed, written as
+// a run directory of its own (<run>/pruned), evaluated on the held-out test split.
+nlohmann::json write_pruned_text_model(const ExperimentConfig& cfg) {
+  const fs::path dir = fs::path(cfg.run_dir());
+  std::shared_ptr<TextModel> masked = build_text_model(cfg, /*initial_weights=*/false);
+  const CheckpointMeta meta = load_checkpoint((dir / "checkpoints" / "best.pt").string(), *masked, nullptr, {});
+  load_qat_flags(*masked);
+  masked->eval();
+  RemovalResult r = remove_pruned_units(*masked, cfg.model, InputSpec{}, cfg.qat.enabled ? &cfg.qat : nullptr);
+  ExperimentConfig small = cfg;
+  small.model = r.config;
+  small.prune.enabled = false;  // a finished, smaller model
+  small.experiment.output_dir = cfg.run_dir();
+  small.experiment.name = "pruned";
+  const fs::path out = dir / "pruned";
+  fs::create_directories(out / "checkpoints");
+  save_checkpoint((out / "checkpoints" / "best.pt").string(), *r.model, nullptr, meta, {});
+  write_file_atomic((out / "config.resolved.yaml").string(), to_yaml(small));
+  auto& tm = static_cast<TextModel&>(*r.model);
+  std::shared_ptr<Task> task = make_text_task(small, tm, torch::kCPU, nullptr, /*for_training=*/false);
+  const TaskMetrics test = task->evaluate(*r.model, torch::kCPU, nullptr, /*held_out_test=*/true);
+  const int64_t params = count_params(*r.model);
+  log_info("prune: removed pruned units: ", count_params(*masked), " -> ", params, " parameters, units per group ",
+           nlohmann::json(r.total).dump(), " -> ", nlohmann::json(r.kept).dump(), "; ", test.line, " (", out.string(), ")");
+  nlohmann::json j = {{"run_dir", out.string()},
+                      {"params", params},
+                      {"non_embedding_params", params - count_embedding_params(*r.model)},
+                      {"nonzero_params", count_nonzero_params(*r.model)},
+                      {"units_before", r.total},
+                      {"units", r.kept},
+                      {"hidden", r.config.hidden},
+                      {"ffn", r.config.ffn},
+                      {"heads", r.config.heads},
+                      {"kv_heads", r.config.kv_heads}};
+  for (const auto& [k, v] : test.values) j[k] = v;
+  return j;
+}
+
+// (run_train checked prune.exclude / layer_targets against the model before building the task.)
+void add_text_prune_hook(Trainer& trainer, const ExperimentConfig& cfg, Task& task, torch::Device device) {
+  if (cfg.prune.start_epoch >= cfg.trainer.epochs)
+    cfg.fail("prune.start_epoch", concat(cfg.prune.start_epoch, " is not before trainer.epochs (", cfg.trainer.epochs,
+                                         "): pruning would never run; epochs count from 0"));
+  trainer.add_hook(std::make_shared<PruneHook>(cfg.prune, calibration_importance(cfg, task, device)));
+}
+}  // namespace
+
 int run_train(const TrainCommand& cmd) {
   const auto t0 = std::chrono::steady_clock::now();
   ExperimentConfig cfg = load_experiment_config(cmd.config_path, cmd.overrides);
@@ -327,8 +402,11 @@ int run_train(const TrainCommand& cmd) {
   set_log_enabled(launch.rank == 0);
   DataBundle data;
   std::shared_ptr<Model> model;
-  if (text) model = build_text_model(cfg);
-  else {
+  if (text) {
+    model = build_text_model(cfg);
+    if (cfg.prune.enabled)
+      if (auto bad = check_prune_names(cfg.prune, *model)) cfg.fail(bad->first, bad->second);
+  } else {
     data = load_data(cfg.data);
     model = build_model(cfg, data);
   }
@@ -343,6 +421,7 @@ int run_train(const TrainCommand& cmd) {
   Trainer trainer(cfg, model, task, cfg.run_dir(), comm);
   if (!text) add_experiment_hooks(trainer, cfg, *model, data, device);
   if (text && cfg.distill.enabled()) add_text_distill_hooks(trainer, cfg, *task, std::static_pointer_cast<TextModel>(model));
+  if (text && cfg.prune.enabled) add_text_prune_hook(trainer, cfg, *task, device);
   if (text && cfg.qat.enabled) add_qat_hook(trainer, cfg);
 
   const bool writer = comm->rank() == 0;
@@ -394,6 +473,7 @@ int run_train(const TrainCommand& cmd) {
       summary["teacher_non_embedding_params"] = count_params(*t) - count_embedding_params(*t);
     }
     add_text_summary(summary, cfg, *model, *task);
+    if (cfg.prune.enabled && cfg.prune.method == PruneMethod::kChannel) summary["pruned"] = write_pruned_text_model(cfg);
     const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     summary["wall_seconds"] = wall;
     write_file_atomic((fs::path(cfg.run_dir()) / "summary.json").string(), summary.dump(2) + "\n");

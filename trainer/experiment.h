@@ -7,6 +7,7 @@
 
 #include "data/mnist.h"
 #include "models/model.h"
+#include "prune/pruner.h"
 #include "trainer/experiment_config.h"
 #include "trainer/trainer.h"
 
@@ -49,6 +50,10 @@ void add_experiment_hooks(Trainer& trainer, const ExperimentConfig& cfg, Model& 
 std::shared_ptr<Model> build_model(const ExperimentConfig& cfg, const DataBundle& data);
 // causal_lm distillation (distill section): the pretrained teacher, checked against the student's
 // vocabulary, and the hook with its top-k cache file under distill.cache_dir.
+// Structured pruning's activation criterion for a text run: each call runs the first
+// prune.calibration_samples training examples of `task` forward (eval mode, no gradients) and
+// returns every prunable unit's summed activation magnitude (models/linear.h TransformerTrace).
+UnitImportance calibration_importance(const ExperimentConfig& cfg, class Task& task, torch::Device device);
 std::shared_ptr<class LmDistillHook> make_lm_distill_hook(const ExperimentConfig& cfg, const class Task& task,
                                                           const class TextModel& student);
 void set_threads(int threads);

@@ -5,7 +5,7 @@
 namespace qd {
 
 namespace {
-// The task, the data and the model must fit together; transformer compression comes later.
+// The task, the data and the model must fit together.
 void check_task(const ExperimentConfig& c) {
   switch (c.task.name) {
     case TaskKind::kImageClassification:
@@ -27,8 +27,6 @@ void check_task(const ExperimentConfig& c) {
       if (c.model.name != ModelKind::kBert) c.fail("model.name", "task sentence_embedding trains an encoder: model.name: bert");
       break;
   }
-  const char* later = " is not available for transformers yet (issue 14 brings distillation, QAT and pruning of "
-                      "bert/llama); remove the section to train or evaluate the model as it is";
   if (c.distill.enabled() && c.task.name == TaskKind::kSentenceEmbedding && !c.distill.feature_kd())
     c.fail("distill.teacher", "a sentence_embedding student learns its teacher's embeddings through task.teacher; the "
                               "distill section adds hidden-state KD (distill.hidden_student / hidden_teacher) or "
@@ -36,7 +34,6 @@ void check_task(const ExperimentConfig& c) {
   if (c.distill.enabled() && !c.distill.hint_student.empty())
     c.fail("distill.hint_student", "hint KD names CNN layers; transformers use distill.hidden_student / hidden_teacher "
                                    "(hidden-state numbers, 0 = embeddings)");
-  if (c.prune.enabled) c.fail("prune.enabled", std::string("pruning") + later);
 }
 
 ExperimentConfig read(ConfigDoc doc, const std::vector<std::string>& overrides) {

@@ -94,21 +94,25 @@ TEST(PruneMasks, MagnitudeMasksSurviveMomentumAndWeightDecay) {
 
 TEST(PruneGroups, ResNetResidualStreamsAreCoupled) {
   auto m = model_from("{name: resnet, width: 4, depth: 14}");  // 2 blocks per stage
-  const std::vector<ChannelGroup> groups = m->channel_groups();
-  std::map<std::string, const ChannelGroup*> by_name;
+  const std::vector<PruneGroup> groups = m->prune_groups();
+  std::map<std::string, const PruneGroup*> by_name;
   for (const auto& g : groups) by_name[g.name] = &g;
   ASSERT_TRUE(by_name.count("stem") && by_name.count("stage2") && by_name.count("stage3"));
   EXPECT_EQ(by_name["stem"]->layers,
             (std::vector<std::string>{"stem", "stage1_block0.conv2", "stage1_block1.conv2"}));
   EXPECT_EQ(by_name["stage2"]->layers,
             (std::vector<std::string>{"stage2_block0.shortcut", "stage2_block0.conv2", "stage2_block1.conv2"}));
+  EXPECT_EQ(by_name["stem"]->readers, (std::vector<std::string>{"stage1_block0.conv1", "stage1_block1.conv1",
+                                                                 "stage2_block0.shortcut", "stage2_block0.conv1"}));
+  // Each reader's input channels are cut with the stream: a consumer slice along dimension 1.
   std::vector<std::string> consumers;
-  for (const auto& c : by_name["stem"]->consumers) consumers.push_back(c.layer);
-  EXPECT_EQ(consumers, (std::vector<std::string>{"stage1_block0.conv1", "stage1_block1.conv1",
-                                                 "stage2_block0.shortcut", "stage2_block0.conv1"}));
-  EXPECT_EQ(by_name["stage3"]->consumers.back().layer, "fc");
-  EXPECT_EQ(by_name["stage3"]->channels, 16);
-  EXPECT_EQ(by_name["stage1_block0.conv1"]->consumers.at(0).layer, "stage1_block0.conv2");
+  for (const auto& sl : by_name["stem"]->slices)
+    if (sl.role == SliceRole::kConsumer) consumers.push_back(sl.tensor + "@" + std::to_string(sl.dim));
+  EXPECT_EQ(consumers, (std::vector<std::string>{"stage1_block0.conv1.conv.weight@1", "stage1_block1.conv1.conv.weight@1",
+                                                 "stage2_block0.shortcut.conv.weight@1", "stage2_block0.conv1.conv.weight@1"}));
+  EXPECT_EQ(by_name["stage3"]->readers.back(), "fc");
+  EXPECT_EQ(by_name["stage3"]->units, 16);
+  EXPECT_EQ(by_name["stage1_block0.conv1"]->readers.at(0), "stage1_block0.conv2");
   EXPECT_EQ(groups.size(), 3u + 6u);  // 3 streams + one inner group per block
   EXPECT_EQ(groups[0].name, "stem");
   EXPECT_EQ(groups[1].name, "stage1_block0.conv1");
@@ -128,35 +132,36 @@ TEST(PruneGroups, ResNetResidualStreamsAreCoupled) {
   m->train();
   m->forward(torch::rand({6, 1, 28, 28}));
   const torch::Tensor feat = m->captured().at("features");  // [6, 16]
-  const ChannelGroup& g3 = *by_name["stage3"];
-  const torch::Tensor kept = g3.producers[0]->bn->weight.ne(0);
+  auto params = m->named_parameters();
+  const torch::Tensor kept = params["stage3_block0.shortcut.bn.weight"].ne(0);
   EXPECT_EQ(kept.sum().item<int64_t>(), 8);
   for (int64_t ch = 0; ch < 16; ++ch) {
     if (kept[ch].item<bool>()) continue;
     EXPECT_EQ(feat.select(1, ch).abs().max().item<float>(), 0.0f) << "channel " << ch;
-    for (const auto& p : g3.producers) EXPECT_EQ(p->conv->weight[ch].abs().sum().item<float>(), 0.0f);
+    for (const auto& l : by_name["stage3"]->layers) EXPECT_EQ(params[l + ".conv.weight"][ch].abs().sum().item<float>(), 0.0f);
   }
 }
 
 TEST(PruneGroups, ConvNetFlattenHeadConsumerTakesHxWFeaturesPerChannel) {
   auto m = model_from("{name: convnet, width: 4, depth: 4, head: flatten}");  // pool after block1 only: 14x14
-  const std::vector<ChannelGroup> groups = m->channel_groups();
+  const std::vector<PruneGroup> groups = m->prune_groups();
   ASSERT_EQ(groups.size(), 4u);
-  EXPECT_EQ(groups[0].consumers.at(0).layer, "block1");
-  const ChannelConsumer& head = groups[3].consumers.at(0);
-  EXPECT_EQ(head.layer, "classifier");
-  EXPECT_EQ(head.per_channel, 196);
-  EXPECT_EQ(head.weight.size(1), groups[3].channels * 196);
+  EXPECT_EQ(groups[0].readers.at(0), "block1");
+  const DimSlice& head = groups[3].slices.back();
+  EXPECT_EQ(head.tensor, "classifier.weight");
+  EXPECT_EQ(head.role, SliceRole::kConsumer);
+  EXPECT_EQ(head.block, 196);
+  EXPECT_EQ(m->named_parameters()["classifier.weight"].size(1), groups[3].units * 196);
   auto gap = model_from("{name: convnet, width: 4, depth: 4, head: gap}");
-  EXPECT_EQ(gap->channel_groups()[3].consumers.at(0).per_channel, 1);
+  EXPECT_EQ(gap->prune_groups()[3].slices.back().block, 1);
 }
 
 TEST(PruneGroups, ChannelCriteriaPickTheWeakestAndKeepOne) {
   auto m = model_from("{name: convnet, width: 4, depth: 1}");
-  auto groups = m->channel_groups();
+  torch::Tensor gamma = m->named_parameters()["block0.bn.weight"];
   {
     torch::NoGradGuard g;
-    groups[0].producers[0]->bn->weight.copy_(torch::tensor({0.5f, -0.1f, 2.0f, 0.05f}));
+    gamma.copy_(torch::tensor({0.5f, -0.1f, 2.0f, 0.05f}));
   }
   PruneConfig c = one_shot_channels(0.5);
   c.criterion = PruneCriterion::kBnGamma;
@@ -164,13 +169,13 @@ TEST(PruneGroups, ChannelCriteriaPickTheWeakestAndKeepOne) {
   TrainState s = state_for(*m, 0, 10);
   hook.on_train_begin(s);
   hook.on_step_begin(s);
-  EXPECT_TRUE(torch::equal(groups[0].producers[0]->bn->weight.ne(0), torch::tensor({true, false, true, false})));
+  EXPECT_TRUE(torch::equal(gamma.ne(0), torch::tensor({true, false, true, false})));
   PruneConfig all = c;
   all.target_sparsity = 0.99;  // floor(0.99 * 4) = 3: one channel always survives
   PruneHook h2(all);
   h2.on_train_begin(s);
   h2.on_step_begin(s);
-  EXPECT_EQ(groups[0].producers[0]->bn->weight.count_nonzero().item<int64_t>(), 1);
+  EXPECT_EQ(gamma.count_nonzero().item<int64_t>(), 1);
 }
 
 TEST(PruneConfig, BadEntriesNameTheKeyAndTheValidLayers) {
@@ -225,7 +230,7 @@ void check_removal(const std::string& model_yaml, bool qat_on) {
   }
   m->eval();
   const torch::Tensor want = m->forward(x);
-  RemovalResult r = remove_pruned_channels(*m, c.model, InputSpec{}, qat_on ? &q : nullptr);
+  RemovalResult r = remove_pruned_units(*m, c.model, InputSpec{}, qat_on ? &q : nullptr);
   r.model->eval();
   const torch::Tensor got = r.model->forward(x);
   EXPECT_LT(count_params(*r.model), count_params(*m) * 0.6) << model_yaml;

@@ -21,6 +21,7 @@
 #include "distill/lm_distill_hook.h"
 #include "distill/text_feature_kd.h"
 #include "qat/module_qat.h"
+#include "prune/pruner.h"
 #include "qat/qat_hook.h"
 #include "trainer/experiment.h"
 #include "trainer/trainer.h"
@@ -165,6 +166,19 @@ nlohmann::json epoch_records(const std::string& metrics) {
 
 struct Crash {};
 
+// Trains to the end, or until optimizer step `crash_at` (> 0) ends as a kill -9 would.
+void fit_or_crash(Trainer& t, const ExperimentConfig& cfg, int64_t crash_at) {
+  if (crash_at > 0)
+    t.after_step = [crash_at](const TrainState& s) {
+      if (s.global_step == crash_at) throw Crash{};
+    };
+  fs::create_directories(fs::path(cfg.run_dir()) / "checkpoints");
+  try {
+    t.fit();
+  } catch (const Crash&) {
+  }
+}
+
 // kill -9 at any step loses at most checkpoint_every_steps steps, and the resumed run is the
 // uninterrupted one, bit for bit: weights, optimizer state and the epoch statistics.
 TEST(CausalLmTask, MidEpochResumeEqualsTheUninterruptedRun) {
@@ -181,15 +195,7 @@ TEST(CausalLmTask, MidEpochResumeEqualsTheUninterruptedRun) {
     auto model = make_text_model(cfg.model);
     auto task = make_text_task(cfg, *model, torch::kCPU, nullptr);
     Trainer t(cfg, model, task, cfg.run_dir(), nullptr);
-    if (crash_at > 0)
-      t.after_step = [crash_at](const TrainState& s) {
-        if (s.global_step == crash_at) throw Crash{};
-      };
-    fs::create_directories(fs::path(cfg.run_dir()) / "checkpoints");
-    try {
-      t.fit();
-    } catch (const Crash&) {
-    }
+    fit_or_crash(t, cfg, crash_at);
     return model;
   };
   auto whole = run("whole", 0, false);
@@ -374,9 +380,14 @@ TEST(TextTask, ConfigsThatDoNotFitAreRefusedWithTheKey) {
   EXPECT_NE(error("experiment: {name: x}\ntask: {name: causal_lm}\ndata: {dataset: fortunes}\nmodel: {name: llama}\n")
                 .find("model.tokenizer"),
             std::string::npos);
+  EXPECT_EQ(error("experiment: {name: x}\ntask: {name: causal_lm}\ndata: {dataset: fortunes}\n"
+                  "model: {name: llama, pretrained: smollm2-135m}\nprune: {enabled: true, criterion: activation}\n"),
+            "")
+      << "transformers prune (issue 15)";
   EXPECT_NE(error("experiment: {name: x}\ntask: {name: causal_lm}\ndata: {dataset: fortunes}\n"
-                  "model: {name: llama, pretrained: smollm2-135m}\nprune: {enabled: true}\n")
-                .find("prune.enabled"),
+                  "model: {name: llama, pretrained: smollm2-135m}\nprune: {enabled: true, method: magnitude, "
+                  "criterion: activation}\n")
+                .find("prune.criterion"),
             std::string::npos);
   EXPECT_NE(error("experiment: {name: x}\ntask: {name: sentence_embedding, teacher: minilm-l6}\ndata: {dataset: wordnet}\n"
                   "model: {name: bert, tokenizer: minilm-l6}\ndistill: {teacher: minilm-l6}\n")
@@ -487,15 +498,7 @@ TEST(CausalLmKdQat, MidEpochResumeEqualsTheUninterruptedRun) {
     Trainer t(cfg, model, task, cfg.run_dir(), nullptr);
     t.add_hook(make_lm_distill_hook(cfg, *task, *model));
     t.add_hook(std::make_shared<QatHook>(cfg.qat));
-    if (crash_at > 0)
-      t.after_step = [crash_at](const TrainState& s) {
-        if (s.global_step == crash_at) throw Crash{};
-      };
-    fs::create_directories(fs::path(cfg.run_dir()) / "checkpoints");
-    try {
-      t.fit();
-    } catch (const Crash&) {
-    }
+    fit_or_crash(t, cfg, crash_at);
     return model;
   };
   auto whole = run("whole", 0, false);
@@ -515,6 +518,58 @@ TEST(CausalLmKdQat, MidEpochResumeEqualsTheUninterruptedRun) {
   const nlohmann::json ra = epoch_records((dir.path() / "whole" / "metrics.jsonl").string());
   const nlohmann::json rb = epoch_records((dir.path() / "crashed" / "metrics.jsonl").string());
   EXPECT_EQ(ra, rb);
+}
+
+// KD + structured pruning (heads, FFN neurons and hidden size by Minitron's activation criterion,
+// gradual) + int8 QAT on a llama, killed mid-epoch after QAT began and resumed from its step
+// checkpoint: the resumed run ends bit for bit where the uninterrupted one ends, masks, the norms'
+// kept features, scales and observers included.
+TEST(CausalLmKdPruneQat, MidEpochResumeEqualsTheUninterruptedRun) {
+  const std::string skip = missing_teacher("smollm2-135m");
+  if (!skip.empty()) GTEST_SKIP() << skip;
+  test::TempDir dir;
+  const std::string corpus = small_fortunes(dir);
+  const auto run = [&](const std::string& name, int64_t crash_at, bool resume) {
+    ExperimentConfig cfg = parse_experiment_config(
+        "experiment: {name: lm}\ntask: {name: causal_lm}\n"
+        "data: {dataset: fortunes, seq_len: 32, batch_size: 4, eval_batch_size: 8, train_subset: 32, test_subset: 8}\n"
+        "model: {name: llama, tokenizer: smollm2-135m, hidden: 32, layers: 2, heads: 4, kv_heads: 2, ffn: 64, max_positions: 64}\n"
+        "distill: {teacher: smollm2-135m, top_k: 16, temperature: 2.0, alpha: 0.8}\n"
+        "optimizer: {name: adamw, lr: 0.02, weight_decay: 0.01}\n"
+        "prune: {enabled: true, criterion: activation, calibration_samples: 8, target_sparsity: 0.5, start_epoch: 0, "
+        "end_epoch: 1, update_every_steps: 3}\n"
+        "qat: {enabled: true, start_step: 10}\n"
+        "trainer: {epochs: 2, progress: false, threads: 2, log_every: 1, checkpoint_every_steps: 3}\n",
+        "lm.yaml");
+    cfg.data.text_root = corpus;
+    cfg.experiment.output_dir = dir.path().string();
+    cfg.distill.cache_dir = dir.file("cache");
+    cfg.experiment.name = name;
+    cfg.trainer.resume = resume;
+    torch::manual_seed(0);
+    auto model = make_text_model(cfg.model);
+    attach_qat(*model, cfg.qat);
+    auto task = make_text_task(cfg, *model, torch::kCPU, nullptr);
+    Trainer t(cfg, model, task, cfg.run_dir(), nullptr);
+    t.add_hook(make_lm_distill_hook(cfg, *task, *model));
+    t.add_hook(std::make_shared<PruneHook>(cfg.prune, calibration_importance(cfg, *task, torch::kCPU)));
+    t.add_hook(std::make_shared<QatHook>(cfg.qat));
+    fit_or_crash(t, cfg, crash_at);
+    return model;
+  };
+  auto whole = run("whole", 0, false);
+  run("crashed", 13, false);  // 8 steps per epoch: the last checkpoint is step 12, 4 steps into epoch 2
+  auto resumed = run("crashed", 0, true);
+  const auto a = whole->named_parameters(), b = resumed->named_parameters();
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& p : a) EXPECT_TRUE(torch::equal(p.value(), b[p.key()])) << p.key() << " differs";
+  for (const auto& p : whole->named_buffers()) EXPECT_TRUE(torch::equal(p.value(), resumed->named_buffers()[p.key()])) << p.key();
+  // Half of every group was pruned: the embedding lost half its columns (the hidden size).
+  const torch::Tensor cols = a["lm.embed.weight"].abs().sum(0);
+  EXPECT_EQ(cols.eq(0).sum().item<int64_t>(), 16);
+  EXPECT_TRUE(load_qat_flags(*whole)) << "QAT was active at the end";
+  EXPECT_EQ(epoch_records((dir.path() / "whole" / "metrics.jsonl").string()),
+            epoch_records((dir.path() / "crashed" / "metrics.jsonl").string()));
 }
 
 // The command line on text: train a tiny causal_lm run, `eval --json` it (the task's keys, on the

@@ -1,0 +1,327 @@
+// Structured pruning of a Llama decoder: each axis (key-value head groups with their query heads,
+// FFN neurons, the hidden size through every residual and RMSNorm) removes exactly what its mask
+// zeroes, with and without QAT twins; the criteria score what a hand computation says.
+#include <gtest/gtest.h>
+
+#include "../pretrained_util.h"
+#include "common/error.h"
+#include "models/registry.h"
+#include "models/text_model.h"
+#include "prune/pruner.h"
+#include "prune/remove.h"
+#include "qat/module_qat.h"
+#include "qat/qat_hook.h"
+#include "trainer/experiment_config.h"
+
+namespace qd {
+namespace {
+
+const char* kTinyLlama =
+    "{name: llama, tokenizer: smollm2-135m, hidden: 64, layers: 2, heads: 4, kv_heads: 2, ffn: 96, max_positions: 32}";
+
+ExperimentConfig tiny_config(const std::string& qat = "") {
+  return parse_experiment_config(std::string("experiment: {name: t}\ntask: {name: causal_lm}\ndata: {dataset: fortunes}\n"
+                                             "model: ") + kTinyLlama + "\n" + qat,
+                                 "t.yaml");
+}
+
+// A tiny llama with non-trivial norm scales (the fresh ones are all 1).
+std::shared_ptr<LlamaModel> tiny_llama(const ExperimentConfig& c) {
+  torch::manual_seed(7);
+  auto m = std::dynamic_pointer_cast<LlamaModel>(make_model(c.model, InputSpec{}));
+  torch::NoGradGuard g;
+  for (auto& p : m->named_parameters())
+    if (p.key().find("norm") != std::string::npos) p.value().uniform_(0.5, 1.5);
+  return m;
+}
+
+TrainState state_for(Model& m) {
+  TrainState s;
+  s.model = &m;
+  s.steps_per_epoch = 10;
+  return s;
+}
+
+// Half of every group of `axis` pruned at once; the others excluded.
+PruneConfig prune_axis(Model& m, const std::string& axis) {
+  PruneConfig c;
+  c.enabled = true;
+  c.schedule = PruneSchedule::kOneShot;
+  c.target_sparsity = 0.5;
+  for (const auto& g : m.prune_groups())
+    if (axis != "all" && g.axis != axis) c.exclude.push_back(g.name);
+  return c;
+}
+
+// Runs the hook's one-shot schedule at step 0: the masks are applied when it returns.
+void prune_at_step0(PruneHook& hook, Model& m) {
+  TrainState s = state_for(m);
+  hook.on_train_begin(s);
+  hook.on_step_begin(s);
+}
+
+torch::Tensor logits(LlamaModel& m, const torch::Tensor& ids) {
+  torch::NoGradGuard g;
+  return m.forward_text(ids, torch::ones_like(ids));
+}
+
+TEST(LlamaPrune, GroupsDeclareHeadsFfnAndHidden) {
+  const std::string skip = test::missing_teacher("smollm2-135m");
+  if (!skip.empty()) GTEST_SKIP() << skip;
+  auto m = tiny_llama(tiny_config());
+  const std::vector<PruneGroup> g = m->prune_groups();
+  ASSERT_EQ(g.size(), 5u);
+  EXPECT_EQ(g[0].name, "layer0.heads");
+  EXPECT_EQ(g[0].units, 2) << "one unit per key-value head";
+  EXPECT_EQ(g[1].name, "layer0.ffn");
+  EXPECT_EQ(g[1].units, 96);
+  EXPECT_EQ(g[4].name, "hidden");
+  EXPECT_EQ(g[4].units, 64);
+  EXPECT_EQ(g[4].norms.size(), 5u) << "two norms per layer and the final one";
+  // A kv group owns its 2 query heads: 2 x 16 rows of q, 16 rows of k and v, 32 columns of out.
+  int seen = 0;
+  for (const auto& s : g[0].slices) {
+    if (s.tensor == "lm.layer0.q.weight") {
+      EXPECT_EQ(s.block, 32);
+      ++seen;
+    } else if (s.tensor == "lm.layer0.k.weight") {
+      EXPECT_EQ(s.block, 16);
+      ++seen;
+    } else if (s.tensor == "lm.layer0.out.weight") {
+      EXPECT_EQ(s.dim, 1);
+      EXPECT_EQ(s.block, 32);
+      EXPECT_EQ(s.role, SliceRole::kConsumer);
+      ++seen;
+    }
+  }
+  EXPECT_EQ(seen, 3);
+}
+
+// Masks half of `axis` (one-shot), removes it physically and checks the smaller model computes the
+// masked model's logits; returns the removal for shape checks.
+RemovalResult check_axis(const std::string& axis, bool qat_on) {
+  ExperimentConfig c = tiny_config(qat_on ? "qat: {enabled: true}\n" : "");
+  auto m = tiny_llama(c);
+  if (qat_on) {
+    attach_qat(*m, c.qat);
+    for (auto& t : layer_qats(*m)) {
+      t->set_enabled(true);
+      if (t->weight_quant) t->weight_quant->set_enabled(true), t->weight_quant->set_observing(true);
+    }
+  }
+  PruneHook hook(prune_axis(*m, axis));
+  prune_at_step0(hook, *m);
+  m->eval();
+  torch::manual_seed(1);
+  const torch::Tensor ids = torch::randint(0, 49152, {2, 12});
+  const torch::Tensor want = logits(*m, ids);
+  RemovalResult r = remove_pruned_units(*m, c.model, InputSpec{}, qat_on ? &c.qat : nullptr);
+  auto small = std::dynamic_pointer_cast<LlamaModel>(r.model);
+  EXPECT_TRUE(small);
+  if (!small) return r;
+  small->eval();
+  const torch::Tensor got = logits(*small, ids);
+  EXPECT_LT(count_params(*small), count_params(*m)) << axis;
+  // Without QAT: equal up to float summation order. With int8 weights the per-channel scales are
+  // cut with their rows, so the same integers come out; the dynamic activations see the same rows.
+  const double tol = qat_on ? 1e-3 : 1e-4;
+  EXPECT_TRUE(torch::allclose(got, want, tol, tol))
+      << axis << (qat_on ? " (QAT)" : "") << ": max difference " << (got - want).abs().max().item<float>();
+  // The architecture round-trips through its config.
+  auto again = make_model(r.config, InputSpec{});
+  EXPECT_EQ(count_params(*again), count_params(*small));
+  return r;
+}
+
+TEST(LlamaPrune, EachAxisRemovesExactlyWhatTheMaskZeroes) {
+  const std::string skip = test::missing_teacher("smollm2-135m");
+  if (!skip.empty()) GTEST_SKIP() << skip;
+  for (const bool qat_on : {false, true}) {
+    const RemovalResult ffn = check_axis("ffn", qat_on);
+    EXPECT_EQ(ffn.config.ffn, 48);
+    EXPECT_EQ(ffn.config.hidden, 64);
+    const RemovalResult heads = check_axis("heads", qat_on);
+    EXPECT_EQ(heads.config.kv_heads, 1);
+    EXPECT_EQ(heads.config.heads, 2) << "grouped-query attention: a kv head goes with its query heads";
+    EXPECT_EQ(heads.config.head_dim, 16) << "heads keep their size";
+    const RemovalResult hidden = check_axis("hidden", qat_on);
+    EXPECT_EQ(hidden.config.hidden, 32);
+    EXPECT_EQ(hidden.config.head_dim, 16);
+    EXPECT_EQ(hidden.config.heads, 4);
+    const RemovalResult all = check_axis("all", qat_on);
+    EXPECT_EQ(all.config.hidden, 32);
+    EXPECT_EQ(all.config.ffn, 48);
+    EXPECT_EQ(all.config.kv_heads, 1);
+  }
+}
+
+TEST(LlamaPrune, HeadGroupsGoWithTheirQueryHeadsAndL1ScoresPickTheWeakest) {
+  const std::string skip = test::missing_teacher("smollm2-135m");
+  if (!skip.empty()) GTEST_SKIP() << skip;
+  auto m = tiny_llama(tiny_config());
+  LlamaLayerImpl& l0 = *m->lm->layers[0];
+  {
+    // Shrink kv group 0 of layer 0 (its q rows 0..31, k and v rows 0..15) so its L1 score (the
+    // sum of |q|, |k| and |v| over its rows) is the lower one; in layer 1 shrink group 1 instead.
+    torch::NoGradGuard g;
+    l0.q->weight.slice(0, 0, 32).mul_(0.01);
+    l0.k->weight.slice(0, 0, 16).mul_(0.01);
+    l0.v->weight.slice(0, 0, 16).mul_(0.01);
+    LlamaLayerImpl& l1 = *m->lm->layers[1];
+    l1.q->weight.slice(0, 32, 64).mul_(0.01);
+    l1.k->weight.slice(0, 16, 32).mul_(0.01);
+    l1.v->weight.slice(0, 16, 32).mul_(0.01);
+  }
+  PruneHook hook(prune_axis(*m, "heads"));
+  prune_at_step0(hook, *m);
+  EXPECT_EQ(l0.q->weight.slice(0, 0, 32).count_nonzero().item<int64_t>(), 0);
+  EXPECT_EQ(l0.q->weight.slice(0, 32, 64).count_nonzero().item<int64_t>(), 32 * 64);
+  EXPECT_EQ(l0.k->weight.slice(0, 0, 16).count_nonzero().item<int64_t>(), 0);
+  EXPECT_EQ(l0.v->weight.slice(0, 16, 32).count_nonzero().item<int64_t>(), 16 * 64);
+  EXPECT_EQ(l0.out->weight.slice(1, 0, 32).count_nonzero().item<int64_t>(), 0) << "out's columns that read the pruned heads";
+  EXPECT_EQ(l0.out->weight.slice(1, 32, 64).count_nonzero().item<int64_t>(), 64 * 32);
+  EXPECT_EQ(m->lm->layers[1]->q->weight.slice(0, 32, 64).count_nonzero().item<int64_t>(), 0);
+  const auto sp = hook.sparsity();
+  EXPECT_DOUBLE_EQ(sp.at("layer0.heads"), 0.5);
+  EXPECT_EQ(sp.count("hidden"), 0u) << "excluded";
+}
+
+TEST(LlamaPrune, HiddenMaskKeepsTheResidualStreamZeroAndNormsCountKeptFeatures) {
+  const std::string skip = test::missing_teacher("smollm2-135m");
+  if (!skip.empty()) GTEST_SKIP() << skip;
+  auto m = tiny_llama(tiny_config());
+  PruneHook hook(prune_axis(*m, "hidden"));
+  prune_at_step0(hook, *m);
+  const torch::Tensor pruned = m->lm->embed->weight.abs().sum(0).eq(0);  // [64]
+  EXPECT_EQ(pruned.sum().item<int64_t>(), 32);
+  TransformerTrace trace;
+  trace.want_hidden = true;
+  m->set_trace(&trace);
+  m->train();
+  logits(*m, torch::randint(0, 49152, {2, 8}));
+  m->set_trace(nullptr);
+  ASSERT_EQ(trace.hidden.size(), 3u);
+  for (const auto& h : trace.hidden)
+    EXPECT_EQ(h.index({torch::indexing::Ellipsis, pruned}).abs().max().item<float>(), 0.0f) << "a pruned feature of the residual stream";
+  // RMSNorm over the kept features only: x with the pruned features 0 normalizes as the kept x alone.
+  RmsNorm& n = m->lm->norm;
+  const torch::Tensor x = torch::randn({3, 64}) * (~pruned).to(torch::kFloat32);
+  const torch::Tensor kept_x = x.index({torch::indexing::Slice(), ~pruned});
+  const torch::Tensor want = kept_x * torch::rsqrt(kept_x.pow(2).mean(-1, true) + n->eps()) * n->weight.index({~pruned});
+  EXPECT_TRUE(torch::allclose(n(x).index({torch::indexing::Slice(), ~pruned}), want, 1e-5, 1e-6));
+}
+
+// Resuming a masked run restores what the norms count: the hook's state alone brings it back.
+TEST(LlamaPrune, ResumedMasksRestoreTheNormsKeptFeatures) {
+  const std::string skip = test::missing_teacher("smollm2-135m");
+  if (!skip.empty()) GTEST_SKIP() << skip;
+  auto m = tiny_llama(tiny_config());
+  PruneHook hook(prune_axis(*m, "hidden"));
+  prune_at_step0(hook, *m);
+  m->eval();
+  const torch::Tensor ids = torch::randint(0, 49152, {1, 8});
+  const torch::Tensor want = logits(*m, ids);
+  torch::serialize::OutputArchive out;
+  hook.save_state(out);
+  std::ostringstream buf;
+  out.save_to(buf);
+
+  auto fresh = tiny_llama(tiny_config());
+  {
+    torch::NoGradGuard g;
+    for (auto& p : fresh->named_parameters()) p.value().copy_(m->named_parameters()[p.key()]);
+  }
+  fresh->eval();
+  EXPECT_FALSE(torch::allclose(logits(*fresh, ids), want, 1e-4, 1e-4)) << "norms unaware of the mask differ";
+  PruneHook resumed(prune_axis(*fresh, "hidden"));
+  TrainState s2 = state_for(*fresh);
+  resumed.on_train_begin(s2);
+  torch::serialize::InputArchive in;
+  std::istringstream read(buf.str());
+  in.load_from(read);
+  resumed.load_state(in);
+  EXPECT_TRUE(torch::equal(logits(*fresh, ids), want));
+}
+
+// Minitron's activation importance, against a hand computation: with every layer's out and down
+// zeroed the residual stream stays the embedding x, so each FFN neuron's score is
+// sum |silu(gate(ffn_norm(x))) * up(ffn_norm(x))| and each hidden feature's the sum of |norm(x)|
+// over every RMSNorm; the activation criterion then prunes the lowest-scoring units.
+TEST(LlamaPrune, ActivationImportanceMatchesAHandComputation) {
+  const std::string skip = test::missing_teacher("smollm2-135m");
+  if (!skip.empty()) GTEST_SKIP() << skip;
+  auto m = tiny_llama(tiny_config());
+  torch::NoGradGuard g;
+  for (auto& l : m->lm->layers) l->out->weight.zero_(), l->down->weight.zero_();
+  torch::manual_seed(2);
+  const torch::Tensor ids = torch::randint(0, 49152, {2, 10});
+  auto measure = [&ids](Model& model) {
+    auto& tm = dynamic_cast<LlamaModel&>(model);
+    TransformerTrace trace;
+    trace.want_units = trace.in_eval = true;
+    tm.set_trace(&trace);
+    tm.eval();
+    tm.forward_text(ids, torch::ones_like(ids));
+    tm.set_trace(nullptr);
+    return trace.units;
+  };
+  const auto units = measure(*m);
+  const torch::Tensor x = m->lm->embed->weight.index_select(0, ids.reshape({-1})).to(torch::kFloat64);  // [20, 64]
+  torch::Tensor hidden = m->lm->norm(x.to(torch::kFloat32)).abs().sum(0).to(torch::kFloat64);
+  for (size_t i = 0; i < m->lm->layers.size(); ++i) {
+    LlamaLayerImpl& l = *m->lm->layers[i];
+    const torch::Tensor f = l.ffn_norm(x.to(torch::kFloat32));
+    hidden += l.attn_norm(x.to(torch::kFloat32)).abs().sum(0).to(torch::kFloat64) + f.abs().sum(0).to(torch::kFloat64);
+    const torch::Tensor act = (torch::silu(l.gate(f)) * l.up(f)).abs().sum(0).to(torch::kFloat64);
+    const std::string name = "layer" + std::to_string(i) + ".ffn";
+    ASSERT_TRUE(units.count(name)) << name;
+    EXPECT_TRUE(torch::allclose(units.at(name), act, 1e-5, 1e-8)) << name;
+    ASSERT_TRUE(units.count("layer" + std::to_string(i) + ".heads"));
+    EXPECT_EQ(units.at("layer" + std::to_string(i) + ".heads").numel(), 2);
+  }
+  ASSERT_TRUE(units.count("hidden"));
+  EXPECT_TRUE(torch::allclose(units.at("hidden"), hidden, 1e-5, 1e-8));
+
+  PruneConfig c = prune_axis(*m, "ffn");
+  c.criterion = PruneCriterion::kActivation;
+  PruneHook hook(c, measure);
+  prune_at_step0(hook, *m);
+  const torch::Tensor order = std::get<1>(units.at("layer0.ffn").sort(/*stable=*/true, 0, false));
+  const torch::Tensor rows = m->lm->layers[0]->gate->weight.abs().sum(1);
+  EXPECT_EQ(rows.index_select(0, order.slice(0, 0, 48)).count_nonzero().item<int64_t>(), 0) << "the 48 weakest neurons go";
+  EXPECT_EQ(rows.index_select(0, order.slice(0, 48)).count_nonzero().item<int64_t>(), 48);
+}
+
+TEST(TransformerPrune, BertWithoutStructuredPruningIsRefusedWithTheKey) {
+  const std::string skip = test::missing_teacher("minilm-l6");
+  if (!skip.empty()) GTEST_SKIP() << skip;
+  const ExperimentConfig c = parse_experiment_config(
+      "experiment: {name: t}\ntask: {name: sentence_embedding, teacher: minilm-l6}\ndata: {dataset: wordnet}\n"
+      "model: {name: bert, tokenizer: minilm-l6, hidden: 32, layers: 1, heads: 2, ffn: 64}\nprune: {enabled: true}\n",
+      "b.yaml");
+  auto m = make_model(c.model, InputSpec{});
+  const auto bad = check_prune_names(c.prune, *m);
+  ASSERT_TRUE(bad.has_value());
+  EXPECT_EQ(bad->first, "prune.method");
+  EXPECT_NE(bad->second.find("magnitude"), std::string::npos) << bad->second;
+}
+
+TEST(LlamaPrune, UnevenLayersAreRefusedWithTheFix) {
+  const std::string skip = test::missing_teacher("smollm2-135m");
+  if (!skip.empty()) GTEST_SKIP() << skip;
+  ExperimentConfig c = tiny_config();
+  auto m = tiny_llama(c);
+  PruneConfig p = prune_axis(*m, "ffn");
+  p.layer_targets = {"layer1.ffn=0.25"};
+  PruneHook hook(p);
+  prune_at_step0(hook, *m);
+  try {
+    remove_pruned_units(*m, c.model, InputSpec{}, nullptr);
+    FAIL() << "layers with different FFN widths cannot be one llama";
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("one FFN width"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace qd
