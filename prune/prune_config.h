@@ -12,6 +12,7 @@ enum class PruneMethod { kMagnitude, kChannel };
 enum class PruneCriterion { kL1, kL2, kBnGamma, kActivation };
 enum class PruneScope { kLayer, kGlobal };
 enum class PruneSchedule { kGradual, kOneShot };
+enum class PruneRemove { kEnd, kStart };
 
 struct PruneConfig {
   bool enabled = false;
@@ -24,7 +25,8 @@ struct PruneConfig {
   int start_epoch = 0;            // t0 (0-based epoch at whose start pruning begins)
   int end_epoch = 1;              // t0 + n*dt: the target is reached at the start of this epoch
   int update_every_steps = 50;    // dt: masks are recomputed this often while the schedule runs
-  int calibration_samples = 64;   // criterion activation: training examples each mask update runs forward
+  int calibration_samples = 64;
+  PruneRemove remove = PruneRemove::kEnd;  // physical removal of the pruned units: after training, or before it   // criterion activation: training examples each mask update runs forward
   std::vector<std::string> exclude;       // layers (magnitude) or channel groups / their layers (channel) never pruned
   std::vector<std::string> layer_targets; // per-layer targets: "NAME=SPARSITY", e.g. "block4=0.3"
 
@@ -55,10 +57,19 @@ struct PruneConfig {
             Range<int>{1, 1000000});
     v.field("calibration_samples", calibration_samples,
             "criterion activation: training examples (sequences) run forward at each mask update", Range<int>{1, 1000000});
+    v.field("remove", remove,
+            "channel: end: masks while training, the best checkpoint is physically removed to <run>/pruned; start: "
+            "score (prune.criterion), cut and physically remove before the first step, so the whole run trains the "
+            "smaller model (prune, then heal by distillation; Minitron). start needs schedule one_shot at start_epoch 0",
+            Choices<PruneRemove>{{{"end", PruneRemove::kEnd}, {"start", PruneRemove::kStart}}});
     v.field("exclude", exclude, "layers / channel groups never pruned, e.g. [block0, classifier] (see qdistill layers)");
     v.field("layer_targets", layer_targets, "per-layer final sparsity overrides, \"NAME=SPARSITY\" (e.g. block4=0.3)");
     v.check(criterion != PruneCriterion::kActivation || method == PruneMethod::kChannel, "criterion",
             "the activation criterion scores whole units: use prune.method: channel, or criterion l1 for magnitude");
+    v.check(remove == PruneRemove::kEnd || (method == PruneMethod::kChannel && schedule == PruneSchedule::kOneShot &&
+                                            start_epoch == 0),
+            "remove", "prune.remove: start cuts whole units once, before training: set method: channel, "
+            "schedule: one_shot, start_epoch: 0");
     v.check(initial_sparsity <= target_sparsity, "initial_sparsity", "must not exceed prune.target_sparsity");
     v.check(schedule == PruneSchedule::kOneShot || end_epoch > start_epoch, "end_epoch",
             "the gradual schedule needs prune.end_epoch > prune.start_epoch");

@@ -359,6 +359,14 @@ std::map<std::string, double> PruneHook::sparsity() const {
   return out;
 }
 
+std::vector<torch::Tensor> PruneHook::kept_units() const {
+  std::vector<torch::Tensor> kept;
+  for (const auto& g : groups_) kept.push_back(torch::arange(g.units, torch::kInt64));
+  for (const auto& u : units_)
+    if (u.group >= 0 && u.mask.defined()) kept[static_cast<size_t>(u.group)] = u.mask.cpu().nonzero().reshape({-1});
+  return kept;
+}
+
 void PruneHook::on_epoch_end(TrainState& state) {
   double pruned = 0, total = 0;
   for (const auto& [name, s] : sparsity()) state.epoch_metrics["sparsity/" + name] = s;

@@ -69,6 +69,9 @@ class PruneHook : public TrainHook {
   // Fraction of each unit (layer or channel group) that is pruned, by unit name.
   std::map<std::string, double> sparsity() const;
   const std::vector<PruneGroup>& groups() const { return groups_; }
+  // Structured: per group (groups() order) the indices of its kept units ([K] int64, CPU); every
+  // unit of a group not pruned (excluded, or before its first mask).
+  std::vector<torch::Tensor> kept_units() const;
 
  private:
   struct Unit {

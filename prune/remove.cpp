@@ -26,19 +26,30 @@ torch::Tensor alive_units(const PruneGroup& g, const std::vector<ResolvedSlice>&
 }  // namespace
 
 RemovalResult remove_pruned_units(Model& masked, const ModelConfig& cfg, const InputSpec& in, const QatConfig* qat) {
+  std::vector<torch::Tensor> keep;
+  for (const auto& g : masked.prune_groups()) keep.push_back(alive_units(g, resolve_slices(masked, g)));
+  return remove_units(masked, cfg, in, qat, keep);
+}
+
+RemovalResult remove_units(Model& masked, const ModelConfig& cfg, const InputSpec& in, const QatConfig* qat,
+                           const std::vector<torch::Tensor>& keep_per_group) {
   QD_CHECK(!(qat && qat->enabled && qat->activation.per_channel && !cfg.is_text()), UserError,
            "physical removal: per-channel activation quantizers (qat.activation.per_channel) are not supported; "
            "use per-tensor activations");
   const std::vector<PruneGroup> groups = masked.prune_groups();
+  QD_CHECK(keep_per_group.size() == groups.size(), Error, "physical removal: ", keep_per_group.size(),
+           " kept-unit lists for ", groups.size(), " groups");
   RemovalResult r;
   // Index slices to apply to one named tensor: (dimension, kept entries).
   std::map<std::string, std::vector<std::pair<int64_t, torch::Tensor>>> slices;
-  for (const auto& g : groups) {
-    const std::vector<ResolvedSlice> resolved = resolve_slices(masked, g);
-    const torch::Tensor keep = alive_units(g, resolved);  // [K] int64
+  for (size_t i = 0; i < groups.size(); ++i) {
+    const PruneGroup& g = groups[i];
+    const torch::Tensor keep = keep_per_group[i].to(torch::kCPU, torch::kInt64);
+    QD_CHECK(keep.numel() > 0 && keep.max().item<int64_t>() < g.units, Error, "physical removal: bad kept units for ",
+             g.name);
     r.kept.push_back(keep.numel());
     r.total.push_back(g.units);
-    for (const auto& s : resolved) slices[s.name].emplace_back(s.dim, slice_indices(s, keep));
+    for (const auto& s : resolve_slices(masked, g)) slices[s.name].emplace_back(s.dim, slice_indices(s, keep));
   }
   r.config = masked.pruned_config(cfg, r.kept);
   r.model = make_model(r.config, in);

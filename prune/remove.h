@@ -27,5 +27,10 @@ struct RemovalResult {
 // where removal is not supported (per-channel activation quantizers; group-wise quantized weights
 // that lose inputs).
 RemovalResult remove_pruned_units(Model& masked, const ModelConfig& cfg, const InputSpec& in, const QatConfig* qat);
+// The same with the kept units given, per group of Model::prune_groups() ([K] int64 indices each):
+// the smaller model built from `model`, whose pruned units need not be zero (prune.remove: start
+// cuts before any mask touched the weights).
+RemovalResult remove_units(Model& model, const ModelConfig& cfg, const InputSpec& in, const QatConfig* qat,
+                           const std::vector<torch::Tensor>& keep);
 
 }  // namespace qd

@@ -184,6 +184,8 @@ void add_experiment_hooks(Trainer& trainer, const ExperimentConfig& cfg, Model& 
                           torch::Device device) {
   if (cfg.distill.enabled()) trainer.add_hook(make_distill_hook(cfg, model, data, device));
   if (cfg.prune.enabled) {
+    if (cfg.prune.remove == PruneRemove::kStart)
+      cfg.fail("prune.remove", "start (cut before training) is for transformers so far; CNN runs remove at the end");
     if (cfg.prune.start_epoch >= cfg.trainer.epochs)
       cfg.fail("prune.start_epoch", concat(cfg.prune.start_epoch, " is not before trainer.epochs (", cfg.trainer.epochs,
                                            "): pruning would never run; epochs count from 0"));
@@ -381,6 +383,63 @@ nlohmann::json write_pruned_text_model(const ExperimentConfig& cfg) {
   return j;
 }
 
+// prune.remove: start. The units the criterion picks are cut before the first step, so the run
+// trains, and its config.resolved.yaml describes, the smaller model (prune.enabled false there).
+// The cut is written to <run>/prune_plan.json; a resumed run reads it instead of measuring again,
+// so it rebuilds the same shape whatever the calibration pass would give now. `record` receives
+// what summary.json reports.
+std::shared_ptr<TextModel> prune_at_start(ExperimentConfig& cfg, const std::shared_ptr<TextModel>& model, Task& task,
+                                          torch::Device device, nlohmann::json& record) {
+  const fs::path plan_path = fs::path(cfg.run_dir()) / "prune_plan.json";
+  const std::vector<PruneGroup> groups = model->prune_groups();
+  std::vector<torch::Tensor> keep;
+  const bool from_plan = cfg.trainer.resume && fs::is_regular_file(plan_path);
+  if (from_plan) {
+    nlohmann::json plan;
+    try {
+      std::ifstream in(plan_path);
+      plan = nlohmann::json::parse(in);
+      for (const auto& g : groups) {
+        const std::vector<int64_t> idx = plan.at("kept").at(g.name).get<std::vector<int64_t>>();
+        QD_CHECK(!idx.empty() && std::is_sorted(idx.begin(), idx.end()) && idx.front() >= 0 && idx.back() < g.units,
+                 UserError, "group ", g.name, ": kept units must be increasing indices below ", g.units);
+        keep.push_back(torch::tensor(idx, torch::kInt64));
+      }
+    } catch (const std::exception& e) {
+      throw UserError(concat(plan_path.string(), ": not the cut this run made (", e.what(), "); delete it to measure "
+                             "the cut again, or start over with --set experiment.overwrite=true"));
+    }
+  } else {
+    PruneHook hook(cfg.prune, calibration_importance(cfg, task, device));
+    TrainState st;
+    st.model = model.get();
+    st.device = device;
+    st.steps_per_epoch = 1;
+    hook.on_train_begin(st);
+    hook.on_step_begin(st);
+    keep = hook.kept_units();
+  }
+  RemovalResult r = remove_units(*model, cfg.model, InputSpec{}, cfg.qat.enabled ? &cfg.qat : nullptr, keep);
+  nlohmann::json kept = nlohmann::json::object();
+  for (size_t i = 0; i < groups.size(); ++i) {
+    const torch::Tensor k = keep[i].contiguous();
+    kept[groups[i].name] = std::vector<int64_t>(k.data_ptr<int64_t>(), k.data_ptr<int64_t>() + k.numel());
+  }
+  record = {{"remove", "start"},
+            {"params_before", count_params(*model)},
+            {"non_embedding_params_before", count_params(*model) - count_embedding_params(*model)},
+            {"units_before", r.total},
+            {"units", r.kept},
+            {"plan", plan_path.string()},
+            {"kept", kept}};
+  log_info("prune: cut before training (prune.remove: start", from_plan ? ", the plan in " + plan_path.string() : "",
+           "): ", count_params(*model), " -> ", count_params(*r.model), " parameters, units per group ",
+           nlohmann::json(r.total).dump(), " -> ", nlohmann::json(r.kept).dump());
+  cfg.model = r.config;
+  cfg.prune.enabled = false;  // a finished, smaller model from here on
+  return std::static_pointer_cast<TextModel>(r.model);
+}
+
 // (run_train checked prune.exclude / layer_targets against the model before building the task.)
 void add_text_prune_hook(Trainer& trainer, const ExperimentConfig& cfg, Task& task, torch::Device device) {
   if (cfg.prune.start_epoch >= cfg.trainer.epochs)
@@ -410,11 +469,14 @@ int run_train(const TrainCommand& cmd) {
     data = load_data(cfg.data);
     model = build_model(cfg, data);
   }
-  const int64_t params = count_params(*model);
   const torch::Device device = select_device(cfg.trainer, launch);
   std::shared_ptr<Communicator> comm = make_communicator(cfg.parallel, device);
   std::shared_ptr<Task> task = text ? make_text_task(cfg, static_cast<TextModel&>(*model), device, comm.get())
                                     : make_image_task(cfg, data);
+  nlohmann::json cut;  // prune.remove: start
+  if (text && cfg.prune.enabled && cfg.prune.remove == PruneRemove::kStart)
+    model = prune_at_start(cfg, std::static_pointer_cast<TextModel>(model), *task, device, cut);
+  const int64_t params = count_params(*model);
   log_info("experiment ", cfg.experiment.name, ": ", model->kind(), " with ", params, " parameters; ", task->describe(),
            "; ", comm->world_size(), " rank(s) (", comm->backend(), "), ", torch::get_num_threads(),
            " thread(s) each, on ", device.str());
@@ -433,6 +495,8 @@ int run_train(const TrainCommand& cmd) {
       cfg.data.std = data.std;
     }
     write_file_atomic((fs::path(cfg.run_dir()) / "config.resolved.yaml").string(), to_yaml(cfg));
+    if (!cut.empty())
+      write_file_atomic(cut.at("plan").get<std::string>(), nlohmann::json({{"kept", cut.at("kept")}}).dump() + "\n");
   }
   // No rank trains until rank 0 has checked the run directory (it may refuse to clobber it).
   comm->barrier();
@@ -471,6 +535,10 @@ int run_train(const TrainCommand& cmd) {
       const std::shared_ptr<TextModel> t = make_text_model(tc);
       summary["teacher_params"] = count_params(*t);
       summary["teacher_non_embedding_params"] = count_params(*t) - count_embedding_params(*t);
+    }
+    if (!cut.empty()) {
+      cut.erase("kept");
+      summary["prune"] = cut;
     }
     add_text_summary(summary, cfg, *model, *task);
     if (cfg.prune.enabled && cfg.prune.method == PruneMethod::kChannel) summary["pruned"] = write_pruned_text_model(cfg);

@@ -578,6 +578,54 @@ test::ProcResult qdistill(const std::string& args) {
   return test::run_command(std::string(QD_BINARY_DIR) + "/qdistill " + args + " 2>&1");
 }
 
+// prune.remove: start: the criterion's cut is made before the first step, the run trains and
+// describes the smaller llama, writes its cut to prune_plan.json, and a resumed run rebuilds the
+// same shape from that plan; eval reads the run like any other.
+TEST(TextCli, PruneAtStartTrainsTheSmallerModelAndResumesFromItsPlan) {
+  const std::string skip = missing_teacher("smollm2-135m");
+  if (!skip.empty()) GTEST_SKIP() << skip;
+  test::TempDir dir;
+  const std::string corpus = small_fortunes(dir);
+  const std::string cfg = dir.file("lm.yaml");
+  std::ofstream(cfg) << "experiment: {name: lm, output_dir: " << dir.path().string() << "/runs}\ntask: {name: causal_lm}\n"
+                     << "data: {dataset: fortunes, text_root: " << corpus
+                     << ", seq_len: 16, batch_size: 4, train_subset: 16, test_subset: 10}\n"
+                     << "model: {name: llama, tokenizer: smollm2-135m, hidden: 32, layers: 2, heads: 4, kv_heads: 2, ffn: 64, "
+                        "max_positions: 32}\n"
+                     << "prune: {enabled: true, criterion: activation, calibration_samples: 8, schedule: one_shot, "
+                        "start_epoch: 0, target_sparsity: 0.5, remove: start, exclude: [hidden]}\n"
+                     << "optimizer: {name: adamw, lr: 0.01}\ntrainer: {epochs: 1, threads: 1}\n";
+  const test::ProcResult train = qdistill("train " + test::quoted(cfg));
+  ASSERT_EQ(train.code, 0) << train.output;
+  EXPECT_NE(train.output.find("cut before training"), std::string::npos) << train.output;
+  const std::string run = dir.file("runs/lm");
+  const nlohmann::json summary = nlohmann::json::parse(std::ifstream(run + "/summary.json"));
+  // 32 -> 16 FFN neurons and 2 -> 1 key-value groups (2 of 4 query heads) per layer; hidden kept.
+  // Per layer: gate, up and down lose 32 x 32 each; q loses 16 rows, k and v 8 rows, out 16 columns.
+  const int64_t cut = 2 * (3 * 32 * 32 + 2 * 16 * 32 + 2 * 8 * 32);
+  EXPECT_EQ(summary["params"].get<int64_t>(), summary["prune"]["params_before"].get<int64_t>() - cut);
+  EXPECT_EQ(summary["prune"]["units"], nlohmann::json({1, 32, 1, 32, 32}));
+  std::stringstream text;
+  text << std::ifstream(run + "/config.resolved.yaml").rdbuf();
+  const std::string resolved = text.str();
+  EXPECT_NE(resolved.find("ffn: 32"), std::string::npos) << resolved;
+  EXPECT_NE(resolved.find("kv_heads: 1"), std::string::npos) << resolved;
+  ASSERT_TRUE(fs::is_regular_file(run + "/prune_plan.json"));
+  const test::ProcResult ev = qdistill("eval --json " + test::quoted(run));
+  ASSERT_EQ(ev.code, 0) << ev.output;
+  const nlohmann::json j = nlohmann::json::parse(ev.output.substr(ev.output.find('{')));
+  EXPECT_DOUBLE_EQ(j["perplexity"].get<double>(), summary["perplexity"].get<double>());
+  // One more epoch from last.pt: the cut comes from the plan, not a new measurement.
+  const test::ProcResult more = qdistill("train " + test::quoted(cfg) + " --resume --set trainer.epochs=2");
+  ASSERT_EQ(more.code, 0) << more.output;
+  EXPECT_NE(more.output.find("the plan in"), std::string::npos) << more.output;
+  // A plan that does not fit the model is refused with the file's name and exit code 2.
+  std::ofstream(run + "/prune_plan.json") << "{\"kept\": {\"layer0.heads\": [5]}}";
+  const test::ProcResult bad = qdistill("train " + test::quoted(cfg) + " --resume --set trainer.epochs=3");
+  EXPECT_EQ(bad.code, 2) << bad.output;
+  EXPECT_NE(bad.output.find("prune_plan.json"), std::string::npos) << bad.output;
+}
+
 TEST(TextCli, TrainEvalAndEmbed) {
   for (const char* which : {"smollm2-135m", "minilm-l6"}) {
     const std::string skip = missing_teacher(which);
