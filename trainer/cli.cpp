@@ -192,7 +192,7 @@ int run_cli(int argc, char** argv) {
   CLI::App* keys_cmd = app.add_subcommand("keys", "list every config key with its default and meaning");
 
   TrainCommand layers;
-  CLI::App* layers_cmd = app.add_subcommand("layers", "list a config's model layers (names for distill.hint_*) and channel groups (prune.*)");
+  CLI::App* layers_cmd = app.add_subcommand("layers", "list a config's model layers (names for distill.hint_*, qat.layers) and prunable groups (prune.exclude, prune.layer_targets)");
   layers_cmd->add_option("config", layers.config_path, "experiment YAML")->required();
   layers_cmd->add_option("--set", layers.overrides, "override a config key (repeatable)")->take_all();
 
