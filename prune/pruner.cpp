@@ -303,6 +303,7 @@ void PruneHook::update_masks(int64_t step, int64_t steps_per_epoch) {
     u.mask = (u.group >= 0 ? keep : keep.view(u.weight.sizes())).to(dev);
   }
   apply_masks(false);
+  set_norms_kept();
 }
 
 void PruneHook::apply_masks(bool to_grads) {
@@ -328,8 +329,6 @@ void PruneHook::apply_masks(bool to_grads) {
       shape[static_cast<size_t>(sl.dim)] = -1;
       mul(sl.t, m.view(shape));
     }
-    if (!to_grads)
-      for (PrunableNorm* n : groups_[g].norms) n->set_kept(u.mask);
   }
 }
 
@@ -395,7 +394,13 @@ void PruneHook::load_state(torch::serialize::InputArchive& ar) {
     const torch::Device dev = u.group >= 0 ? slices_[static_cast<size_t>(u.group)].front().t.device() : u.weight.device();
     u.mask = m.to(dev);
   }
-  apply_masks(false);  // the weights are masked already; normalizations over a pruned dimension learn their kept units
+  set_norms_kept();  // the checkpoint's weights are masked already
+}
+
+void PruneHook::set_norms_kept() {
+  for (const auto& u : units_)
+    if (u.group >= 0 && u.mask.defined())
+      for (PrunableNorm* n : groups_[static_cast<size_t>(u.group)].norms) n->set_kept(u.mask);
 }
 
 }  // namespace qd

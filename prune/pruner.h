@@ -83,6 +83,9 @@ class PruneHook : public TrainHook {
   };
   void collect(Model& model);
   void apply_masks(bool to_grads);
+  // Tells the normalizations over a pruned dimension which units are kept (when masks change, not
+  // every step).
+  void set_norms_kept();
   // [units] float64; `measured`: the activation criterion's measurement of this update.
   torch::Tensor unit_scores(size_t group, const std::map<std::string, torch::Tensor>& measured) const;
 
