@@ -439,4 +439,8 @@ class ConfigLister {
   std::vector<ConfigKeyDoc> keys_;
 };
 
+// Layer-name globs (qat.layers, prune.exclude, lowrank.layers): fnmatch-style, `*` matches any run
+// of characters (dots included), `?` one character.
+bool layer_pattern_match(const std::string& pattern, const std::string& name);
+
 }  // namespace qd

@@ -30,14 +30,29 @@ class LinearImpl : public torch::nn::Module {
  public:
   LinearImpl(int64_t in, int64_t out, bool bias = true);
   torch::Tensor forward(const torch::Tensor& x);  // [..., in] -> [..., out]
-  // The weight as computed with: fake-quantized once a quantizer is attached.
-  torch::Tensor effective_weight() { return quant ? quant->weight(weight) : weight; }
+  // The weight as computed with: fake-quantized once a quantizer is attached; b·a when factored.
+  torch::Tensor effective_weight();
   void attach(std::shared_ptr<LayerQuantizer> q);
-  int64_t in_features() const { return weight.size(1); }
-  int64_t out_features() const { return weight.size(0); }
+  int64_t in_features() const { return first ? first->in_features() : weight.size(1); }
+  int64_t out_features() const { return second ? second->out_features() : weight.size(0); }
 
-  torch::Tensor weight, bias;  // [out, in], [out] (undefined without bias)
+  // Low-rank factorization (models/lowrank.h): the layer becomes two thinner ones, x -> a·x
+  // ([rank, in], submodule "a", no bias) -> b·(a·x) + bias ([out, rank], submodule "b", which takes
+  // the bias). Its own weight and bias leave the module (the checkpoint holds a.weight, b.weight,
+  // b.bias), and so does its quantizer: quantization attaches to a and b, each a Linear of its own.
+  void factorize(const torch::Tensor& a, const torch::Tensor& b);
+  bool factored() const { return first != nullptr; }
+  int64_t rank() const { return first ? first->out_features() : 0; }
+
+  // Calibration (activation-aware factorization): while record_inputs, forward adds |x| summed
+  // over the tokens to input_abs_sum ([in], float64 on the CPU) and their count to input_rows.
+  bool record_inputs = false;
+  torch::Tensor input_abs_sum;
+  int64_t input_rows = 0;
+
+  torch::Tensor weight, bias;  // [out, in], [out] (undefined without bias, and once factored)
   std::shared_ptr<LayerQuantizer> quant;
+  std::shared_ptr<LinearImpl> first, second;  // a and b once factored
 };
 TORCH_MODULE(Linear);
 

@@ -36,6 +36,8 @@ struct ModelConfig {
   // Pretrained only: keep these of the teacher's layers (0-based, in order), dropping the rest: a
   // shallower student initialised from a subset of the teacher's layers. Empty: all layers.
   std::vector<int> keep_layers;
+  // Low-rank factored linear layers, "NAME=RANK" (models/lowrank.h; written by the lowrank section).
+  std::vector<std::string> ranks;
   // Start from a trained run's weights (a run directory's checkpoints/best.pt, or a .pt file) of
   // the architecture this section describes: a QAT stage after a float KD stage, say.
   std::string init_checkpoint;
@@ -99,6 +101,10 @@ struct ModelConfig {
     v.check(embedding_rank == 0 || name == ModelKind::kBert, "embedding_rank",
             "model.embedding_rank factorizes a bert word embedding; remove it for other models");
     v.check(init_checkpoint.empty() || is_text(), "init_checkpoint", "model.init_checkpoint applies to bert/llama models");
+    v.field("ranks", ranks,
+            "bert/llama: linear layers factored into two thinner ones, \"NAME=RANK\" ([rank, in] then [out, rank]), "
+            "initialised from the truncated SVD of the weights; written by the lowrank section");
+    v.check(ranks.empty() || is_text(), "ranks", "low-rank factored layers are for bert and llama; remove model.ranks");
     v.check(keep_layers.empty() || !pretrained.empty(), "keep_layers",
             "model.keep_layers picks layers of a pretrained model; set model.pretrained or remove it");
     v.check(std::is_sorted(keep_layers.begin(), keep_layers.end()) &&

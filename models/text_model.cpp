@@ -5,6 +5,7 @@
 
 #include "common/error.h"
 #include "formats/gguf.h"
+#include "models/lowrank.h"
 
 namespace qd {
 
@@ -254,10 +255,8 @@ Holder kept_layers(Holder full, const ModelConfig& cfg, const std::string& path)
   copy_kept_layers(*kept, *full, cfg.keep_layers);
   return kept;
 }
-}  // namespace
 
-std::shared_ptr<TextModel> make_text_model(const ModelConfig& cfg) {
-  QD_CHECK(cfg.is_text(), UserError, "make_text_model: not a bert/llama config");
+std::shared_ptr<TextModel> make_dense_text_model(const ModelConfig& cfg) {
   if (!cfg.pretrained.empty()) {
     const std::string path = resolve_pretrained(cfg.pretrained);
     auto tok = load_tokenizer(path);
@@ -303,6 +302,14 @@ std::shared_ptr<TextModel> make_text_model(const ModelConfig& cfg) {
   Llama l(o);
   init_transformer(*l);
   return std::make_shared<LlamaModel>(l, tok);
+}
+}  // namespace
+
+std::shared_ptr<TextModel> make_text_model(const ModelConfig& cfg) {
+  QD_CHECK(cfg.is_text(), UserError, "make_text_model: not a bert/llama config");
+  std::shared_ptr<TextModel> m = make_dense_text_model(cfg);
+  if (!cfg.ranks.empty()) apply_ranks(*m, cfg.ranks);
+  return m;
 }
 
 }  // namespace qd

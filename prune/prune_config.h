@@ -26,6 +26,7 @@ struct PruneConfig {
   int end_epoch = 1;              // t0 + n*dt: the target is reached at the start of this epoch
   int update_every_steps = 50;    // dt: masks are recomputed this often while the schedule runs
   int calibration_samples = 64;
+  int drop_layers = 0;  // remove: start: whole layers dropped by block importance before the width cut
   PruneRemove remove = PruneRemove::kEnd;  // physical removal of the pruned units: after training, or before it   // criterion activation: training examples each mask update runs forward
   std::vector<std::string> exclude;       // layers (magnitude) or channel groups / their layers (channel) never pruned
   std::vector<std::string> layer_targets; // per-layer targets: "NAME=SPARSITY", e.g. "block4=0.3"
@@ -62,14 +63,22 @@ struct PruneConfig {
             "score (prune.criterion), cut and physically remove before the first step, so the whole run trains the "
             "smaller model (prune, then heal by distillation; Minitron). start needs schedule one_shot at start_epoch 0",
             Choices<PruneRemove>{{{"end", PruneRemove::kEnd}, {"start", PruneRemove::kStart}}});
-    v.field("exclude", exclude, "layers / channel groups never pruned, e.g. [block0, classifier] (see qdistill layers)");
-    v.field("layer_targets", layer_targets, "per-layer final sparsity overrides, \"NAME=SPARSITY\" (e.g. block4=0.3)");
+    v.field("drop_layers", drop_layers,
+            "remove: start, pretrained bert/llama: first drop this many whole layers, those that change their input "
+            "least on the prune.calibration_samples training examples (block importance: 1 - cos(input, output) "
+            "averaged over tokens; ShortGPT, Minitron's depth axis), then cut the width",
+            Range<int>{0, 4096});
+    v.field("exclude", exclude, "layers / channel groups never pruned, e.g. [block0, classifier] or a glob: [\"layer*.heads\", hidden] (see qdistill layers)");
+    v.field("layer_targets", layer_targets, "per-layer final sparsity overrides, \"NAME=SPARSITY\" (e.g. block4=0.3; NAME may be a glob, \"layer*.ffn=0.5\"; the first matching entry wins)");
     v.check(criterion != PruneCriterion::kActivation || method == PruneMethod::kChannel, "criterion",
             "the activation criterion scores whole units: use prune.method: channel, or criterion l1 for magnitude");
     v.check(remove == PruneRemove::kEnd || (method == PruneMethod::kChannel && schedule == PruneSchedule::kOneShot &&
                                             start_epoch == 0),
             "remove", "prune.remove: start cuts whole units once, before training: set method: channel, "
             "schedule: one_shot, start_epoch: 0");
+    v.check(drop_layers == 0 || remove == PruneRemove::kStart, "drop_layers",
+            "whole layers are dropped before training: set prune.remove: start (with method: channel, schedule: "
+            "one_shot, start_epoch: 0)");
     v.check(initial_sparsity <= target_sparsity, "initial_sparsity", "must not exceed prune.target_sparsity");
     v.check(schedule == PruneSchedule::kOneShot || end_epoch > start_epoch, "end_epoch",
             "the gradual schedule needs prune.end_epoch > prune.start_epoch");

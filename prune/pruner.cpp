@@ -5,6 +5,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "common/config.h"
 
 namespace qd {
 
@@ -38,9 +39,10 @@ bool contains(const std::vector<std::string>& v, const std::string& s) {
   return std::find(v.begin(), v.end(), s) != v.end();
 }
 
-// "NAME=SPARSITY" entries; throws UserError on a malformed one.
-std::map<std::string, double> parse_targets(const std::vector<std::string>& entries) {
-  std::map<std::string, double> out;
+// "NAME=SPARSITY" entries in file order (NAME may be a glob, e.g. "layer*.ffn"); throws UserError
+// on a malformed one.
+std::vector<std::pair<std::string, double>> parse_targets(const std::vector<std::string>& entries) {
+  std::vector<std::pair<std::string, double>> out;
   for (const auto& e : entries) {
     const size_t eq = e.find('=');
     QD_CHECK(eq != std::string::npos && eq > 0, UserError, "'", e, "': expected NAME=SPARSITY, e.g. block4=0.3");
@@ -53,9 +55,17 @@ std::map<std::string, double> parse_targets(const std::vector<std::string>& entr
       throw UserError(concat("'", e, "': the sparsity after '=' must be a number in [0, 1)"));
     }
     QD_CHECK(v >= 0.0 && v < 1.0, UserError, "'", e, "': sparsity ", v, " is outside [0, 1)");
-    out[e.substr(0, eq)] = v;
+    out.emplace_back(e.substr(0, eq), v);
   }
   return out;
+}
+
+bool matches_any(const std::string& pattern, const std::vector<std::string>& names) {
+  return std::any_of(names.begin(), names.end(), [&](const std::string& n) { return layer_pattern_match(pattern, n); });
+}
+
+bool excluded(const std::vector<std::string>& exclude, const std::string& name) {
+  return std::any_of(exclude.begin(), exclude.end(), [&](const std::string& e) { return layer_pattern_match(e, name); });
 }
 
 // Names a config entry may use: layers (magnitude), or groups and their layers (structured).
@@ -153,12 +163,12 @@ std::optional<std::pair<std::string, std::string>> check_prune_names(const Prune
   }
   const std::string what = cfg.method == PruneMethod::kMagnitude ? "a prunable layer" : "a channel group or its layer";
   for (const auto& e : cfg.exclude)
-    if (!contains(names, e))
+    if (!matches_any(e, names))
       return std::make_pair(std::string("prune.exclude"),
                             concat("'", e, "' is not ", what, " of the ", model.kind(), "; valid: ", join(names)));
   try {
     for (const auto& [n, v] : parse_targets(cfg.layer_targets))
-      if (!contains(names, n))
+      if (!matches_any(n, names))
         return std::make_pair(std::string("prune.layer_targets"),
                               concat("'", n, "' is not ", what, " of the ", model.kind(), "; valid: ", join(names)));
   } catch (const UserError& e) {
@@ -172,15 +182,15 @@ void PruneHook::collect(Model& model) {
   units_.clear();
   groups_.clear();
   slices_.clear();
-  const std::map<std::string, double> targets = parse_targets(cfg_.layer_targets);
-  auto target_of = [&](const std::vector<std::string>& names) {
-    for (const auto& n : names)
-      if (targets.count(n)) return targets.at(n);
+  const auto targets = parse_targets(cfg_.layer_targets);
+  auto target_of = [&](const std::vector<std::string>& names) {  // the first entry in file order that matches
+    for (const auto& [pattern, v] : targets)
+      if (matches_any(pattern, names)) return v;
     return cfg_.target_sparsity;
   };
   if (cfg_.method == PruneMethod::kMagnitude) {
     for (auto& [n, w] : prunable_weights(model)) {
-      if (contains(cfg_.exclude, n)) continue;
+      if (excluded(cfg_.exclude, n)) continue;
       Unit u;
       u.name = n;
       u.weight = w;
@@ -200,7 +210,7 @@ void PruneHook::collect(Model& model) {
   for (size_t i = 0; i < groups_.size(); ++i) {
     std::vector<std::string> names = groups_[i].layers;
     names.insert(names.begin(), groups_[i].name);
-    if (std::any_of(names.begin(), names.end(), [&](const std::string& n) { return contains(cfg_.exclude, n); }))
+    if (std::any_of(names.begin(), names.end(), [&](const std::string& n) { return excluded(cfg_.exclude, n); }))
       continue;
     Unit u;
     u.name = groups_[i].name;
@@ -219,6 +229,7 @@ void PruneHook::on_train_begin(TrainState& state) {
   state.best_from_epoch = std::max(state.best_from_epoch, done);
   log_info("prune: ", cfg_.method == PruneMethod::kChannel ? "units" : "weights", " of ", units_.size(),
            cfg_.method == PruneMethod::kChannel ? " groups" : " layers", " to ", cfg_.target_sparsity,
+           cfg_.layer_targets.empty() ? std::string() : concat(" (", join(cfg_.layer_targets), " where they match)"),
            cfg_.schedule == PruneSchedule::kOneShot ? concat(" at once at epoch ", cfg_.start_epoch + 1)
                                                    : concat(" from epoch ", cfg_.start_epoch + 1, " to ", cfg_.end_epoch));
 }

@@ -7,26 +7,6 @@
 
 namespace qd {
 
-bool layer_pattern_match(const std::string& pattern, const std::string& name) {
-  // Iterative glob with backtracking to the last '*'.
-  size_t p = 0, n = 0, star = std::string::npos, mark = 0;
-  while (n < name.size()) {
-    if (p < pattern.size() && (pattern[p] == '?' || pattern[p] == name[n])) {
-      ++p, ++n;
-    } else if (p < pattern.size() && pattern[p] == '*') {
-      star = p++;
-      mark = n;
-    } else if (star != std::string::npos) {
-      p = star + 1;
-      n = ++mark;
-    } else {
-      return false;
-    }
-  }
-  while (p < pattern.size() && pattern[p] == '*') ++p;
-  return p == pattern.size();
-}
-
 LayerQuantRule QatConfig::rule_for(const std::string& layer) const {
   for (const auto& [pattern, rule] : layers)
     if (layer_pattern_match(pattern, layer)) return rule;
@@ -111,9 +91,10 @@ torch::Tensor LayerQatImpl::input(const torch::Tensor& x) {
 std::vector<QuantizableLayer> quantizable_layers(torch::nn::Module& model) {
   std::vector<QuantizableLayer> out;
   for (const auto& item : model.named_modules("", /*include_self=*/false)) {
-    if (auto l = std::dynamic_pointer_cast<LinearImpl>(item.value()))
-      out.push_back({item.key(), "linear", l->out_features(), l->in_features()});
-    else if (auto e = std::dynamic_pointer_cast<EmbeddingImpl>(item.value()))
+    if (auto l = std::dynamic_pointer_cast<LinearImpl>(item.value())) {
+      if (!l->factored())  // its factors a and b are layers of their own
+        out.push_back({item.key(), "linear", l->out_features(), l->in_features()});
+    } else if (auto e = std::dynamic_pointer_cast<EmbeddingImpl>(item.value()))
       out.push_back({item.key(), "embedding", e->weight.size(0), e->weight.size(1)});
   }
   return out;

@@ -222,7 +222,4 @@ struct QatConfig {
 };
 
 
-// fnmatch-style: `*` matches any run of characters (dots included), `?` one character.
-bool layer_pattern_match(const std::string& pattern, const std::string& name);
-
 }  // namespace qd

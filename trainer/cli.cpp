@@ -86,6 +86,9 @@ int print_text_layers(const ExperimentConfig& cfg) {
                 static_cast<long long>(l.in));
   try {
     print_prune_groups(model->prune_groups(), "forward order");
+    if (!cfg.model.pretrained.empty())
+      std::printf("  %-22s %5lld %-8s whole layers: prune.drop_layers (with prune.remove: start) drops those of least "
+                  "block importance\n", "(depth)", static_cast<long long>(model->num_layers()), "layers");
   } catch (const UserError&) {
     // no structured pruning for this model yet
   }

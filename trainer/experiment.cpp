@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <filesystem>
 #include <thread>
 
@@ -15,6 +16,7 @@
 #include "distill/lm_distill_hook.h"
 #include "distill/text_feature_kd.h"
 #include "formats/mapped_file.h"
+#include "models/lowrank.h"
 #include "models/registry.h"
 #include "models/text_model.h"
 #include "parallel/communicator.h"
@@ -317,28 +319,58 @@ void add_text_distill_hooks(Trainer& trainer, const ExperimentConfig& cfg, const
 }
 }  // namespace
 
+void calibration_pass(Task& task, TextModel& m, int64_t n, int64_t batch, torch::Device device,
+                      const std::function<void(const TrainState&)>& after_batch) {
+  n = std::min<int64_t>(n, task.train_size());
+  const bool was_training = m.is_training();
+  m.eval();
+  torch::NoGradGuard ng;
+  std::vector<int64_t> indices(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) indices[static_cast<size_t>(i)] = i;
+  TrainState st;
+  st.device = device;
+  for (int64_t first = 0; first < n; first += batch) {
+    task.load_batch(st, indices, first, std::min(n, first + batch));
+    m.forward_text(st.inputs, st.mask);
+    if (after_batch) after_batch(st);
+  }
+  m.train(was_training);
+}
+
+std::vector<double> block_importance(Task& task, TextModel& m, int64_t n, int64_t batch, torch::Device device) {
+  TransformerTrace trace;
+  trace.want_hidden = trace.in_eval = true;
+  TransformerTrace* saved = m.trace();
+  m.set_trace(&trace);
+  std::vector<double> sum;
+  double tokens = 0;
+  calibration_pass(task, m, n, batch, device, [&](const TrainState& st) {
+    const torch::Tensor keep = st.mask.to(torch::kFloat64).reshape({-1}).cpu();
+    if (sum.empty()) sum.assign(trace.hidden.size() - 1, 0.0);
+    for (size_t i = 1; i < trace.hidden.size(); ++i) {
+      const torch::Tensor a = trace.hidden[i - 1].to(torch::kFloat64), b = trace.hidden[i].to(torch::kFloat64);
+      const torch::Tensor cos = torch::cosine_similarity(a, b, -1, 1e-12).reshape({-1}).cpu();
+      sum[i - 1] += ((1.0 - cos) * keep).sum().item<double>();
+    }
+    tokens += keep.sum().item<double>();
+    trace.clear();
+  });
+  m.set_trace(saved);
+  for (auto& v : sum) v /= std::max(tokens, 1.0);
+  return sum;
+}
+
 UnitImportance calibration_importance(const ExperimentConfig& cfg, Task& task, torch::Device device) {
-  const int64_t n = std::min<int64_t>(cfg.prune.calibration_samples, task.train_size());
+  const int64_t n = cfg.prune.calibration_samples;
   const int64_t batch = cfg.data.eval_batch_size;
   return [&task, n, batch, device](Model& m) {
     auto& tm = dynamic_cast<TextModel&>(m);
     TransformerTrace trace;
     trace.want_units = trace.in_eval = true;
     TransformerTrace* saved = tm.trace();
-    const bool was_training = m.is_training();
     tm.set_trace(&trace);
-    m.eval();
-    torch::NoGradGuard ng;
-    std::vector<int64_t> indices(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) indices[static_cast<size_t>(i)] = i;
-    TrainState st;
-    st.device = device;
-    for (int64_t first = 0; first < n; first += batch) {
-      task.load_batch(st, indices, first, std::min(n, first + batch));
-      tm.forward_text(st.inputs, st.mask);
-    }
+    calibration_pass(task, tm, n, batch, device, nullptr);
     tm.set_trace(saved);
-    m.train(was_training);
     return trace.units;
   };
 }
@@ -388,17 +420,70 @@ nlohmann::json write_pruned_text_model(const ExperimentConfig& cfg) {
 // The cut is written to <run>/prune_plan.json; a resumed run reads it instead of measuring again,
 // so it rebuilds the same shape whatever the calibration pass would give now. `record` receives
 // what summary.json reports.
-std::shared_ptr<TextModel> prune_at_start(ExperimentConfig& cfg, const std::shared_ptr<TextModel>& model, Task& task,
+std::shared_ptr<TextModel> prune_at_start(ExperimentConfig& cfg, std::shared_ptr<TextModel> model, Task& task,
                                           torch::Device device, nlohmann::json& record) {
   const fs::path plan_path = fs::path(cfg.run_dir()) / "prune_plan.json";
-  const std::vector<PruneGroup> groups = model->prune_groups();
-  std::vector<torch::Tensor> keep;
   const bool from_plan = cfg.trainer.resume && fs::is_regular_file(plan_path);
+  const auto bad_plan = [&](const std::string& why) {
+    return UserError(concat(plan_path.string(), ": not the cut this run made (", why, "); delete it to measure "
+                            "the cut again, or start over with --set experiment.overwrite=true"));
+  };
+  const int64_t params_before = count_params(*model);
+  const int64_t non_embedding_before = params_before - count_embedding_params(*model);
+  nlohmann::json plan;
   if (from_plan) {
-    nlohmann::json plan;
     try {
       std::ifstream in(plan_path);
       plan = nlohmann::json::parse(in);
+    } catch (const std::exception& e) {
+      throw bad_plan(e.what());
+    }
+  }
+  // Depth first: whole layers by block importance, the model rebuilt from the pretrained file.
+  nlohmann::json depth;
+  if (cfg.prune.drop_layers > 0) {
+    if (cfg.model.pretrained.empty())
+      cfg.fail("prune.drop_layers", "whole layers are dropped from a pretrained model (model.pretrained), by "
+                                    "model.keep_layers; a model from scratch can simply have fewer layers");
+    std::vector<int> keep_layers;
+    std::vector<double> bi;
+    if (from_plan) {
+      try {
+        keep_layers = plan.at("keep_layers").get<std::vector<int>>();
+      } catch (const std::exception& e) {
+        throw bad_plan(e.what());
+      }
+    } else {
+      bi = block_importance(task, *model, cfg.prune.calibration_samples, cfg.data.eval_batch_size, device);
+      const int64_t layers = static_cast<int64_t>(bi.size());
+      if (cfg.prune.drop_layers >= layers)
+        cfg.fail("prune.drop_layers", concat(cfg.prune.drop_layers, " of the model's ", layers, " layers: keep at least one"));
+      std::vector<int> base = cfg.model.keep_layers;
+      if (base.empty())
+        for (int i = 0; i < layers; ++i) base.push_back(i);
+      std::vector<int> order(static_cast<size_t>(layers));
+      for (int i = 0; i < layers; ++i) order[static_cast<size_t>(i)] = i;
+      // The most important first (ties by index: deterministic); keep the first layers - N, in order.
+      std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return bi[static_cast<size_t>(a)] > bi[static_cast<size_t>(b)]; });
+      order.resize(static_cast<size_t>(layers - cfg.prune.drop_layers));
+      std::sort(order.begin(), order.end());
+      for (int i : order) keep_layers.push_back(base[static_cast<size_t>(i)]);
+    }
+    cfg.model.keep_layers = keep_layers;
+    try {
+      model = build_text_model(cfg);
+    } catch (const ConfigError& e) {
+      if (!from_plan) throw;
+      throw bad_plan(e.what());
+    }
+    depth = {{"drop_layers", cfg.prune.drop_layers}, {"keep_layers", keep_layers}, {"block_importance", bi}};
+    log_info("prune: dropped ", cfg.prune.drop_layers, " layers by block importance", from_plan ? " (the plan)" : "",
+             "; kept the teacher's layers ", nlohmann::json(keep_layers).dump());
+  }
+  const std::vector<PruneGroup> groups = model->prune_groups();
+  std::vector<torch::Tensor> keep;
+  if (from_plan) {
+    try {
       for (const auto& g : groups) {
         const std::vector<int64_t> idx = plan.at("kept").at(g.name).get<std::vector<int64_t>>();
         QD_CHECK(!idx.empty() && std::is_sorted(idx.begin(), idx.end()) && idx.front() >= 0 && idx.back() < g.units,
@@ -406,8 +491,7 @@ std::shared_ptr<TextModel> prune_at_start(ExperimentConfig& cfg, const std::shar
         keep.push_back(torch::tensor(idx, torch::kInt64));
       }
     } catch (const std::exception& e) {
-      throw UserError(concat(plan_path.string(), ": not the cut this run made (", e.what(), "); delete it to measure "
-                             "the cut again, or start over with --set experiment.overwrite=true"));
+      throw bad_plan(e.what());
     }
   } else {
     PruneHook hook(cfg.prune, calibration_importance(cfg, task, device));
@@ -426,20 +510,98 @@ std::shared_ptr<TextModel> prune_at_start(ExperimentConfig& cfg, const std::shar
     kept[groups[i].name] = std::vector<int64_t>(k.data_ptr<int64_t>(), k.data_ptr<int64_t>() + k.numel());
   }
   record = {{"remove", "start"},
-            {"params_before", count_params(*model)},
-            {"non_embedding_params_before", count_params(*model) - count_embedding_params(*model)},
+            {"params_before", params_before},
+            {"non_embedding_params_before", non_embedding_before},
             {"units_before", r.total},
             {"units", r.kept},
             {"plan", plan_path.string()},
             {"kept", kept}};
+  if (!depth.empty()) record["depth"] = depth;
   log_info("prune: cut before training (prune.remove: start", from_plan ? ", the plan in " + plan_path.string() : "",
-           "): ", count_params(*model), " -> ", count_params(*r.model), " parameters, units per group ",
+           "): ", params_before, " -> ", count_params(*r.model), " parameters, units per group ",
            nlohmann::json(r.total).dump(), " -> ", nlohmann::json(r.kept).dump());
   cfg.model = r.config;
   cfg.prune.enabled = false;  // a finished, smaller model from here on
   return std::static_pointer_cast<TextModel>(r.model);
 }
 
+// lowrank.enabled: the chosen layers are factored before the first step (after prune.remove:
+// start's cut), so the run trains, and its config.resolved.yaml describes (model.ranks), the factored
+// model. The ranks are written to <run>/lowrank_plan.json; a resumed run reads them instead of
+// measuring again. `record` receives what summary.json reports.
+void lowrank_at_start(ExperimentConfig& cfg, TextModel& model, Task& task, torch::Device device, nlohmann::json& record) {
+  const fs::path plan_path = fs::path(cfg.run_dir()) / "lowrank_plan.json";
+  const int64_t before = count_params(model), dense_layers = static_cast<int64_t>(dense_linears(model).size());
+  std::vector<std::string> ranks;
+  const bool from_plan = cfg.trainer.resume && fs::is_regular_file(plan_path);
+  if (from_plan) {
+    try {
+      std::ifstream in(plan_path);
+      ranks = nlohmann::json::parse(in).at("ranks").get<std::vector<std::string>>();
+      apply_ranks(model, ranks);
+    } catch (const std::exception& e) {
+      throw UserError(concat(plan_path.string(), ": not the factorization this run made (", e.what(), "); delete it to "
+                             "factor again, or start over with --set experiment.overwrite=true"));
+    }
+  } else {
+    std::map<std::string, torch::Tensor> input_abs_mean;
+    if (cfg.lowrank.method == LowRankMethod::kAsvd) {
+      const auto linears = dense_linears(model);
+      for (const auto& [n, l] : linears) {
+        l->record_inputs = true;
+        l->input_abs_sum = torch::Tensor();
+        l->input_rows = 0;
+      }
+      calibration_pass(task, model, cfg.lowrank.calibration_samples, cfg.data.eval_batch_size, device, nullptr);
+      for (const auto& [n, l] : linears) {
+        l->record_inputs = false;
+        QD_CHECK(l->input_rows > 0, Error, "lowrank: the calibration pass never reached layer ", n);
+        input_abs_mean[n] = l->input_abs_sum / static_cast<double>(l->input_rows);
+        l->input_abs_sum = torch::Tensor();
+      }
+    }
+    try {
+      ranks = factorize_model(model, cfg.lowrank, input_abs_mean);
+    } catch (const UserError& e) {
+      cfg.fail("lowrank", e.what());
+    }
+  }
+  if (cfg.qat.enabled) attach_qat(model, cfg.qat);  // the factors get quantizers of their own
+  const int64_t after = count_params(model);
+  log_info("lowrank: ", ranks.size(), " of ", dense_layers, " linear layers factored before training (",
+           cfg.lowrank.method == LowRankMethod::kAsvd ? "activation-aware SVD" : "SVD",
+           from_plan ? ", the plan in " + plan_path.string() : "", "): ", before, " -> ", after, " parameters");
+  record = {{"method", cfg.lowrank.method == LowRankMethod::kAsvd ? "asvd" : "svd"},
+            {"params_before", before},
+            {"params", after},
+            {"factored_layers", ranks.size()},
+            {"plan", plan_path.string()},
+            {"ranks", ranks}};
+  cfg.model.ranks.insert(cfg.model.ranks.end(), ranks.begin(), ranks.end());
+  cfg.lowrank.enabled = false;  // a finished, factored model from here on
+}
+
+}  // namespace
+
+StartShape shape_text_student(ExperimentConfig& cfg, std::shared_ptr<TextModel> model, Task& task, torch::Device device) {
+  StartShape s;
+  if (cfg.prune.enabled && cfg.prune.remove == PruneRemove::kStart) model = prune_at_start(cfg, model, task, device, s.prune);
+  if (cfg.lowrank.enabled) lowrank_at_start(cfg, *model, task, device, s.lowrank);
+  s.model = model;
+  return s;
+}
+
+void write_start_plans(const StartShape& s) {
+  if (!s.prune.empty()) {
+    nlohmann::json plan = {{"kept", s.prune.at("kept")}};
+    if (s.prune.contains("depth")) plan["keep_layers"] = s.prune.at("depth").at("keep_layers");
+    write_file_atomic(s.prune.at("plan").get<std::string>(), plan.dump() + "\n");
+  }
+  if (!s.lowrank.empty())
+    write_file_atomic(s.lowrank.at("plan").get<std::string>(), nlohmann::json({{"ranks", s.lowrank.at("ranks")}}).dump() + "\n");
+}
+
+namespace {
 // (run_train checked prune.exclude / layer_targets against the model before building the task.)
 void add_text_prune_hook(Trainer& trainer, const ExperimentConfig& cfg, Task& task, torch::Device device) {
   if (cfg.prune.start_epoch >= cfg.trainer.epochs)
@@ -461,6 +623,13 @@ int run_train(const TrainCommand& cmd) {
   set_log_enabled(launch.rank == 0);
   DataBundle data;
   std::shared_ptr<Model> model;
+  if (cfg.lowrank.enabled && !text)
+    cfg.fail("lowrank.enabled", "low-rank factorization is for the linear layers of bert and llama so far; CNN "
+                                "convolutions are not factored");
+  if (text && cfg.prune.enabled && cfg.prune.remove == PruneRemove::kEnd && (cfg.lowrank.enabled || !cfg.model.ranks.empty()))
+    cfg.fail("prune.remove", "structured pruning while training reads the dense weights that low-rank factorization "
+                             "replaces; with lowrank (or model.ranks) prune before it: prune.remove: start cuts first, "
+                             "then the smaller model is factored");
   if (text) {
     model = build_text_model(cfg);
     if (cfg.prune.enabled)
@@ -473,9 +642,11 @@ int run_train(const TrainCommand& cmd) {
   std::shared_ptr<Communicator> comm = make_communicator(cfg.parallel, device);
   std::shared_ptr<Task> task = text ? make_text_task(cfg, static_cast<TextModel&>(*model), device, comm.get())
                                     : make_image_task(cfg, data);
-  nlohmann::json cut;  // prune.remove: start
-  if (text && cfg.prune.enabled && cfg.prune.remove == PruneRemove::kStart)
-    model = prune_at_start(cfg, std::static_pointer_cast<TextModel>(model), *task, device, cut);
+  StartShape start;  // prune.remove: start, lowrank
+  if (text) {
+    start = shape_text_student(cfg, std::static_pointer_cast<TextModel>(model), *task, device);
+    model = start.model;
+  }
   const int64_t params = count_params(*model);
   log_info("experiment ", cfg.experiment.name, ": ", model->kind(), " with ", params, " parameters; ", task->describe(),
            "; ", comm->world_size(), " rank(s) (", comm->backend(), "), ", torch::get_num_threads(),
@@ -495,8 +666,7 @@ int run_train(const TrainCommand& cmd) {
       cfg.data.std = data.std;
     }
     write_file_atomic((fs::path(cfg.run_dir()) / "config.resolved.yaml").string(), to_yaml(cfg));
-    if (!cut.empty())
-      write_file_atomic(cut.at("plan").get<std::string>(), nlohmann::json({{"kept", cut.at("kept")}}).dump() + "\n");
+    write_start_plans(start);
   }
   // No rank trains until rank 0 has checked the run directory (it may refuse to clobber it).
   comm->barrier();
@@ -536,10 +706,11 @@ int run_train(const TrainCommand& cmd) {
       summary["teacher_params"] = count_params(*t);
       summary["teacher_non_embedding_params"] = count_params(*t) - count_embedding_params(*t);
     }
-    if (!cut.empty()) {
-      cut.erase("kept");
-      summary["prune"] = cut;
+    if (!start.prune.empty()) {
+      start.prune.erase("kept");
+      summary["prune"] = start.prune;
     }
+    if (!start.lowrank.empty()) summary["lowrank"] = start.lowrank;
     add_text_summary(summary, cfg, *model, *task);
     if (cfg.prune.enabled && cfg.prune.method == PruneMethod::kChannel) summary["pruned"] = write_pruned_text_model(cfg);
     const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "data/mnist.h"
 #include "models/model.h"
 #include "prune/pruner.h"
@@ -48,12 +50,26 @@ InputSpec input_spec(const DataBundle& data);
 void add_experiment_hooks(Trainer& trainer, const ExperimentConfig& cfg, Model& model, const DataBundle& data,
                           torch::Device device);
 std::shared_ptr<Model> build_model(const ExperimentConfig& cfg, const DataBundle& data);
-// causal_lm distillation (distill section): the pretrained teacher, checked against the student's
-// vocabulary, and the hook with its top-k cache file under distill.cache_dir.
 // Structured pruning's activation criterion for a text run: each call runs the first
 // prune.calibration_samples training examples of `task` forward (eval mode, no gradients) and
 // returns every prunable unit's summed activation magnitude (models/linear.h TransformerTrace).
 UnitImportance calibration_importance(const ExperimentConfig& cfg, class Task& task, torch::Device device);
+
+// A text student's shape before its first step: prune.remove: start's cut, then lowrank's
+// factorization (each only when configured). cfg then describes the new model (model.*, with
+// prune.enabled and lowrank.enabled false). `prune` and `lowrank` hold what summary.json reports
+// and the plans that a resumed run reads instead of measuring again (<run>/prune_plan.json,
+// <run>/lowrank_plan.json), which write_start_plans writes.
+struct StartShape {
+  std::shared_ptr<class TextModel> model;
+  nlohmann::json prune, lowrank;
+};
+StartShape shape_text_student(ExperimentConfig& cfg, std::shared_ptr<class TextModel> model, class Task& task,
+                              torch::Device device);
+void write_start_plans(const StartShape& s);
+
+// causal_lm distillation (distill section): the pretrained teacher, checked against the student's
+// vocabulary, and the hook with its top-k cache file under distill.cache_dir.
 std::shared_ptr<class LmDistillHook> make_lm_distill_hook(const ExperimentConfig& cfg, const class Task& task,
                                                           const class TextModel& student);
 void set_threads(int threads);

@@ -9,6 +9,7 @@
 #include "common/config.h"
 #include "data/data_config.h"
 #include "distill/distill_config.h"
+#include "models/lowrank.h"
 #include "models/model_config.h"
 #include "parallel/parallel_config.h"
 #include "prune/prune_config.h"
@@ -180,6 +181,7 @@ struct ExperimentConfig {
   DistillConfig distill;
   QatConfig qat;
   PruneConfig prune;
+  LowRankConfig lowrank;
 
   template <class V>
   void visit(V& v) {
@@ -194,6 +196,7 @@ struct ExperimentConfig {
     v.section("distill", distill);
     v.section("qat", qat);
     v.section("prune", prune);
+    v.section("lowrank", lowrank);
   }
 
   std::string run_dir() const;  // <output_dir>/<name>

@@ -572,6 +572,66 @@ TEST(CausalLmKdPruneQat, MidEpochResumeEqualsTheUninterruptedRun) {
             epoch_records((dir.path() / "crashed" / "metrics.jsonl").string()));
 }
 
+// The whole transformer schedule in one run: the activation criterion's cut (prune.remove: start),
+// activation-aware low-rank factors of the smaller model, top-k KD and QAT from step 10; killed
+// mid-epoch and resumed (the cut and the ranks from their plans), it ends bit for bit where the
+// uninterrupted run does.
+TEST(CausalLmFullSchedule, PruneFactorKdQatResumesBitExactly) {
+  const std::string skip = missing_teacher("smollm2-135m");
+  if (!skip.empty()) GTEST_SKIP() << skip;
+  test::TempDir dir;
+  const std::string corpus = small_fortunes(dir);
+  const auto run = [&](const std::string& name, int64_t crash_at, bool resume) {
+    ExperimentConfig cfg = parse_experiment_config(
+        "experiment: {name: lm}\ntask: {name: causal_lm}\n"
+        "data: {dataset: fortunes, seq_len: 32, batch_size: 4, eval_batch_size: 8, train_subset: 32, test_subset: 8}\n"
+        "model: {name: llama, tokenizer: smollm2-135m, hidden: 64, layers: 2, heads: 4, kv_heads: 2, ffn: 128, max_positions: 64}\n"
+        "distill: {teacher: smollm2-135m, top_k: 16, temperature: 2.0, alpha: 0.8}\n"
+        "optimizer: {name: adamw, lr: 0.02, weight_decay: 0.01}\n"
+        "prune: {enabled: true, criterion: activation, calibration_samples: 8, schedule: one_shot, start_epoch: 0, "
+        "remove: start, target_sparsity: 0.0, layer_targets: [\"layer*.ffn=0.5\"]}\n"
+        "lowrank: {enabled: true, method: asvd, rank: 16, multiple: 16, calibration_samples: 8}\n"
+        "qat: {enabled: true, start_step: 10}\n"
+        "trainer: {epochs: 2, progress: false, threads: 2, log_every: 1, checkpoint_every_steps: 3}\n",
+        "lm.yaml");
+    cfg.data.text_root = corpus;
+    cfg.experiment.output_dir = dir.path().string();
+    cfg.distill.cache_dir = dir.file("cache");
+    cfg.experiment.name = name;
+    cfg.trainer.resume = resume;
+    torch::manual_seed(0);
+    std::shared_ptr<TextModel> model = make_text_model(cfg.model);
+    attach_qat(*model, cfg.qat);
+    auto task = make_text_task(cfg, *model, torch::kCPU, nullptr);
+    fs::create_directories(cfg.run_dir());
+    const StartShape shape = shape_text_student(cfg, model, *task, torch::kCPU);
+    model = shape.model;
+    if (!resume) write_start_plans(shape);
+    EXPECT_FALSE(cfg.prune.enabled || cfg.lowrank.enabled) << "cfg now describes the finished shape";
+    Trainer t(cfg, model, task, cfg.run_dir(), nullptr);
+    t.add_hook(make_lm_distill_hook(cfg, *task, *model));
+    t.add_hook(std::make_shared<QatHook>(cfg.qat));
+    fit_or_crash(t, cfg, crash_at);
+    return std::make_pair(model, cfg);
+  };
+  auto [whole, cfg] = run("whole", 0, false);
+  run("crashed", 13, false);  // 8 steps per epoch: the last checkpoint is step 12, 4 steps into epoch 2
+  auto [resumed, cfg2] = run("crashed", 0, true);
+  const auto a = whole->named_parameters(), b = resumed->named_parameters();
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& p : a) EXPECT_TRUE(torch::equal(p.value(), b[p.key()])) << p.key() << " differs";
+  for (const auto& p : whole->named_buffers()) EXPECT_TRUE(torch::equal(p.value(), resumed->named_buffers()[p.key()])) << p.key();
+  // 128 -> 64 FFN neurons; every linear layer then at rank 16 (each saves: 16 x 128 < 64 x 64).
+  EXPECT_EQ(cfg.model.ffn, 64);
+  EXPECT_EQ(cfg.model.ranks.size(), 14u) << "7 linear layers per block, 2 blocks";
+  EXPECT_EQ(cfg2.model.ranks, cfg.model.ranks);
+  EXPECT_EQ(a["lm.layer1.gate.a.weight"].sizes(), torch::IntArrayRef({16, 64}));
+  EXPECT_EQ(a["lm.layer1.down.b.weight"].sizes(), torch::IntArrayRef({64, 16}));
+  EXPECT_TRUE(load_qat_flags(*whole)) << "QAT was active at the end";
+  EXPECT_EQ(epoch_records((dir.path() / "whole" / "metrics.jsonl").string()),
+            epoch_records((dir.path() / "crashed" / "metrics.jsonl").string()));
+}
+
 // The command line on text: train a tiny causal_lm run, `eval --json` it (the task's keys, on the
 // held-out test split), embed lines with the pretrained MiniLM config, and refuse bad input with exit 2.
 test::ProcResult qdistill(const std::string& args) {
@@ -624,6 +684,129 @@ TEST(TextCli, PruneAtStartTrainsTheSmallerModelAndResumesFromItsPlan) {
   const test::ProcResult bad = qdistill("train " + test::quoted(cfg) + " --resume --set trainer.epochs=3");
   EXPECT_EQ(bad.code, 2) << bad.output;
   EXPECT_NE(bad.output.find("prune_plan.json"), std::string::npos) << bad.output;
+}
+
+// prune.drop_layers: block importance (1 - cos(input, output) of each layer, the mean over the
+// calibration tokens) against a hand computation; the least important layers go and the kept ones
+// are the teacher's own; a resumed run takes the layers from the plan, not a new measurement.
+TEST(CausalLmDepthPrune, DropsTheLayersOfLeastBlockImportance) {
+  const std::string skip = missing_teacher("smollm2-135m");
+  if (!skip.empty()) GTEST_SKIP() << skip;
+  test::TempDir dir;
+  const std::string corpus = small_fortunes(dir);
+  const auto make_cfg = [&](bool resume) {
+    ExperimentConfig c = parse_experiment_config(
+        "experiment: {name: depth}\ntask: {name: causal_lm}\n"
+        "data: {dataset: fortunes, seq_len: 16, batch_size: 4, eval_batch_size: 4, train_subset: 8}\n"
+        "model: {name: llama, pretrained: smollm2-135m}\n"
+        "prune: {enabled: true, criterion: l1, schedule: one_shot, start_epoch: 0, remove: start, target_sparsity: 0.0, "
+        "drop_layers: 3, calibration_samples: 8}\n"
+        "trainer: {epochs: 1, progress: false, threads: 2}\n",
+        "depth.yaml");
+    c.data.text_root = corpus;
+    c.experiment.output_dir = dir.path().string();
+    c.trainer.resume = resume;
+    return c;
+  };
+  ExperimentConfig cfg = make_cfg(false);
+  std::shared_ptr<TextModel> model = make_text_model(cfg.model);
+  auto task = make_text_task(cfg, *model, torch::kCPU, nullptr);
+  // By hand: the hidden states of the 8 calibration sequences, in one batch.
+  std::vector<double> bi;
+  {
+    TransformerTrace tr;
+    tr.want_hidden = tr.in_eval = true;
+    model->set_trace(&tr);
+    model->eval();
+    TrainState st;
+    std::vector<int64_t> idx{0, 1, 2, 3, 4, 5, 6, 7};
+    task->load_batch(st, idx, 0, 8);
+    ASSERT_TRUE(st.mask.eq(1).all().item<bool>()) << "packed sequences: every token counts";
+    torch::NoGradGuard g;
+    model->forward_text(st.inputs, st.mask);
+    model->set_trace(nullptr);
+    ASSERT_EQ(tr.hidden.size(), 31u);
+    for (size_t i = 1; i < tr.hidden.size(); ++i)
+      bi.push_back((1 - torch::cosine_similarity(tr.hidden[i - 1].to(torch::kFloat64), tr.hidden[i].to(torch::kFloat64), -1))
+                       .mean()
+                       .item<double>());
+  }
+  std::vector<int> order(30);
+  for (int i = 0; i < 30; ++i) order[static_cast<size_t>(i)] = i;
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return bi[static_cast<size_t>(a)] > bi[static_cast<size_t>(b)]; });
+  std::vector<int> want(order.begin(), order.begin() + 27);
+  std::sort(want.begin(), want.end());
+
+  const auto full = model->named_parameters();
+  fs::create_directories(cfg.run_dir());
+  const StartShape shape = shape_text_student(cfg, model, *task, torch::kCPU);
+  const std::vector<double> got = shape.prune.at("depth").at("block_importance").get<std::vector<double>>();
+  ASSERT_EQ(got.size(), bi.size());
+  for (size_t i = 0; i < bi.size(); ++i) EXPECT_NEAR(got[i], bi[i], 1e-5 * bi[i] + 1e-9) << "layer " << i;
+  EXPECT_EQ(shape.prune.at("depth").at("keep_layers").get<std::vector<int>>(), want);
+  EXPECT_EQ(cfg.model.layers, 27);
+  const auto kept = shape.model->named_parameters();
+  for (int j : {0, 13, 26})
+    EXPECT_TRUE(torch::equal(kept["lm.layer" + std::to_string(j) + ".up.weight"],
+                             full["lm.layer" + std::to_string(want[static_cast<size_t>(j)]) + ".up.weight"]))
+        << "kept layer " << j << " is the teacher's layer " << want[static_cast<size_t>(j)];
+  EXPECT_EQ(shape.prune.at("params_before").get<int64_t>(), count_params(*model));
+
+  // The plan decides on resume: a plan that keeps layers 0-26 rebuilds exactly those.
+  write_start_plans(shape);
+  const std::string plan_file = (fs::path(cfg.run_dir()) / "prune_plan.json").string();
+  nlohmann::json plan = nlohmann::json::parse(std::ifstream(plan_file));
+  std::vector<int> first(27);
+  for (int i = 0; i < 27; ++i) first[static_cast<size_t>(i)] = i;
+  plan["keep_layers"] = first;
+  std::ofstream(plan_file) << plan.dump();
+  ExperimentConfig again = make_cfg(true);
+  const StartShape resumed = shape_text_student(again, make_text_model(again.model), *task, torch::kCPU);
+  EXPECT_TRUE(torch::equal(resumed.model->named_parameters()["lm.layer26.up.weight"], full["lm.layer26.up.weight"]));
+}
+
+// lowrank from the command line: the run trains and describes the factored model (model.ranks),
+// eval reads it like any run, and bad lowrank input is refused with the key and exit code 2.
+TEST(TextCli, LowRankTrainsTheFactoredModelAndEvalReadsIt) {
+  const std::string skip = missing_teacher("smollm2-135m");
+  if (!skip.empty()) GTEST_SKIP() << skip;
+  test::TempDir dir;
+  const std::string corpus = small_fortunes(dir);
+  const std::string cfg = dir.file("lm.yaml");
+  std::ofstream(cfg) << "experiment: {name: lm, output_dir: " << dir.path().string() << "/runs}\ntask: {name: causal_lm}\n"
+                     << "data: {dataset: fortunes, text_root: " << corpus
+                     << ", seq_len: 16, batch_size: 4, train_subset: 16, test_subset: 10}\n"
+                     << "model: {name: llama, tokenizer: smollm2-135m, hidden: 64, layers: 1, heads: 4, kv_heads: 2, ffn: 128, "
+                        "max_positions: 32}\n"
+                     << "lowrank: {enabled: true, rank: 16, layers: [\"*.gate\", \"*.up\", \"*.down\"]}\n"
+                     << "optimizer: {name: adamw, lr: 0.01}\ntrainer: {epochs: 1, threads: 1}\n";
+  const test::ProcResult train = qdistill("train " + test::quoted(cfg));
+  ASSERT_EQ(train.code, 0) << train.output;
+  EXPECT_NE(train.output.find("3 of 7 linear layers factored"), std::string::npos) << train.output;
+  const std::string run = dir.file("runs/lm");
+  const nlohmann::json summary = nlohmann::json::parse(std::ifstream(run + "/summary.json"));
+  // gate and up [128, 64] and down [64, 128] at rank 32 (16 rounded up to the multiple of 32):
+  // each 8192 -> 32 x 192 = 6144 weights.
+  EXPECT_EQ(summary["lowrank"]["params_before"].get<int64_t>() - summary["params"].get<int64_t>(), 3 * (8192 - 6144));
+  EXPECT_EQ(summary["lowrank"]["ranks"], nlohmann::json({"lm.layer0.gate=32", "lm.layer0.up=32", "lm.layer0.down=32"}));
+  std::stringstream text;
+  text << std::ifstream(run + "/config.resolved.yaml").rdbuf();
+  EXPECT_NE(text.str().find("lm.layer0.gate=32"), std::string::npos) << text.str();
+  const test::ProcResult ev = qdistill("eval --json " + test::quoted(run));
+  ASSERT_EQ(ev.code, 0) << ev.output;
+  const nlohmann::json j = nlohmann::json::parse(ev.output.substr(ev.output.find('{')));
+  EXPECT_DOUBLE_EQ(j["perplexity"].get<double>(), summary["perplexity"].get<double>());
+  const test::ProcResult layers = qdistill("layers " + test::quoted(run + "/config.resolved.yaml"));
+  ASSERT_EQ(layers.code, 0) << layers.output;
+  EXPECT_NE(layers.output.find("lm.layer0.gate.a"), std::string::npos) << layers.output;
+  // Bad input: a pattern that matches nothing, and pruning while training a factored model.
+  const test::ProcResult bad = qdistill("train " + test::quoted(cfg) + " --set experiment.name=bad --set 'lowrank.layers=[\"*.query\"]'");
+  EXPECT_EQ(bad.code, 2) << bad.output;
+  EXPECT_NE(bad.output.find("lowrank.layers"), std::string::npos) << bad.output;
+  const test::ProcResult mix = qdistill("train " + test::quoted(cfg) + " --set experiment.name=mix --set prune.enabled=true");
+  EXPECT_EQ(mix.code, 2) << mix.output;
+  EXPECT_NE(mix.output.find("prune.remove"), std::string::npos) << mix.output;
+  EXPECT_FALSE(fs::exists(dir.file("runs/bad/checkpoints"))) << "nothing written for bad input";
 }
 
 TEST(TextCli, TrainEvalAndEmbed) {
