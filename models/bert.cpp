@@ -18,11 +18,12 @@ std::string shape_text(const std::vector<int64_t>& s) {
 }
 }  // namespace
 
-BertLayerImpl::BertLayerImpl(const BertOptions& o) : heads_(o.heads) {
-  query = register_module("query", Linear(o.hidden, o.hidden));
-  key = register_module("key", Linear(o.hidden, o.hidden));
-  value = register_module("value", Linear(o.hidden, o.hidden));
-  attn_out = register_module("attn_out", Linear(o.hidden, o.hidden));
+BertLayerImpl::BertLayerImpl(const BertOptions& o) : heads_(o.heads), head_dim_(o.head_dim()) {
+  const int64_t inner = o.heads * head_dim_;
+  query = register_module("query", Linear(o.hidden, inner));
+  key = register_module("key", Linear(o.hidden, inner));
+  value = register_module("value", Linear(o.hidden, inner));
+  attn_out = register_module("attn_out", Linear(inner, o.hidden));
   attn_norm = register_module("attn_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.hidden}).eps(o.layer_norm_eps)));
   ffn_in = register_module("ffn_in", Linear(o.hidden, o.ffn));
   ffn_out = register_module("ffn_out", Linear(o.ffn, o.hidden));
@@ -30,14 +31,22 @@ BertLayerImpl::BertLayerImpl(const BertOptions& o) : heads_(o.heads) {
 }
 
 torch::Tensor BertLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& key_mask, TransformerTrace* trace) {
-  const int64_t b = x.size(0), t = x.size(1), h = x.size(2), hd = h / heads_;
+  const int64_t b = x.size(0), t = x.size(1), hd = head_dim_;
   const auto split = [&](const torch::Tensor& y) { return y.view({b, t, heads_, hd}).transpose(1, 2); };  // [B, nh, T, hd]
   const torch::Tensor qs = query(x), ks = key(x), vs = value(x);
   if (trace && trace->want_qkv) trace->q.push_back(qs), trace->k.push_back(ks), trace->v.push_back(vs);
-  torch::Tensor a = at::scaled_dot_product_attention(split(qs), split(ks), split(vs), key_mask);
-  a = a.transpose(1, 2).reshape({b, t, h});
+  const torch::Tensor heads = at::scaled_dot_product_attention(split(qs), split(ks), split(vs), key_mask);  // [B, nh, T, hd]
+  const torch::Tensor a = heads.transpose(1, 2).reshape({b, t, heads_ * hd});
   torch::Tensor y = attn_norm(x + attn_out(a));
-  return ffn_norm(y + ffn_out(torch::gelu(ffn_in(y))));
+  const torch::Tensor act = torch::gelu(ffn_in(y));
+  if (trace && trace->want_units) {
+    // Minitron's importance: a head by the L2 norm of its output, an FFN neuron by |its activation|,
+    // over the tokens (not the padding).
+    const torch::Tensor tok = key_mask.view({b, t, 1}).to(act.scalar_type());
+    trace->add_units(name + ".heads", heads.norm(2, -1).transpose(1, 2) * tok);
+    trace->add_units(name + ".ffn", act * tok);
+  }
+  return ffn_norm(y + ffn_out(act));
 }
 
 BertEncoderImpl::BertEncoderImpl(const BertOptions& o) : opts_(o) {
@@ -46,7 +55,10 @@ BertEncoderImpl::BertEncoderImpl(const BertOptions& o) : opts_(o) {
   position = register_module("position", Embedding(o.max_positions, o.hidden));
   token_type = register_module("token_type", Embedding(o.type_vocab, o.hidden));
   embed_norm = register_module("embed_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.hidden}).eps(o.layer_norm_eps)));
-  for (int64_t i = 0; i < o.layers; ++i) layers.push_back(register_module("layer" + std::to_string(i), BertLayer(o)));
+  for (int64_t i = 0; i < o.layers; ++i) {
+    layers.push_back(register_module("layer" + std::to_string(i), BertLayer(o)));
+    layers.back()->name = "layer" + std::to_string(i);
+  }
   if (o.embedding_dim > 0) dense = register_module("dense", Linear(o.hidden, o.embedding_dim));
 }
 

@@ -18,6 +18,8 @@ struct BertOptions {
   double layer_norm_eps = 1e-12;
   int64_t embedding_dim = 0;  // > 0: a linear projection of the pooled embedding to this width (sentence-transformers' Dense)
   int64_t embedding_rank = 0;  // > 0: the word embedding is a [vocab, rank] table and a rank -> hidden projection (ALBERT)
+  int64_t head_size = 0;       // 0: hidden / heads (a model with pruned heads keeps their size)
+  int64_t head_dim() const { return head_size > 0 ? head_size : hidden / heads; }
 };
 
 class BertLayerImpl : public torch::nn::Module {
@@ -27,9 +29,10 @@ class BertLayerImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& key_mask, TransformerTrace* trace = nullptr);
   Linear query{nullptr}, key{nullptr}, value{nullptr}, attn_out{nullptr}, ffn_in{nullptr}, ffn_out{nullptr};
   torch::nn::LayerNorm attn_norm{nullptr}, ffn_norm{nullptr};
+  std::string name;  // "layer<i>": its prunable groups' prefix (TransformerTrace::units)
 
  private:
-  int64_t heads_;
+  int64_t heads_, head_dim_;
 };
 TORCH_MODULE(BertLayer);
 

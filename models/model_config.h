@@ -73,10 +73,10 @@ struct ModelConfig {
     v.field("kv_heads", kv_heads, "llama: key/value heads, grouped-query attention (0: = heads)", Range<int>{0, 1024});
     v.field("ffn", ffn, "bert/llama: feed-forward inner size", Range<int>{1, 1 << 18});
     v.field("head_dim", head_dim,
-            "llama: size of each attention head (0: hidden / heads); physical removal of pruned heads or hidden "
+            "bert/llama: size of each attention head (0: hidden / heads); physical removal of pruned heads or hidden "
             "features writes it, since a pruned model's heads keep their size",
             Range<int>{0, 4096});
-    v.field("norm_eps", norm_eps, "llama: RMSNorm epsilon (0: 1e-5); physical removal writes the pretrained model's",
+    v.field("norm_eps", norm_eps, "bert: LayerNorm epsilon (0: 1e-12); llama: RMSNorm epsilon (0: 1e-5); physical removal writes the pretrained model's",
             Range<double>{0.0, 1.0});
     v.field("max_positions", max_positions, "bert: position embeddings; llama: longest sequence",
             Range<int>{1, 1 << 20});
@@ -115,7 +115,7 @@ struct ModelConfig {
             "(llama), or a path");
     v.check(!is_text() || !pretrained.empty() || head_dim > 0 || hidden % heads == 0, "heads",
             "hidden must be a multiple of heads (or set model.head_dim)");
-    v.check(head_dim == 0 || name == ModelKind::kLlama, "head_dim", "model.head_dim applies to llama models");
+    v.check(head_dim == 0 || is_text(), "head_dim", "model.head_dim applies to bert and llama models");
     v.check(name != ModelKind::kLlama || !pretrained.empty() ||
                 ((head_dim > 0 ? head_dim : hidden / heads) % 2 == 0 && heads % (kv_heads ? kv_heads : heads) == 0),
             "kv_heads", "llama needs an even head size (model.head_dim, or hidden / heads) and heads a multiple of kv_heads");

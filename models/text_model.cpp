@@ -113,6 +113,79 @@ BertModel::BertModel(BertEncoder e, std::shared_ptr<const TextTokenizer> tok) : 
 torch::Tensor BertModel::forward_text(const torch::Tensor& ids, const torch::Tensor& mask) { return encoder(ids, mask); }
 torch::Tensor BertModel::embed(const torch::Tensor& ids, const torch::Tensor& mask) { return encoder->embed(ids, mask); }
 
+std::vector<PruneGroup> BertModel::prune_groups() {
+  const BertOptions& o = encoder->options();
+  const int64_t hd = o.head_dim();
+  std::vector<PruneGroup> groups;
+  for (size_t i = 0; i < encoder->layers.size(); ++i) {
+    const std::string l = "layer" + std::to_string(i), p = "encoder." + l + ".";
+    // A head: its query, key and value rows (and biases; a pruned head attends uniformly to zero
+    // values, so its output is 0), and the attention output's columns that read it.
+    PruneGroup heads;
+    heads.name = l + ".heads";
+    heads.axis = "heads";
+    heads.units = o.heads;
+    heads.layers = {l + ".query", l + ".key", l + ".value"};
+    heads.readers = {l + ".attn_out"};
+    for (const char* t : {"query", "key", "value"}) {
+      heads.slices.push_back({p + t + ".weight", 0, hd, SliceRole::kWeight});
+      heads.slices.push_back({p + t + ".bias", 0, hd, SliceRole::kMasked});
+      heads.slices.push_back({p + t + ".qat.*", 0, hd, SliceRole::kState});
+    }
+    heads.slices.push_back({p + "attn_out.weight", 1, hd, SliceRole::kConsumer});
+    groups.push_back(std::move(heads));
+    // An FFN neuron: gelu(0) = 0 when its row and bias are.
+    PruneGroup ffn;
+    ffn.name = l + ".ffn";
+    ffn.axis = "ffn";
+    ffn.units = o.ffn;
+    ffn.layers = {l + ".ffn_in"};
+    ffn.readers = {l + ".ffn_out"};
+    ffn.slices.push_back({p + "ffn_in.weight", 0, 1, SliceRole::kWeight});
+    ffn.slices.push_back({p + "ffn_in.bias", 0, 1, SliceRole::kMasked});
+    ffn.slices.push_back({p + "ffn_in.qat.*", 0, 1, SliceRole::kState});
+    ffn.slices.push_back({p + "ffn_out.weight", 1, 1, SliceRole::kConsumer});
+    groups.push_back(std::move(ffn));
+  }
+  return groups;
+}
+
+namespace {
+// One architecture for every layer: kept[2i] heads and kept[2i + 1] FFN neurons equal layer 0's.
+void check_uniform_layers(const std::vector<int64_t>& kept, size_t layers, const char* heads_unit) {
+  for (size_t i = 1; i < layers; ++i) {
+    QD_CHECK(kept[2 * i] == kept[0], UserError, "prune: layer", i, " keeps ", kept[2 * i], " ", heads_unit, " and layer0 ",
+             kept[0], "; the model keeps one head count in every layer: use prune.scope: layer and no per-layer "
+             "prune.layer_targets for heads");
+    QD_CHECK(kept[2 * i + 1] == kept[1], UserError, "prune: layer", i, " keeps ", kept[2 * i + 1], " FFN neurons and layer0 ",
+             kept[1], "; the model keeps one FFN width in every layer: use prune.scope: layer and no per-layer "
+             "prune.layer_targets for FFN groups");
+  }
+}
+}  // namespace
+
+ModelConfig BertModel::pruned_config(const ModelConfig& cfg, const std::vector<int64_t>& kept) {
+  const BertOptions& o = encoder->options();
+  const size_t layers = encoder->layers.size();
+  QD_CHECK(kept.size() == 2 * layers, Error, "bert: ", kept.size(), " kept counts for ", 2 * layers, " groups");
+  check_uniform_layers(kept, layers, "heads");
+  ModelConfig c = cfg;
+  c.tokenizer = cfg.pretrained.empty() ? cfg.tokenizer : resolve_pretrained(cfg.pretrained);
+  c.pretrained.clear();
+  c.keep_layers.clear();
+  c.init_checkpoint.clear();
+  c.layers = static_cast<int>(layers);
+  c.heads = static_cast<int>(kept[0]);
+  c.head_dim = static_cast<int>(o.head_dim());
+  c.ffn = static_cast<int>(kept[1]);
+  c.hidden = static_cast<int>(o.hidden);
+  c.max_positions = static_cast<int>(o.max_positions);
+  c.embedding_dim = static_cast<int>(o.embedding_dim);
+  c.embedding_rank = static_cast<int>(o.embedding_rank);
+  c.norm_eps = o.layer_norm_eps;
+  return c;
+}
+
 LlamaModel::LlamaModel(Llama l, std::shared_ptr<const TextTokenizer> tok) : TextModel(std::move(tok)) {
   lm = register_module("lm", std::move(l));
 }
@@ -186,15 +259,7 @@ ModelConfig LlamaModel::pruned_config(const ModelConfig& cfg, const std::vector<
   const LlamaOptions& o = lm->options();
   const size_t layers = lm->layers.size();
   QD_CHECK(kept.size() == 2 * layers + 1, Error, "llama: ", kept.size(), " kept counts for ", 2 * layers + 1, " groups");
-  // One architecture for every layer: the same number of heads and FFN neurons everywhere.
-  for (size_t i = 1; i < layers; ++i) {
-    QD_CHECK(kept[2 * i] == kept[0], UserError, "prune: layer", i, " keeps ", kept[2 * i], " key-value heads and layer0 ",
-             kept[0], "; a llama keeps one head count in every layer: use prune.scope: layer and no per-layer "
-             "prune.layer_targets for heads");
-    QD_CHECK(kept[2 * i + 1] == kept[1], UserError, "prune: layer", i, " keeps ", kept[2 * i + 1], " FFN neurons and layer0 ",
-             kept[1], "; a llama keeps one FFN width in every layer: use prune.scope: layer and no per-layer "
-             "prune.layer_targets for FFN groups");
-  }
+  check_uniform_layers(kept, layers, "key-value heads");
   QD_CHECK(o.tied_embeddings, UserError, "prune: physical removal supports llamas with tied embeddings only");
   ModelConfig c = cfg;
   c.tokenizer = cfg.pretrained.empty() ? cfg.tokenizer : resolve_pretrained(cfg.pretrained);
@@ -282,6 +347,8 @@ std::shared_ptr<TextModel> make_dense_text_model(const ModelConfig& cfg) {
     o.max_positions = cfg.max_positions;
     o.embedding_dim = cfg.embedding_dim;
     o.embedding_rank = cfg.embedding_rank;
+    o.head_size = cfg.head_dim;
+    if (cfg.norm_eps > 0) o.layer_norm_eps = cfg.norm_eps;
     BertEncoder e(o);
     init_transformer(*e);
     return std::make_shared<BertModel>(e, tok);

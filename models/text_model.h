@@ -87,6 +87,11 @@ class BertModel : public TextModel {
   TransformerTrace* trace() const override { return encoder->trace; }
   int64_t max_positions() const override { return encoder->options().max_positions; }
   std::string kind() const override { return "bert"; }
+  // Per layer its attention heads ("layer<i>.heads": q/k/v rows and biases, attn_out columns) and
+  // FFN neurons ("layer<i>.ffn"); the architecture after removal keeps one head count and FFN
+  // width for all layers.
+  std::vector<PruneGroup> prune_groups() override;
+  ModelConfig pruned_config(const ModelConfig& cfg, const std::vector<int64_t>& kept) override;
   BertEncoder encoder{nullptr};
 };
 

@@ -292,18 +292,118 @@ TEST(LlamaPrune, ActivationImportanceMatchesAHandComputation) {
   EXPECT_EQ(rows.index_select(0, order.slice(0, 48)).count_nonzero().item<int64_t>(), 48);
 }
 
-TEST(TransformerPrune, BertWithoutStructuredPruningIsRefusedWithTheKey) {
+ExperimentConfig tiny_bert_config(const std::string& qat = "") {
+  return parse_experiment_config(
+      "experiment: {name: t}\ntask: {name: sentence_embedding, teacher: minilm-l6}\ndata: {dataset: wordnet}\n"
+      "model: {name: bert, tokenizer: minilm-l6, hidden: 32, layers: 2, heads: 4, ffn: 64, max_positions: 32}\n" + qat,
+      "b.yaml");
+}
+
+// A tiny bert with non-trivial biases and norms (the fresh ones are 0 and 1).
+std::shared_ptr<BertModel> tiny_bert(const ExperimentConfig& c) {
+  torch::manual_seed(11);
+  auto m = std::dynamic_pointer_cast<BertModel>(make_model(c.model, InputSpec{}));
+  torch::NoGradGuard g;
+  for (auto& p : m->named_parameters())
+    if (p.key().find("bias") != std::string::npos) p.value().uniform_(-0.5, 0.5);
+    else if (p.key().find("norm") != std::string::npos) p.value().uniform_(0.5, 1.5);
+  return m;
+}
+
+// Two sentences, the second padded: the mask matters.
+std::pair<torch::Tensor, torch::Tensor> bert_batch() {
+  torch::manual_seed(2);
+  const torch::Tensor ids = torch::randint(1000, 30000, {2, 10});
+  torch::Tensor mask = torch::ones({2, 10}, torch::kLong);
+  mask[1].slice(0, 6).fill_(0);
+  return {ids, mask};
+}
+
+TEST(BertPrune, EachAxisRemovesExactlyWhatTheMaskZeroes) {
   const std::string skip = test::missing_teacher("minilm-l6");
   if (!skip.empty()) GTEST_SKIP() << skip;
-  const ExperimentConfig c = parse_experiment_config(
-      "experiment: {name: t}\ntask: {name: sentence_embedding, teacher: minilm-l6}\ndata: {dataset: wordnet}\n"
-      "model: {name: bert, tokenizer: minilm-l6, hidden: 32, layers: 1, heads: 2, ffn: 64}\nprune: {enabled: true}\n",
-      "b.yaml");
-  auto m = make_model(c.model, InputSpec{});
-  const auto bad = check_prune_names(c.prune, *m);
-  ASSERT_TRUE(bad.has_value());
-  EXPECT_EQ(bad->first, "prune.method");
-  EXPECT_NE(bad->second.find("magnitude"), std::string::npos) << bad->second;
+  for (const bool qat_on : {false, true}) {
+    for (const std::string axis : {"heads", "ffn", "all"}) {
+      ExperimentConfig c = tiny_bert_config(qat_on ? "qat: {enabled: true, activation: {dynamic: per_token}}\n" : "");
+      auto m = tiny_bert(c);
+      if (qat_on) {
+        attach_qat(*m, c.qat);
+        for (auto& t : layer_qats(*m)) {
+          t->set_enabled(true);
+          if (t->weight_quant) t->weight_quant->set_enabled(true), t->weight_quant->set_observing(true);
+        }
+      }
+      PruneHook hook(prune_axis(*m, axis));
+      prune_at_step0(hook, *m);
+      m->eval();
+      const auto [ids, mask] = bert_batch();
+      torch::Tensor want, got;
+      {
+        torch::NoGradGuard g;
+        want = m->embed(ids, mask);
+      }
+      RemovalResult r = remove_pruned_units(*m, c.model, InputSpec{}, qat_on ? &c.qat : nullptr);
+      auto small = std::dynamic_pointer_cast<BertModel>(r.model);
+      ASSERT_TRUE(small);
+      small->eval();
+      {
+        torch::NoGradGuard g;
+        got = small->embed(ids, mask);
+      }
+      const double tol = qat_on ? 1e-3 : 1e-5;
+      EXPECT_TRUE(torch::allclose(got, want, tol, tol))
+          << axis << (qat_on ? " (QAT)" : "") << ": max difference " << (got - want).abs().max().item<float>();
+      EXPECT_EQ(r.config.heads, axis == "ffn" ? 4 : 2) << axis;
+      EXPECT_EQ(r.config.ffn, axis == "heads" ? 64 : 32) << axis;
+      EXPECT_EQ(r.config.head_dim, 8) << "heads keep their size";
+      EXPECT_EQ(r.config.hidden, 32);
+      auto again = make_model(r.config, InputSpec{});
+      EXPECT_EQ(count_params(*again), count_params(*small));
+      // Per layer: q, k, v lose 2 heads x 8 rows (and biases), attn_out 16 columns; the FFN 32 rows,
+      // 32 biases and 32 columns.
+      const int64_t heads_cut = 2 * (3 * (16 * 32 + 16) + 32 * 16), ffn_cut = 2 * (32 * 32 + 32 + 32 * 32);
+      const int64_t cut = (axis != "ffn" ? heads_cut : 0) + (axis != "heads" ? ffn_cut : 0);
+      if (!qat_on) {
+        EXPECT_EQ(count_params(*m) - count_params(*small), cut) << axis;
+      }
+    }
+  }
+}
+
+// The activation criterion on a bert: a head by the L2 norm of its output, an FFN neuron by
+// |gelu(ffn_in(y))|, summed over the tokens and not the padding, by hand from the layer's pieces.
+TEST(BertPrune, ActivationImportanceMatchesAHandComputation) {
+  const std::string skip = test::missing_teacher("minilm-l6");
+  if (!skip.empty()) GTEST_SKIP() << skip;
+  auto m = tiny_bert(tiny_bert_config());
+  m->eval();
+  const auto [ids, mask] = bert_batch();
+  TransformerTrace trace;
+  trace.want_units = trace.in_eval = true;
+  m->set_trace(&trace);
+  torch::NoGradGuard g;
+  m->forward_text(ids, mask);
+  m->set_trace(nullptr);
+  auto& e = *m->encoder;
+  const torch::Tensor pos = torch::arange(10);
+  const torch::Tensor x = e.embed_norm(e.word(ids) + e.position(pos).unsqueeze(0) + e.token_type->weight[0]);
+  auto& l = *e.layers[0];
+  const auto split = [](const torch::Tensor& y) { return y.view({2, 10, 4, 8}).transpose(1, 2); };
+  const torch::Tensor scores = split(l.query(x)).matmul(split(l.key(x)).transpose(-1, -2)) / std::sqrt(8.0);
+  const torch::Tensor keys = mask.to(torch::kBool).view({2, 1, 1, 10});
+  const torch::Tensor heads = scores.masked_fill(keys.logical_not(), -1e30).softmax(-1).matmul(split(l.value(x)));
+  const torch::Tensor y = l.attn_norm(x + l.attn_out(heads.transpose(1, 2).reshape({2, 10, 32})));
+  const torch::Tensor tok = mask.to(torch::kFloat32).view({2, 10, 1});
+  const torch::Tensor want_heads = (heads.norm(2, -1).transpose(1, 2) * tok).reshape({-1, 4}).sum(0).to(torch::kFloat64);
+  const torch::Tensor want_ffn = (torch::gelu(l.ffn_in(y)) * tok).abs().reshape({-1, 64}).sum(0).to(torch::kFloat64);
+  ASSERT_TRUE(trace.units.count("layer0.heads") && trace.units.count("layer0.ffn"));
+  EXPECT_TRUE(torch::allclose(trace.units["layer0.heads"], want_heads, 1e-4, 1e-5)) << trace.units["layer0.heads"] << want_heads;
+  EXPECT_TRUE(torch::allclose(trace.units["layer0.ffn"], want_ffn, 1e-4, 1e-5));
+  // The groups as `qdistill layers` lists them: 2 per layer, heads then FFN.
+  const std::vector<PruneGroup> groups = m->prune_groups();
+  ASSERT_EQ(groups.size(), 4u);
+  EXPECT_EQ(groups[0].name, "layer0.heads");
+  EXPECT_EQ(groups[3].name, "layer1.ffn");
 }
 
 TEST(LlamaPrune, UnevenLayersAreRefusedWithTheFix) {

@@ -179,6 +179,31 @@ void fit_or_crash(Trainer& t, const ExperimentConfig& cfg, int64_t crash_at) {
   }
 }
 
+// A KD resume test's config: `yaml` with the test corpus, a cache and run directories under `dir`.
+ExperimentConfig resume_config(const std::string& yaml, const std::string& corpus, const test::TempDir& dir,
+                               const std::string& name, bool resume) {
+  ExperimentConfig cfg = parse_experiment_config(yaml, "lm.yaml");
+  cfg.data.text_root = corpus;
+  cfg.experiment.output_dir = dir.path().string();
+  cfg.distill.cache_dir = dir.file("cache");
+  cfg.experiment.name = name;
+  cfg.trainer.resume = resume;
+  return cfg;
+}
+
+// The resumed run "crashed" ends where "whole" does: every parameter and buffer, bit for bit, and
+// the epoch records.
+void expect_same_end(torch::nn::Module& whole, torch::nn::Module& resumed, const test::TempDir& dir) {
+  const auto a = whole.named_parameters(), b = resumed.named_parameters();
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& p : a) EXPECT_TRUE(torch::equal(p.value(), b[p.key()])) << p.key() << " differs";
+  const auto ba = whole.named_buffers(), bb = resumed.named_buffers();
+  ASSERT_EQ(ba.size(), bb.size());
+  for (const auto& p : ba) EXPECT_TRUE(torch::equal(p.value(), bb[p.key()])) << p.key() << " differs";
+  EXPECT_EQ(epoch_records((dir.path() / "whole" / "metrics.jsonl").string()),
+            epoch_records((dir.path() / "crashed" / "metrics.jsonl").string()));
+}
+
 // kill -9 at any step loses at most checkpoint_every_steps steps, and the resumed run is the
 // uninterrupted one, bit for bit: weights, optimizer state and the epoch statistics.
 TEST(CausalLmTask, MidEpochResumeEqualsTheUninterruptedRun) {
@@ -473,7 +498,7 @@ TEST(CausalLmKdQat, MidEpochResumeEqualsTheUninterruptedRun) {
   test::TempDir dir;
   const std::string corpus = small_fortunes(dir);
   const auto run = [&](const std::string& name, int64_t crash_at, bool resume) {
-    ExperimentConfig cfg = parse_experiment_config(
+    ExperimentConfig cfg = resume_config(
         "experiment: {name: lm}\ntask: {name: causal_lm}\n"
         "data: {dataset: fortunes, seq_len: 32, batch_size: 4, eval_batch_size: 8, train_subset: 32, test_subset: 8}\n"
         "model: {name: llama, tokenizer: smollm2-135m, hidden: 32, layers: 2, heads: 4, kv_heads: 2, ffn: 64, max_positions: 64}\n"
@@ -485,12 +510,7 @@ TEST(CausalLmKdQat, MidEpochResumeEqualsTheUninterruptedRun) {
         "    \"*.out\": {weight: {observer: lsq}}\n"
         "    \"*.down\": {activation: {dynamic: per_token}}\n"
         "trainer: {epochs: 2, progress: false, threads: 2, log_every: 1, checkpoint_every_steps: 3}\n",
-        "lm.yaml");
-    cfg.data.text_root = corpus;
-    cfg.experiment.output_dir = dir.path().string();
-    cfg.distill.cache_dir = dir.file("cache");
-    cfg.experiment.name = name;
-    cfg.trainer.resume = resume;
+        corpus, dir, name, resume);
     torch::manual_seed(0);
     auto model = make_text_model(cfg.model);
     EXPECT_EQ(attach_qat(*model, cfg.qat), 15) << "7 linears per layer and the (tied) embedding";
@@ -504,20 +524,12 @@ TEST(CausalLmKdQat, MidEpochResumeEqualsTheUninterruptedRun) {
   auto whole = run("whole", 0, false);
   run("crashed", 13, false);  // 8 steps per epoch: the last checkpoint is step 12, 4 steps into epoch 2
   auto resumed = run("crashed", 0, true);
-  const auto a = whole->named_parameters(), b = resumed->named_parameters();
-  ASSERT_EQ(a.size(), b.size());
-  for (const auto& p : a) EXPECT_TRUE(torch::equal(p.value(), b[p.key()])) << p.key() << " differs";
-  const auto ba = whole->named_buffers(), bb = resumed->named_buffers();
+  expect_same_end(*whole, *resumed, dir);
   int64_t observed = 0;
-  for (const auto& p : ba) {
-    EXPECT_TRUE(torch::equal(p.value(), bb[p.key()])) << p.key() << " differs";
+  for (const auto& p : whole->named_buffers())
     if (p.key().find("input_quant.running_max") != std::string::npos && p.value().item<float>() != 0.0f) ++observed;
-  }
   EXPECT_GT(observed, 0) << "the static input observers saw data";
   EXPECT_TRUE(load_qat_flags(*whole)) << "QAT was active at the end";
-  const nlohmann::json ra = epoch_records((dir.path() / "whole" / "metrics.jsonl").string());
-  const nlohmann::json rb = epoch_records((dir.path() / "crashed" / "metrics.jsonl").string());
-  EXPECT_EQ(ra, rb);
 }
 
 // KD + structured pruning (heads, FFN neurons and hidden size by Minitron's activation criterion,
@@ -530,7 +542,7 @@ TEST(CausalLmKdPruneQat, MidEpochResumeEqualsTheUninterruptedRun) {
   test::TempDir dir;
   const std::string corpus = small_fortunes(dir);
   const auto run = [&](const std::string& name, int64_t crash_at, bool resume) {
-    ExperimentConfig cfg = parse_experiment_config(
+    ExperimentConfig cfg = resume_config(
         "experiment: {name: lm}\ntask: {name: causal_lm}\n"
         "data: {dataset: fortunes, seq_len: 32, batch_size: 4, eval_batch_size: 8, train_subset: 32, test_subset: 8}\n"
         "model: {name: llama, tokenizer: smollm2-135m, hidden: 32, layers: 2, heads: 4, kv_heads: 2, ffn: 64, max_positions: 64}\n"
@@ -540,12 +552,7 @@ TEST(CausalLmKdPruneQat, MidEpochResumeEqualsTheUninterruptedRun) {
         "end_epoch: 1, update_every_steps: 3}\n"
         "qat: {enabled: true, start_step: 10}\n"
         "trainer: {epochs: 2, progress: false, threads: 2, log_every: 1, checkpoint_every_steps: 3}\n",
-        "lm.yaml");
-    cfg.data.text_root = corpus;
-    cfg.experiment.output_dir = dir.path().string();
-    cfg.distill.cache_dir = dir.file("cache");
-    cfg.experiment.name = name;
-    cfg.trainer.resume = resume;
+        corpus, dir, name, resume);
     torch::manual_seed(0);
     auto model = make_text_model(cfg.model);
     attach_qat(*model, cfg.qat);
@@ -560,16 +567,11 @@ TEST(CausalLmKdPruneQat, MidEpochResumeEqualsTheUninterruptedRun) {
   auto whole = run("whole", 0, false);
   run("crashed", 13, false);  // 8 steps per epoch: the last checkpoint is step 12, 4 steps into epoch 2
   auto resumed = run("crashed", 0, true);
-  const auto a = whole->named_parameters(), b = resumed->named_parameters();
-  ASSERT_EQ(a.size(), b.size());
-  for (const auto& p : a) EXPECT_TRUE(torch::equal(p.value(), b[p.key()])) << p.key() << " differs";
-  for (const auto& p : whole->named_buffers()) EXPECT_TRUE(torch::equal(p.value(), resumed->named_buffers()[p.key()])) << p.key();
+  expect_same_end(*whole, *resumed, dir);
   // Half of every group was pruned: the embedding lost half its columns (the hidden size).
-  const torch::Tensor cols = a["lm.embed.weight"].abs().sum(0);
+  const torch::Tensor cols = whole->named_parameters()["lm.embed.weight"].abs().sum(0);
   EXPECT_EQ(cols.eq(0).sum().item<int64_t>(), 16);
   EXPECT_TRUE(load_qat_flags(*whole)) << "QAT was active at the end";
-  EXPECT_EQ(epoch_records((dir.path() / "whole" / "metrics.jsonl").string()),
-            epoch_records((dir.path() / "crashed" / "metrics.jsonl").string()));
 }
 
 // The whole transformer schedule in one run: the activation criterion's cut (prune.remove: start),
@@ -582,7 +584,7 @@ TEST(CausalLmFullSchedule, PruneFactorKdQatResumesBitExactly) {
   test::TempDir dir;
   const std::string corpus = small_fortunes(dir);
   const auto run = [&](const std::string& name, int64_t crash_at, bool resume) {
-    ExperimentConfig cfg = parse_experiment_config(
+    ExperimentConfig cfg = resume_config(
         "experiment: {name: lm}\ntask: {name: causal_lm}\n"
         "data: {dataset: fortunes, seq_len: 32, batch_size: 4, eval_batch_size: 8, train_subset: 32, test_subset: 8}\n"
         "model: {name: llama, tokenizer: smollm2-135m, hidden: 64, layers: 2, heads: 4, kv_heads: 2, ffn: 128, max_positions: 64}\n"
@@ -593,12 +595,7 @@ TEST(CausalLmFullSchedule, PruneFactorKdQatResumesBitExactly) {
         "lowrank: {enabled: true, method: asvd, rank: 16, multiple: 16, calibration_samples: 8}\n"
         "qat: {enabled: true, start_step: 10}\n"
         "trainer: {epochs: 2, progress: false, threads: 2, log_every: 1, checkpoint_every_steps: 3}\n",
-        "lm.yaml");
-    cfg.data.text_root = corpus;
-    cfg.experiment.output_dir = dir.path().string();
-    cfg.distill.cache_dir = dir.file("cache");
-    cfg.experiment.name = name;
-    cfg.trainer.resume = resume;
+        corpus, dir, name, resume);
     torch::manual_seed(0);
     std::shared_ptr<TextModel> model = make_text_model(cfg.model);
     attach_qat(*model, cfg.qat);
@@ -617,10 +614,8 @@ TEST(CausalLmFullSchedule, PruneFactorKdQatResumesBitExactly) {
   auto [whole, cfg] = run("whole", 0, false);
   run("crashed", 13, false);  // 8 steps per epoch: the last checkpoint is step 12, 4 steps into epoch 2
   auto [resumed, cfg2] = run("crashed", 0, true);
-  const auto a = whole->named_parameters(), b = resumed->named_parameters();
-  ASSERT_EQ(a.size(), b.size());
-  for (const auto& p : a) EXPECT_TRUE(torch::equal(p.value(), b[p.key()])) << p.key() << " differs";
-  for (const auto& p : whole->named_buffers()) EXPECT_TRUE(torch::equal(p.value(), resumed->named_buffers()[p.key()])) << p.key();
+  expect_same_end(*whole, *resumed, dir);
+  const auto a = whole->named_parameters();
   // 128 -> 64 FFN neurons; every linear layer then at rank 16 (each saves: 16 x 128 < 64 x 64).
   EXPECT_EQ(cfg.model.ffn, 64);
   EXPECT_EQ(cfg.model.ranks.size(), 14u) << "7 linear layers per block, 2 blocks";
@@ -807,6 +802,36 @@ TEST(TextCli, LowRankTrainsTheFactoredModelAndEvalReadsIt) {
   EXPECT_EQ(mix.code, 2) << mix.output;
   EXPECT_NE(mix.output.find("prune.remove"), std::string::npos) << mix.output;
   EXPECT_FALSE(fs::exists(dir.file("runs/bad/checkpoints"))) << "nothing written for bad input";
+}
+
+// A bert cut by the activation criterion before the first step (heads and FFN neurons) trains,
+// and eval reads the smaller model's run (head_dim written for a bert) with the same recall.
+TEST(TextCli, BertPruneAtStartTrainsAndEvalReadsTheRun) {
+  const std::string skip = missing_teacher("minilm-l6");
+  if (!skip.empty()) GTEST_SKIP() << skip;
+  test::TempDir dir;
+  const std::string cfg = dir.file("emb.yaml");
+  std::ofstream(cfg) << "experiment: {name: emb, output_dir: " << dir.path().string() << "/runs}\n"
+                     << "task: {name: sentence_embedding, teacher: minilm-l6, cache_dir: " << dir.file("cache") << "}\n"
+                     << "data: {dataset: wordnet, seq_len: 24, batch_size: 16, train_subset: 64, test_subset: 40}\n"
+                     << "model: {name: bert, tokenizer: minilm-l6, hidden: 64, layers: 2, heads: 4, ffn: 128, max_positions: 64, "
+                        "embedding_dim: 384}\n"
+                     << "prune: {enabled: true, criterion: activation, calibration_samples: 16, schedule: one_shot, "
+                        "start_epoch: 0, target_sparsity: 0.5, remove: start}\n"
+                     << "optimizer: {name: adamw, lr: 0.001}\ntrainer: {epochs: 1, threads: 1}\n";
+  const test::ProcResult train = qdistill("train " + test::quoted(cfg));
+  ASSERT_EQ(train.code, 0) << train.output;
+  const std::string run = dir.file("runs/emb");
+  const nlohmann::json summary = nlohmann::json::parse(std::ifstream(run + "/summary.json"));
+  EXPECT_EQ(summary["prune"]["units"], nlohmann::json({2, 64, 2, 64}));
+  // Per layer: query, key, value lose 2 heads x 16 rows and biases, attn_out 32 columns; the FFN 64
+  // rows, biases and columns.
+  const int64_t cut = 2 * (3 * (32 * 64 + 32) + 64 * 32 + 64 * 64 + 64 + 64 * 64);
+  EXPECT_EQ(summary["params"].get<int64_t>(), summary["prune"]["params_before"].get<int64_t>() - cut);
+  const test::ProcResult ev = qdistill("eval --json " + test::quoted(run));
+  ASSERT_EQ(ev.code, 0) << ev.output;
+  const nlohmann::json j = nlohmann::json::parse(ev.output.substr(ev.output.find('{')));
+  EXPECT_DOUBLE_EQ(j["recall_at_10"].get<double>(), summary["recall_at_10"].get<double>());
 }
 
 TEST(TextCli, TrainEvalAndEmbed) {
