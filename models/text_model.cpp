@@ -113,39 +113,42 @@ BertModel::BertModel(BertEncoder e, std::shared_ptr<const TextTokenizer> tok) : 
 torch::Tensor BertModel::forward_text(const torch::Tensor& ids, const torch::Tensor& mask) { return encoder(ids, mask); }
 torch::Tensor BertModel::embed(const torch::Tensor& ids, const torch::Tensor& mask) { return encoder->embed(ids, mask); }
 
+namespace {
+// One layer's group of units (`axis` "heads" or "ffn", named "<layer>.<axis>"): each producer's
+// rows in blocks (with its bias when `biases`, and its quantizer's per-channel state), read by the
+// reader's columns in blocks. `prefix` is the module path above the layer ("encoder.", "lm.").
+PruneGroup layer_group(const std::string& prefix, const std::string& layer, const std::string& axis, int64_t units,
+                       const std::vector<std::pair<std::string, int64_t>>& producers, bool biases,
+                       const std::string& reader, int64_t reader_block) {
+  const std::string p = prefix + layer + ".";
+  PruneGroup g;
+  g.name = layer + "." + axis;
+  g.axis = axis;
+  g.units = units;
+  for (const auto& [t, block] : producers) {
+    g.layers.push_back(layer + "." + t);
+    g.slices.push_back({p + t + ".weight", 0, block, SliceRole::kWeight});
+    if (biases) g.slices.push_back({p + t + ".bias", 0, block, SliceRole::kMasked});
+    g.slices.push_back({p + t + ".qat.*", 0, block, SliceRole::kState});
+  }
+  g.readers = {layer + "." + reader};
+  g.slices.push_back({p + reader + ".weight", 1, reader_block, SliceRole::kConsumer});
+  return g;
+}
+}  // namespace
+
 std::vector<PruneGroup> BertModel::prune_groups() {
   const BertOptions& o = encoder->options();
   const int64_t hd = o.head_dim();
   std::vector<PruneGroup> groups;
   for (size_t i = 0; i < encoder->layers.size(); ++i) {
-    const std::string l = "layer" + std::to_string(i), p = "encoder." + l + ".";
-    // A head: its query, key and value rows (and biases; a pruned head attends uniformly to zero
+    const std::string l = "layer" + std::to_string(i);
+    // A head: its query, key and value rows and biases (a pruned head attends uniformly to zero
     // values, so its output is 0), and the attention output's columns that read it.
-    PruneGroup heads;
-    heads.name = l + ".heads";
-    heads.axis = "heads";
-    heads.units = o.heads;
-    heads.layers = {l + ".query", l + ".key", l + ".value"};
-    heads.readers = {l + ".attn_out"};
-    for (const char* t : {"query", "key", "value"}) {
-      heads.slices.push_back({p + t + ".weight", 0, hd, SliceRole::kWeight});
-      heads.slices.push_back({p + t + ".bias", 0, hd, SliceRole::kMasked});
-      heads.slices.push_back({p + t + ".qat.*", 0, hd, SliceRole::kState});
-    }
-    heads.slices.push_back({p + "attn_out.weight", 1, hd, SliceRole::kConsumer});
-    groups.push_back(std::move(heads));
+    groups.push_back(layer_group("encoder.", l, "heads", o.heads, {{"query", hd}, {"key", hd}, {"value", hd}}, true,
+                                 "attn_out", hd));
     // An FFN neuron: gelu(0) = 0 when its row and bias are.
-    PruneGroup ffn;
-    ffn.name = l + ".ffn";
-    ffn.axis = "ffn";
-    ffn.units = o.ffn;
-    ffn.layers = {l + ".ffn_in"};
-    ffn.readers = {l + ".ffn_out"};
-    ffn.slices.push_back({p + "ffn_in.weight", 0, 1, SliceRole::kWeight});
-    ffn.slices.push_back({p + "ffn_in.bias", 0, 1, SliceRole::kMasked});
-    ffn.slices.push_back({p + "ffn_in.qat.*", 0, 1, SliceRole::kState});
-    ffn.slices.push_back({p + "ffn_out.weight", 1, 1, SliceRole::kConsumer});
-    groups.push_back(std::move(ffn));
+    groups.push_back(layer_group("encoder.", l, "ffn", o.ffn, {{"ffn_in", 1}}, true, "ffn_out", 1));
   }
   return groups;
 }
@@ -205,32 +208,10 @@ std::vector<PruneGroup> LlamaModel::prune_groups() {
   for (size_t i = 0; i < lm->layers.size(); ++i) {
     const std::string l = "layer" + std::to_string(i), p = "lm." + l + ".";
     // A key-value head and the query heads it serves (grouped-query attention): pruned together.
-    PruneGroup heads;
-    heads.name = l + ".heads";
-    heads.axis = "heads";
-    heads.units = o.kv_heads;
-    heads.layers = {l + ".q", l + ".k", l + ".v"};
-    heads.readers = {l + ".out"};
-    for (const char* t : {"q", "k", "v"}) {
-      const int64_t block = t[0] == 'q' ? per_kv * hd : hd;
-      heads.slices.push_back({p + t + ".weight", 0, block, SliceRole::kWeight});
-      heads.slices.push_back({p + t + ".qat.*", 0, block, SliceRole::kState});
-    }
-    heads.slices.push_back({p + "out.weight", 1, per_kv * hd, SliceRole::kConsumer});
-    groups.push_back(std::move(heads));
+    groups.push_back(layer_group("lm.", l, "heads", o.kv_heads, {{"q", per_kv * hd}, {"k", hd}, {"v", hd}}, false, "out",
+                                 per_kv * hd));
     // An FFN neuron: silu(gate) * up is 0 when both rows are.
-    PruneGroup ffn;
-    ffn.name = l + ".ffn";
-    ffn.axis = "ffn";
-    ffn.units = o.ffn;
-    ffn.layers = {l + ".gate", l + ".up"};
-    ffn.readers = {l + ".down"};
-    for (const char* t : {"gate", "up"}) {
-      ffn.slices.push_back({p + t + ".weight", 0, 1, SliceRole::kWeight});
-      ffn.slices.push_back({p + t + ".qat.*", 0, 1, SliceRole::kState});
-    }
-    ffn.slices.push_back({p + "down.weight", 1, 1, SliceRole::kConsumer});
-    groups.push_back(std::move(ffn));
+    groups.push_back(layer_group("lm.", l, "ffn", o.ffn, {{"gate", 1}, {"up", 1}}, false, "down", 1));
     // The residual stream: what writes it (embedding, attention output, FFN output), the norms
     // over it, and every projection that reads it.
     for (const char* t : {"out", "down"}) {

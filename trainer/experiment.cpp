@@ -319,6 +319,9 @@ void add_text_distill_hooks(Trainer& trainer, const ExperimentConfig& cfg, const
 }
 }  // namespace
 
+namespace {
+// The first n training examples of `task` forward through m (eval mode, no gradients);
+// after_batch sees each batch.
 void calibration_pass(Task& task, TextModel& m, int64_t n, int64_t batch, torch::Device device,
                       const std::function<void(const TrainState&)>& after_batch) {
   n = std::min<int64_t>(n, task.train_size());
@@ -359,6 +362,8 @@ std::vector<double> block_importance(Task& task, TextModel& m, int64_t n, int64_
   for (auto& v : sum) v /= std::max(tokens, 1.0);
   return sum;
 }
+
+}  // namespace
 
 UnitImportance calibration_importance(const ExperimentConfig& cfg, Task& task, torch::Device device) {
   const int64_t n = cfg.prune.calibration_samples;

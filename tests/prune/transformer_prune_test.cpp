@@ -97,18 +97,21 @@ TEST(LlamaPrune, GroupsDeclareHeadsFfnAndHidden) {
   EXPECT_EQ(seen, 3);
 }
 
+// QAT twins attached and on from the start, weight observers included.
+void quantize_now(torch::nn::Module& m, const QatConfig& q) {
+  attach_qat(m, q);
+  for (auto& t : layer_qats(m)) {
+    t->set_enabled(true);
+    if (t->weight_quant) t->weight_quant->set_enabled(true), t->weight_quant->set_observing(true);
+  }
+}
+
 // Masks half of `axis` (one-shot), removes it physically and checks the smaller model computes the
 // masked model's logits; returns the removal for shape checks.
 RemovalResult check_axis(const std::string& axis, bool qat_on) {
   ExperimentConfig c = tiny_config(qat_on ? "qat: {enabled: true}\n" : "");
   auto m = tiny_llama(c);
-  if (qat_on) {
-    attach_qat(*m, c.qat);
-    for (auto& t : layer_qats(*m)) {
-      t->set_enabled(true);
-      if (t->weight_quant) t->weight_quant->set_enabled(true), t->weight_quant->set_observing(true);
-    }
-  }
+  if (qat_on) quantize_now(*m, c.qat);
   PruneHook hook(prune_axis(*m, axis));
   prune_at_step0(hook, *m);
   m->eval();
@@ -326,13 +329,7 @@ TEST(BertPrune, EachAxisRemovesExactlyWhatTheMaskZeroes) {
     for (const std::string axis : {"heads", "ffn", "all"}) {
       ExperimentConfig c = tiny_bert_config(qat_on ? "qat: {enabled: true, activation: {dynamic: per_token}}\n" : "");
       auto m = tiny_bert(c);
-      if (qat_on) {
-        attach_qat(*m, c.qat);
-        for (auto& t : layer_qats(*m)) {
-          t->set_enabled(true);
-          if (t->weight_quant) t->weight_quant->set_enabled(true), t->weight_quant->set_observing(true);
-        }
-      }
+      if (qat_on) quantize_now(*m, c.qat);
       PruneHook hook(prune_axis(*m, axis));
       prune_at_step0(hook, *m);
       m->eval();
