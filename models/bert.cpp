@@ -18,16 +18,34 @@ std::string shape_text(const std::vector<int64_t>& s) {
 }
 }  // namespace
 
+BertNormImpl::BertNormImpl(int64_t dim, double eps) : eps_(eps) {
+  weight = register_parameter("weight", torch::ones({dim}));
+  bias = register_parameter("bias", torch::zeros({dim}));
+}
+
+torch::Tensor BertNormImpl::forward(const torch::Tensor& x) {
+  if (!keep_.defined()) return torch::layer_norm(x, {weight.size(0)}, weight, bias, eps_);
+  const torch::Tensor k = keep_.to(x.device(), x.scalar_type());
+  const double n = keep_.sum().item<double>();
+  const torch::Tensor mean = (x * k).sum(-1, /*keepdim=*/true) / n;
+  const torch::Tensor var = ((x - mean) * k).pow(2).sum(-1, /*keepdim=*/true) / n;
+  return (x - mean) * torch::rsqrt(var + eps_) * weight + bias;  // pruned features: weight = bias = 0
+}
+
+void BertNormImpl::set_kept(const torch::Tensor& keep) {
+  keep_ = keep.defined() && keep.sum().item<int64_t>() < weight.size(0) ? keep.detach().to(torch::kCPU, torch::kFloat32) : torch::Tensor();
+}
+
 BertLayerImpl::BertLayerImpl(const BertOptions& o) : heads_(o.heads), head_dim_(o.head_dim()) {
   const int64_t inner = o.heads * head_dim_;
   query = register_module("query", Linear(o.hidden, inner));
   key = register_module("key", Linear(o.hidden, inner));
   value = register_module("value", Linear(o.hidden, inner));
   attn_out = register_module("attn_out", Linear(inner, o.hidden));
-  attn_norm = register_module("attn_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.hidden}).eps(o.layer_norm_eps)));
+  attn_norm = register_module("attn_norm", BertNorm(o.hidden, o.layer_norm_eps));
   ffn_in = register_module("ffn_in", Linear(o.hidden, o.ffn));
   ffn_out = register_module("ffn_out", Linear(o.ffn, o.hidden));
-  ffn_norm = register_module("ffn_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.hidden}).eps(o.layer_norm_eps)));
+  ffn_norm = register_module("ffn_norm", BertNorm(o.hidden, o.layer_norm_eps));
 }
 
 torch::Tensor BertLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& key_mask, TransformerTrace* trace) {
@@ -45,8 +63,12 @@ torch::Tensor BertLayerImpl::forward(const torch::Tensor& x, const torch::Tensor
     const torch::Tensor tok = key_mask.view({b, t, 1}).to(act.scalar_type());
     trace->add_units(name + ".heads", heads.norm(2, -1).transpose(1, 2) * tok);
     trace->add_units(name + ".ffn", act * tok);
+    // A hidden feature by |its value| after each norm (the residual stream of a post-norm encoder).
+    trace->add_units("hidden", y * tok);
   }
-  return ffn_norm(y + ffn_out(act));
+  const torch::Tensor out = ffn_norm(y + ffn_out(act));
+  if (trace && trace->want_units) trace->add_units("hidden", out * key_mask.view({b, t, 1}).to(out.scalar_type()));
+  return out;
 }
 
 BertEncoderImpl::BertEncoderImpl(const BertOptions& o) : opts_(o) {
@@ -54,7 +76,7 @@ BertEncoderImpl::BertEncoderImpl(const BertOptions& o) : opts_(o) {
   if (o.embedding_rank > 0) word_proj = register_module("word_proj", Linear(o.embedding_rank, o.hidden, false));
   position = register_module("position", Embedding(o.max_positions, o.hidden));
   token_type = register_module("token_type", Embedding(o.type_vocab, o.hidden));
-  embed_norm = register_module("embed_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.hidden}).eps(o.layer_norm_eps)));
+  embed_norm = register_module("embed_norm", BertNorm(o.hidden, o.layer_norm_eps));
   for (int64_t i = 0; i < o.layers; ++i) {
     layers.push_back(register_module("layer" + std::to_string(i), BertLayer(o)));
     layers.back()->name = "layer" + std::to_string(i);
@@ -72,6 +94,7 @@ torch::Tensor BertEncoderImpl::forward(const torch::Tensor& ids, const torch::Te
   const torch::Tensor key_mask = mask.to(torch::kBool).view({ids.size(0), 1, 1, t});
   TransformerTrace* tr = trace && (is_training() || trace->in_eval) ? trace : nullptr;
   if (tr && tr->want_hidden) tr->hidden.push_back(x);
+  if (tr && tr->want_units) tr->add_units("hidden", x * mask.view({ids.size(0), t, 1}).to(x.scalar_type()));
   for (auto& l : layers) {
     x = l(x, key_mask, tr);
     if (tr && tr->want_hidden) tr->hidden.push_back(x);
@@ -140,7 +163,7 @@ BertEncoder load_bert(const std::string& folder) {
     load(name + ".weight", l->weight);
     load(name + ".bias", l->bias);
   };
-  const auto norm = [&](const std::string& name, torch::nn::LayerNorm& l) {
+  const auto norm = [&](const std::string& name, BertNorm& l) {
     load(name + ".weight", l->weight);
     load(name + ".bias", l->bias);
   };

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "models/linear.h"
+#include "models/structure.h"
 
 namespace qd {
 
@@ -22,13 +23,29 @@ struct BertOptions {
   int64_t head_dim() const { return head_size > 0 ? head_size : hidden / heads; }
 };
 
+// Hugging Face's LayerNorm (weight and bias over the last dimension) that hidden-size pruning can
+// restrict: the mean and variance run over the kept features only (the pruned ones are 0 and stay
+// 0, their weight and bias being 0), so a masked model computes what the smaller one does.
+class BertNormImpl : public torch::nn::Module, public PrunableNorm {
+ public:
+  BertNormImpl(int64_t dim, double eps);
+  torch::Tensor forward(const torch::Tensor& x);
+  void set_kept(const torch::Tensor& keep) override;
+  torch::Tensor weight, bias;
+
+ private:
+  double eps_;
+  torch::Tensor keep_;  // [dim] float 1 / 0; undefined: all kept
+};
+TORCH_MODULE(BertNorm);
+
 class BertLayerImpl : public torch::nn::Module {
  public:
   explicit BertLayerImpl(const BertOptions& o);
   // x [B, T, H], key_mask [B, 1, 1, T] bool (true: attend) -> [B, T, H]
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& key_mask, TransformerTrace* trace = nullptr);
   Linear query{nullptr}, key{nullptr}, value{nullptr}, attn_out{nullptr}, ffn_in{nullptr}, ffn_out{nullptr};
-  torch::nn::LayerNorm attn_norm{nullptr}, ffn_norm{nullptr};
+  BertNorm attn_norm{nullptr}, ffn_norm{nullptr};
   std::string name;  // "layer<i>": its prunable groups' prefix (TransformerTrace::units)
 
  private:
@@ -50,7 +67,7 @@ class BertEncoderImpl : public torch::nn::Module {
 
   Embedding word{nullptr}, position{nullptr}, token_type{nullptr};
   Linear word_proj{nullptr};  // embedding_rank > 0 only: rank -> hidden, no bias
-  torch::nn::LayerNorm embed_norm{nullptr};
+  BertNorm embed_norm{nullptr};
   std::vector<BertLayer> layers;
   Linear dense{nullptr};  // embedding_dim > 0 only
 

@@ -38,6 +38,8 @@ ModelConfig Model::pruned_config(const ModelConfig&, const std::vector<int64_t>&
   throw UserError(concat("prune: the ", kind(), " model has no physical removal of pruned units"));
 }
 
+bool Model::fill_added_tensor(const std::string&, torch::Tensor&, const std::vector<torch::Tensor>&) { return false; }
+
 void append_conv_bn_slices(std::vector<DimSlice>& out, const std::string& name) {
   out.push_back({name + ".conv.weight", 0, 1, SliceRole::kWeight});
   out.push_back({name + ".bn.weight", 0, 1, SliceRole::kScale});

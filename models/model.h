@@ -72,6 +72,10 @@ class Model : public torch::nn::Module {
   // physical removal: `cfg` is the config this model was built from. UserError where the
   // architecture cannot express the cut (a llama keeps one FFN width for all its layers, say).
   virtual ModelConfig pruned_config(const ModelConfig& cfg, const std::vector<int64_t>& kept);
+  // Physical removal: fills tensor `name` of the smaller model, which this one lacks (a layer that
+  // pruned_config adds), from the kept units of each group (prune_groups() order). Returns false
+  // for a name it does not know, and removal then refuses. The default knows none.
+  virtual bool fill_added_tensor(const std::string& name, torch::Tensor& t, const std::vector<torch::Tensor>& keep);
   // The deployed computation of a model prepared for QAT, for int8 export. Throws UserError for
   // models without export support.
   virtual ExportGraph export_graph();

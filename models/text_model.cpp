@@ -1,10 +1,12 @@
 #include "models/text_model.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 
 #include "common/error.h"
 #include "formats/gguf.h"
+#include "formats/json_file.h"
 #include "models/lowrank.h"
 
 namespace qd {
@@ -91,9 +93,13 @@ std::string resolve_pretrained(const std::string& name) {
 
 std::shared_ptr<const TextTokenizer> load_tokenizer(const std::string& name_or_path) {
   const fs::path p = resolve_pretrained(name_or_path);
-  if (fs::is_directory(p)) return std::make_shared<TextTokenizer>(text::WordPieceTokenizer::from_file((p / "tokenizer.json").string()));
-  if (p.extension() == ".gguf") return std::make_shared<TextTokenizer>(text::BpeTokenizer::from_gguf(fmt::GgufFile(p.string())));
-  if (p.extension() == ".json") return std::make_shared<TextTokenizer>(text::WordPieceTokenizer::from_file(p.string()));
+  if (fs::is_directory(p)) {
+    const std::string file = (p / "tokenizer.json").string();
+    return std::make_shared<TextTokenizer>(text::WordPieceTokenizer::from_file(file), file);
+  }
+  if (p.extension() == ".gguf")
+    return std::make_shared<TextTokenizer>(text::BpeTokenizer::from_gguf(fmt::GgufFile(p.string())), p.string());
+  if (p.extension() == ".json") return std::make_shared<TextTokenizer>(text::WordPieceTokenizer::from_file(p.string()), p.string());
   throw UserError(concat(p.string(), ": not a tokenizer: expected a Hugging Face folder (tokenizer.json), a tokenizer.json "
                          "or a .gguf file"));
 }
@@ -141,15 +147,56 @@ std::vector<PruneGroup> BertModel::prune_groups() {
   const BertOptions& o = encoder->options();
   const int64_t hd = o.head_dim();
   std::vector<PruneGroup> groups;
+  PruneGroup hidden;
+  hidden.name = "hidden";
+  hidden.axis = "hidden";
+  hidden.units = o.hidden;
+  // The residual stream of a post-norm encoder: what writes it (the word embedding or its
+  // projection, positions, token types, each layer's attention and FFN outputs), the LayerNorms over
+  // it, and every projection that reads it.
+  const auto norm = [&](const std::string& n, BertNorm& m) {
+    hidden.slices.push_back({"encoder." + n + ".weight", 0, 1, SliceRole::kScale});
+    hidden.slices.push_back({"encoder." + n + ".bias", 0, 1, SliceRole::kMasked});
+    hidden.norms.push_back(m.get());
+  };
+  if (encoder->word_proj) {
+    hidden.layers = {"word_proj"};
+    hidden.slices.push_back({"encoder.word_proj.weight", 0, 1, SliceRole::kWeight});
+    hidden.slices.push_back({"encoder.word_proj.qat.*", 0, 1, SliceRole::kState});
+  } else {
+    hidden.layers = {"word"};
+    hidden.slices.push_back({"encoder.word.weight", 1, 1, SliceRole::kWeight});
+  }
+  hidden.slices.push_back({"encoder.position.weight", 1, 1, SliceRole::kMasked});
+  hidden.slices.push_back({"encoder.token_type.weight", 1, 1, SliceRole::kMasked});
+  norm("embed_norm", encoder->embed_norm);
   for (size_t i = 0; i < encoder->layers.size(); ++i) {
     const std::string l = "layer" + std::to_string(i);
+    BertLayer& layer = encoder->layers[i];
     // A head: its query, key and value rows and biases (a pruned head attends uniformly to zero
     // values, so its output is 0), and the attention output's columns that read it.
     groups.push_back(layer_group("encoder.", l, "heads", o.heads, {{"query", hd}, {"key", hd}, {"value", hd}}, true,
                                  "attn_out", hd));
     // An FFN neuron: gelu(0) = 0 when its row and bias are.
     groups.push_back(layer_group("encoder.", l, "ffn", o.ffn, {{"ffn_in", 1}}, true, "ffn_out", 1));
+    for (const char* t : {"attn_out", "ffn_out"}) {
+      hidden.slices.push_back({"encoder." + l + "." + t + ".weight", 0, 1, SliceRole::kWeight});
+      hidden.slices.push_back({"encoder." + l + "." + t + ".bias", 0, 1, SliceRole::kMasked});
+      hidden.slices.push_back({"encoder." + l + "." + t + ".qat.*", 0, 1, SliceRole::kState});
+    }
+    norm(l + ".attn_norm", layer->attn_norm);
+    norm(l + ".ffn_norm", layer->ffn_norm);
+    for (const char* t : {"query", "key", "value", "ffn_in"})
+      hidden.slices.push_back({"encoder." + l + "." + t + ".weight", 1, 1, SliceRole::kConsumer});
+    hidden.readers.push_back(l);
   }
+  if (encoder->dense) {
+    hidden.slices.push_back({"encoder.dense.weight", 1, 1, SliceRole::kConsumer});
+    hidden.readers.push_back("dense (sentence embedding)");
+  } else {
+    hidden.readers.push_back("mean pooling (sentence embedding)");
+  }
+  groups.push_back(std::move(hidden));
   return groups;
 }
 
@@ -170,7 +217,7 @@ void check_uniform_layers(const std::vector<int64_t>& kept, size_t layers, const
 ModelConfig BertModel::pruned_config(const ModelConfig& cfg, const std::vector<int64_t>& kept) {
   const BertOptions& o = encoder->options();
   const size_t layers = encoder->layers.size();
-  QD_CHECK(kept.size() == 2 * layers, Error, "bert: ", kept.size(), " kept counts for ", 2 * layers, " groups");
+  QD_CHECK(kept.size() == 2 * layers + 1, Error, "bert: ", kept.size(), " kept counts for ", 2 * layers + 1, " groups");
   check_uniform_layers(kept, layers, "heads");
   ModelConfig c = cfg;
   c.tokenizer = cfg.pretrained.empty() ? cfg.tokenizer : resolve_pretrained(cfg.pretrained);
@@ -181,12 +228,33 @@ ModelConfig BertModel::pruned_config(const ModelConfig& cfg, const std::vector<i
   c.heads = static_cast<int>(kept[0]);
   c.head_dim = static_cast<int>(o.head_dim());
   c.ffn = static_cast<int>(kept[1]);
-  c.hidden = static_cast<int>(o.hidden);
+  c.hidden = static_cast<int>(kept.back());
   c.max_positions = static_cast<int>(o.max_positions);
-  c.embedding_dim = static_cast<int>(o.embedding_dim);
+  // The sentence embedding keeps its width: a narrower residual stream gets a projection back to
+  // it (fill_added_tensor starts it as the map of each kept feature to its old place, so the
+  // embedding is the masked model's), and the student's vectors stay comparable with the
+  // teacher's (KD targets, an index built by the teacher).
+  c.embedding_dim = static_cast<int>(o.embedding_dim > 0 || kept.back() == o.hidden ? o.embedding_dim : o.hidden);
   c.embedding_rank = static_cast<int>(o.embedding_rank);
   c.norm_eps = o.layer_norm_eps;
   return c;
+}
+
+bool BertModel::fill_added_tensor(const std::string& name, torch::Tensor& t, const std::vector<torch::Tensor>& keep) {
+  if (encoder->dense || keep.empty()) return false;  // only the projection that hidden pruning adds
+  const torch::Tensor k = keep.back().to(torch::kCPU, torch::kInt64);
+  torch::NoGradGuard g;
+  if (name == "encoder.dense.weight" && t.dim() == 2 && t.size(0) == encoder->options().hidden && t.size(1) == k.numel()) {
+    torch::Tensor w = torch::zeros(t.sizes(), torch::kFloat32);
+    w.index_put_({k, torch::arange(k.numel())}, 1.0f);
+    t.copy_(w);
+    return true;
+  }
+  if (name == "encoder.dense.bias") {
+    t.zero_();
+    return true;
+  }
+  return name.rfind("encoder.dense.qat.", 0) == 0;  // a fresh quantizer's state: it calibrates itself
 }
 
 LlamaModel::LlamaModel(Llama l, std::shared_ptr<const TextTokenizer> tok) : TextModel(std::move(tok)) {
@@ -352,6 +420,50 @@ std::shared_ptr<TextModel> make_dense_text_model(const ModelConfig& cfg) {
   return std::make_shared<LlamaModel>(l, tok);
 }
 }  // namespace
+
+VocabularyCut cut_vocabulary(TextModel& m, const std::vector<int32_t>& used, const std::function<void(Model&)>& prepare) {
+  auto* bert = dynamic_cast<BertModel*>(&m);
+  const text::WordPieceTokenizer* wp = m.tokenizer().wordpiece();
+  QD_CHECK(bert && wp, UserError, "prune.vocabulary: only a bert's WordPiece vocabulary is pruned; a llama's byte-level "
+           "BPE builds its tokens through merges whose intermediate tokens a corpus never shows, so it keeps its "
+           "vocabulary (set prune.vocabulary: false)");
+  QD_CHECK(!m.tokenizer().source().empty(), UserError, "prune.vocabulary: the vocabulary was pruned already");
+  VocabularyCut c;
+  c.kept = wp->base_ids();
+  for (int32_t id : used) {
+    QD_CHECK(id >= 0 && id < m.tokenizer().vocab_size(), UserError, "prune.vocabulary: token id ", id,
+             " is outside the vocabulary of ", m.tokenizer().vocab_size());
+    c.kept.push_back(id);
+  }
+  std::sort(c.kept.begin(), c.kept.end());
+  c.kept.erase(std::unique(c.kept.begin(), c.kept.end()), c.kept.end());
+  c.tokenizer_json = text::WordPieceTokenizer::pruned_json(fmt::read_json_file(m.tokenizer().source()), c.kept);
+  auto tok = std::make_shared<TextTokenizer>(text::WordPieceTokenizer::from_json(c.tokenizer_json, "the pruned tokenizer"));
+  BertOptions o = bert->encoder->options();
+  const int64_t old_vocab = o.vocab;
+  o.vocab = static_cast<int64_t>(c.kept.size());
+  auto small = std::make_shared<BertModel>(BertEncoder(o), tok);
+  if (prepare) prepare(*small);
+  small->to(bert->parameters().front().device());
+  const torch::Tensor rows = torch::tensor(std::vector<int64_t>(c.kept.begin(), c.kept.end()), torch::kInt64);
+  torch::NoGradGuard g;
+  const auto copy = [&](const auto& dst_items, const auto& src_items) {
+    for (const auto& item : dst_items) {
+      QD_CHECK(src_items.contains(item.key()), Error, "vocabulary pruning: the smaller bert has ", item.key(),
+               " which the other lacks");
+      torch::Tensor src = src_items[item.key()];
+      // The word table's rows, and its quantizer's per-row state.
+      if (item.key().rfind("encoder.word.", 0) == 0 && src.dim() > 0 && src.size(0) == old_vocab)
+        src = src.index_select(0, rows.to(src.device()));
+      item.value().copy_(src);
+    }
+  };
+  copy(small->named_parameters(), bert->named_parameters());
+  copy(small->named_buffers(), bert->named_buffers());
+  small->train(bert->is_training());
+  c.model = small;
+  return c;
+}
 
 std::shared_ptr<TextModel> make_text_model(const ModelConfig& cfg) {
   QD_CHECK(cfg.is_text(), UserError, "make_text_model: not a bert/llama config");

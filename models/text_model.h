@@ -10,6 +10,7 @@
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <variant>
@@ -28,17 +29,21 @@ namespace qd {
 // [CLS] ... [SEP]; Llama: the text's tokens, no BOS, since training packs documents itself).
 class TextTokenizer {
  public:
-  explicit TextTokenizer(text::WordPieceTokenizer t) : tok_(std::move(t)) {}
-  explicit TextTokenizer(text::BpeTokenizer t) : tok_(std::move(t)) {}
+  // `source`: the file it was read from (a tokenizer.json or .gguf), empty when built in memory.
+  explicit TextTokenizer(text::WordPieceTokenizer t, std::string source = "") : tok_(std::move(t)), source_(std::move(source)) {}
+  explicit TextTokenizer(text::BpeTokenizer t, std::string source = "") : tok_(std::move(t)), source_(std::move(source)) {}
   // Special tokens typed in the text stay text: corpora are data, not prompts.
   std::vector<int32_t> encode(std::string_view text) const;
   int64_t vocab_size() const;
   int32_t pad_id() const;  // BERT [PAD]; Llama: eos (padding is masked anyway)
   int32_t eos_id() const;  // the document separator of packed LM corpora (BERT: [SEP])
   std::string kind() const { return std::holds_alternative<text::WordPieceTokenizer>(tok_) ? "wordpiece" : "bpe"; }
+  const text::WordPieceTokenizer* wordpiece() const { return std::get_if<text::WordPieceTokenizer>(&tok_); }
+  const std::string& source() const { return source_; }
 
  private:
   std::variant<text::WordPieceTokenizer, text::BpeTokenizer> tok_;
+  std::string source_;
 };
 
 // Where a pretrained name or path lives: a path is used as given; a name (minilm-l6,
@@ -88,10 +93,12 @@ class BertModel : public TextModel {
   int64_t max_positions() const override { return encoder->options().max_positions; }
   std::string kind() const override { return "bert"; }
   // Per layer its attention heads ("layer<i>.heads": q/k/v rows and biases, attn_out columns) and
-  // FFN neurons ("layer<i>.ffn"); the architecture after removal keeps one head count and FFN
-  // width for all layers.
+  // FFN neurons ("layer<i>.ffn"), then the hidden size ("hidden": the residual stream, through every
+  // LayerNorm); the architecture after removal keeps one head count and FFN width for all layers,
+  // and the sentence embedding's width (a narrower hidden size gets a projection back to it).
   std::vector<PruneGroup> prune_groups() override;
   ModelConfig pruned_config(const ModelConfig& cfg, const std::vector<int64_t>& kept) override;
+  bool fill_added_tensor(const std::string& name, torch::Tensor& t, const std::vector<torch::Tensor>& keep) override;
   BertEncoder encoder{nullptr};
 };
 
@@ -114,6 +121,17 @@ class LlamaModel : public TextModel {
   ModelConfig pruned_config(const ModelConfig& cfg, const std::vector<int64_t>& kept) override;
   Llama lm{nullptr};
 };
+
+// Vocabulary pruning of a bert: `used` (old ids the target corpus uses) together with the
+// tokenizer's base_ids() are kept, renumbered in their old order.
+struct VocabularyCut {
+  std::shared_ptr<TextModel> model;  // word-embedding rows (and their quantizer state) of the kept ids
+  std::vector<int32_t> kept;         // old ids, increasing
+  nlohmann::json tokenizer_json;     // the pruned tokenizer.json (a Hugging Face file)
+};
+// `prepare` runs on the smaller model before the weights are copied in (attach QAT there). UserError
+// for a llama: its byte-level BPE merges through tokens a corpus never shows, so it keeps its vocabulary.
+VocabularyCut cut_vocabulary(TextModel& m, const std::vector<int32_t>& used, const std::function<void(Model&)>& prepare);
 
 // The tokenizer a config names: model.pretrained's own, or model.tokenizer's.
 std::shared_ptr<const TextTokenizer> load_tokenizer(const std::string& name_or_path);

@@ -27,6 +27,7 @@ struct PruneConfig {
   int update_every_steps = 50;    // dt: masks are recomputed this often while the schedule runs
   int calibration_samples = 64;
   int drop_layers = 0;  // remove: start: whole layers dropped by block importance before the width cut
+  bool vocabulary = false;  // remove: start, bert: keep only the tokens the training texts use
   PruneRemove remove = PruneRemove::kEnd;  // physical removal of the pruned units: after training, or before it   // criterion activation: training examples each mask update runs forward
   std::vector<std::string> exclude;       // layers (magnitude) or channel groups / their layers (channel) never pruned
   std::vector<std::string> layer_targets; // per-layer targets: "NAME=SPARSITY", e.g. "block4=0.3"
@@ -68,6 +69,10 @@ struct PruneConfig {
             "least on the prune.calibration_samples training examples (block importance: 1 - cos(input, output) "
             "averaged over tokens; ShortGPT, Minitron's depth axis), then cut the width",
             Range<int>{0, 4096});
+    v.field("vocabulary", vocabulary,
+            "remove: start, bert: keep only the word-embedding rows of the tokens the training texts use (with every "
+            "special token and single character, so any text still tokenizes); <run>/tokenizer.json is the pruned "
+            "tokenizer, which eval and export read");
     v.field("exclude", exclude, "layers / channel groups never pruned, e.g. [block0, classifier] or a glob: [\"layer*.heads\", hidden] (see qdistill layers)");
     v.field("layer_targets", layer_targets, "per-layer final sparsity overrides, \"NAME=SPARSITY\" (e.g. block4=0.3; NAME may be a glob, \"layer*.ffn=0.5\"; the first matching entry wins)");
     v.check(criterion != PruneCriterion::kActivation || method == PruneMethod::kChannel, "criterion",
@@ -79,6 +84,9 @@ struct PruneConfig {
     v.check(drop_layers == 0 || remove == PruneRemove::kStart, "drop_layers",
             "whole layers are dropped before training: set prune.remove: start (with method: channel, schedule: "
             "one_shot, start_epoch: 0)");
+    v.check(!vocabulary || remove == PruneRemove::kStart, "vocabulary",
+            "the vocabulary is cut before training: set prune.remove: start (with method: channel, schedule: one_shot, "
+            "start_epoch: 0)");
     v.check(initial_sparsity <= target_sparsity, "initial_sparsity", "must not exceed prune.target_sparsity");
     v.check(schedule == PruneSchedule::kOneShot || end_epoch > start_epoch, "end_epoch",
             "the gradual schedule needs prune.end_epoch > prune.start_epoch");

@@ -59,8 +59,12 @@ RemovalResult remove_units(Model& masked, const ModelConfig& cfg, const InputSpe
   torch::NoGradGuard ng;
   auto copy_all = [&](const auto& dst_items, const auto& src_items) {
     for (const auto& item : dst_items) {
-      QD_CHECK(src_items.contains(item.key()), Error, "physical removal: the smaller model has ", item.key(),
-               " which the pruned one lacks");
+      if (!src_items.contains(item.key())) {
+        torch::Tensor t = item.value();
+        QD_CHECK(masked.fill_added_tensor(item.key(), t, keep_per_group), Error, "physical removal: the smaller model has ",
+                 item.key(), " which the pruned one lacks");
+        continue;
+      }
       torch::Tensor src = src_items[item.key()];
       auto it = slices.find(item.key());
       if (it != slices.end()) {

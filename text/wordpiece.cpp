@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
+#include "common/error.h"
 #include "formats/json_file.h"
 #include "text/unicode.h"
 
@@ -34,7 +35,10 @@ const nlohmann::json& need(const nlohmann::json& j, const char* key, const std::
 }  // namespace
 
 WordPieceTokenizer WordPieceTokenizer::from_file(const std::string& path) {
-  const nlohmann::json j = fmt::read_json_file(path);
+  return from_json(fmt::read_json_file(path), path);
+}
+
+WordPieceTokenizer WordPieceTokenizer::from_json(const nlohmann::json& j, const std::string& path) {
   WordPieceTokenizer t;
   const nlohmann::json& model = need(j, "model", path, "");
   if (need(model, "type", path, "model.") != "WordPiece")
@@ -86,6 +90,49 @@ WordPieceTokenizer WordPieceTokenizer::from_file(const std::string& path) {
     }
   sort_longest_first(t.added_);
   return t;
+}
+
+std::vector<int32_t> WordPieceTokenizer::base_ids() const {
+  std::vector<int32_t> ids = {unk_, cls_, sep_, pad_};
+  for (const auto& a : added_) ids.push_back(a.second);
+  for (size_t i = 0; i < id_to_token_.size(); ++i) {
+    std::string_view tok = id_to_token_[i];
+    if (tok.size() > prefix_.size() && tok.substr(0, prefix_.size()) == prefix_) tok.remove_prefix(prefix_.size());
+    if (decode_utf8(tok).size() == 1) ids.push_back(static_cast<int32_t>(i));
+  }
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  return ids;
+}
+
+nlohmann::json WordPieceTokenizer::pruned_json(const nlohmann::json& original, const std::vector<int32_t>& keep) {
+  nlohmann::json j = original;
+  const nlohmann::json& vocab = original.at("model").at("vocab");
+  std::vector<int32_t> new_id(vocab.size(), -1);
+  for (size_t i = 0; i < keep.size(); ++i) {
+    QD_CHECK(keep[i] >= 0 && static_cast<size_t>(keep[i]) < vocab.size() && (i == 0 || keep[i] > keep[i - 1]), Error,
+             "vocabulary pruning: kept ids must increase and lie in the vocabulary");
+    new_id[static_cast<size_t>(keep[i])] = static_cast<int32_t>(i);
+  }
+  const auto remap = [&](const nlohmann::json& id, const std::string& what) {
+    const int64_t old = id.get<int64_t>();
+    QD_CHECK(old >= 0 && static_cast<size_t>(old) < new_id.size() && new_id[static_cast<size_t>(old)] >= 0, Error,
+             "vocabulary pruning: ", what, " (id ", old, ") is not kept");
+    return new_id[static_cast<size_t>(old)];
+  };
+  nlohmann::json pruned = nlohmann::json::object();
+  for (auto it = vocab.begin(); it != vocab.end(); ++it)
+    if (new_id.at(it.value().get<size_t>()) >= 0) pruned[it.key()] = new_id[it.value().get<size_t>()];
+  j["model"]["vocab"] = std::move(pruned);
+  if (j.contains("added_tokens") && j["added_tokens"].is_array())
+    for (auto& a : j["added_tokens"]) a["id"] = remap(a.at("id"), "added token " + a.value("content", std::string()));
+  if (j.contains("post_processor") && j["post_processor"].is_object() && j["post_processor"].contains("special_tokens"))
+    for (auto& [name, st] : j["post_processor"]["special_tokens"].items())
+      if (st.contains("ids"))
+        for (auto& id : st["ids"]) id = remap(id, "special token " + name);
+  if (j.contains("padding") && j["padding"].is_object() && j["padding"].contains("pad_id"))
+    j["padding"]["pad_id"] = remap(j["padding"]["pad_id"], "the padding token");
+  return j;
 }
 
 void WordPieceTokenizer::wordpiece(std::u32string_view word, std::vector<int32_t>& out) const {

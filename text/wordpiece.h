@@ -8,6 +8,8 @@
 // Loaded from tokenizer.json, validated; no LibTorch.
 #pragma once
 
+#include <nlohmann/json.hpp>
+
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -23,6 +25,18 @@ class WordPieceTokenizer {
   // Reads a Hugging Face tokenizer.json whose model is WordPiece with a BertNormalizer and a
   // BertPreTokenizer. Throws fmt::FormatError (exit code 2) naming the file and the key otherwise.
   static WordPieceTokenizer from_file(const std::string& tokenizer_json);
+  // The same from the parsed file; `path` names it in messages.
+  static WordPieceTokenizer from_json(const nlohmann::json& j, const std::string& path);
+
+  // Vocabulary pruning. The ids every pruned vocabulary keeps whatever the corpus: the special
+  // tokens (added_tokens, [UNK]) and every single character, alone and as a "##" continuation, so
+  // any word still splits into pieces (the rarer words of new text into shorter ones, not [UNK]).
+  std::vector<int32_t> base_ids() const;
+  // `tokenizer_json` (this tokenizer's file) with only the tokens `keep` (increasing old ids), renumbered
+  // 0.. in their old order: model.vocab, added_tokens, the post-processor's and the padding's ids.
+  // A text whose pieces are all kept tokenizes to the same pieces (greedy longest match finds no
+  // longer kept piece that was not a piece before), with new id i for old id keep[i].
+  static nlohmann::json pruned_json(const nlohmann::json& tokenizer_json, const std::vector<int32_t>& keep);
 
   // Token ids of `text`; with `add_special`, [CLS] ... [SEP].
   std::vector<int32_t> encode(std::string_view text, bool add_special = true) const;

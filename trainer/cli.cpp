@@ -89,6 +89,10 @@ int print_text_layers(const ExperimentConfig& cfg) {
     if (!cfg.model.pretrained.empty())
       std::printf("  %-22s %5lld %-8s whole layers: prune.drop_layers (with prune.remove: start) drops those of least "
                   "block importance\n", "(depth)", static_cast<long long>(model->num_layers()), "layers");
+    if (model->kind() == "bert")
+      std::printf("  %-22s %5lld %-8s word-embedding rows: prune.vocabulary (with prune.remove: start) keeps the tokens "
+                  "the training texts use, every special token and single character; the tokenizer follows\n",
+                  "(vocabulary)", static_cast<long long>(model->tokenizer().vocab_size()), "tokens");
   } catch (const UserError&) {
     // no structured pruning for this model yet
   }

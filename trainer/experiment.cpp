@@ -425,8 +425,27 @@ nlohmann::json write_pruned_text_model(const ExperimentConfig& cfg) {
 // The cut is written to <run>/prune_plan.json; a resumed run reads it instead of measuring again,
 // so it rebuilds the same shape whatever the calibration pass would give now. `record` receives
 // what summary.json reports.
+// The old ids of the tokens in the task's training examples (padding aside).
+std::vector<int32_t> corpus_tokens(Task& task, int64_t vocab) {
+  std::vector<char> seen(static_cast<size_t>(vocab), 0);
+  const int64_t n = task.train_size(), batch = 512;
+  std::vector<int64_t> indices(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) indices[static_cast<size_t>(i)] = i;
+  TrainState st;
+  st.device = torch::kCPU;
+  for (int64_t first = 0; first < n; first += batch) {
+    task.load_batch(st, indices, first, std::min(n, first + batch));
+    const torch::Tensor ids = st.inputs.masked_select(st.mask.to(torch::kBool)).to(torch::kInt64).contiguous();
+    for (int64_t i = 0; i < ids.numel(); ++i) seen.at(static_cast<size_t>(ids.data_ptr<int64_t>()[i])) = 1;
+  }
+  std::vector<int32_t> used;
+  for (int64_t i = 0; i < vocab; ++i)
+    if (seen[static_cast<size_t>(i)]) used.push_back(static_cast<int32_t>(i));
+  return used;
+}
+
 std::shared_ptr<TextModel> prune_at_start(ExperimentConfig& cfg, std::shared_ptr<TextModel> model, Task& task,
-                                          torch::Device device, nlohmann::json& record) {
+                                          torch::Device device, nlohmann::json& record, StartShape& shape) {
   const fs::path plan_path = fs::path(cfg.run_dir()) / "prune_plan.json";
   const bool from_plan = cfg.trainer.resume && fs::is_regular_file(plan_path);
   const auto bad_plan = [&](const std::string& why) {
@@ -527,7 +546,42 @@ std::shared_ptr<TextModel> prune_at_start(ExperimentConfig& cfg, std::shared_ptr
            nlohmann::json(r.total).dump(), " -> ", nlohmann::json(r.kept).dump());
   cfg.model = r.config;
   cfg.prune.enabled = false;  // a finished, smaller model from here on
-  return std::static_pointer_cast<TextModel>(r.model);
+  auto small = std::static_pointer_cast<TextModel>(r.model);
+  if (!cfg.prune.vocabulary) return small;
+
+  // The vocabulary last: the tokens the training texts use (the task still holds them in the old ids).
+  const int64_t tokens_before = small->tokenizer().vocab_size(), params_width = count_params(*small);
+  std::vector<int32_t> used;
+  if (from_plan) {
+    try {
+      used = plan.at("vocabulary").get<std::vector<int32_t>>();
+    } catch (const std::exception& e) {
+      throw bad_plan(e.what());
+    }
+  } else {
+    used = corpus_tokens(task, tokens_before);
+  }
+  VocabularyCut vc;
+  try {
+    vc = cut_vocabulary(*small, used, [&](Model& m) {
+      if (cfg.qat.enabled) attach_qat(m, cfg.qat);
+    });
+  } catch (const UserError& e) {
+    if (from_plan) throw bad_plan(e.what());
+    cfg.fail("prune.vocabulary", e.what());
+  }
+  load_qat_flags(*vc.model);
+  cfg.model.tokenizer = (fs::path(cfg.run_dir()) / "tokenizer.json").string();
+  record["vocabulary"] = {{"tokens_before", tokens_before},
+                          {"tokens", vc.kept.size()},
+                          {"corpus_tokens", from_plan ? nlohmann::json() : nlohmann::json(used.size())},
+                          {"tokenizer", cfg.model.tokenizer}};
+  log_info("prune: vocabulary cut to the ", vc.kept.size(), " tokens the training texts use (with every special token and "
+           "single character)", from_plan ? " (the plan)" : "", ": ", tokens_before, " -> ", vc.kept.size(), " tokens, ",
+           params_width, " -> ", count_params(*vc.model), " parameters; the tokenizer goes to ", cfg.model.tokenizer);
+  shape.vocabulary = vc.kept;
+  shape.tokenizer_json = std::move(vc.tokenizer_json);
+  return vc.model;
 }
 
 // lowrank.enabled: the chosen layers are factored before the first step (after prune.remove:
@@ -590,7 +644,7 @@ void lowrank_at_start(ExperimentConfig& cfg, TextModel& model, Task& task, torch
 
 StartShape shape_text_student(ExperimentConfig& cfg, std::shared_ptr<TextModel> model, Task& task, torch::Device device) {
   StartShape s;
-  if (cfg.prune.enabled && cfg.prune.remove == PruneRemove::kStart) model = prune_at_start(cfg, model, task, device, s.prune);
+  if (cfg.prune.enabled && cfg.prune.remove == PruneRemove::kStart) model = prune_at_start(cfg, model, task, device, s.prune, s);
   if (cfg.lowrank.enabled) lowrank_at_start(cfg, *model, task, device, s.lowrank);
   s.model = model;
   return s;
@@ -600,6 +654,9 @@ void write_start_plans(const StartShape& s) {
   if (!s.prune.empty()) {
     nlohmann::json plan = {{"kept", s.prune.at("kept")}};
     if (s.prune.contains("depth")) plan["keep_layers"] = s.prune.at("depth").at("keep_layers");
+    if (!s.vocabulary.empty()) plan["vocabulary"] = s.vocabulary;
+    if (!s.tokenizer_json.is_null())
+      write_file_atomic(s.prune.at("vocabulary").at("tokenizer").get<std::string>(), s.tokenizer_json.dump(2) + "\n");
     write_file_atomic(s.prune.at("plan").get<std::string>(), plan.dump() + "\n");
   }
   if (!s.lowrank.empty())
@@ -651,6 +708,8 @@ int run_train(const TrainCommand& cmd) {
   if (text) {
     start = shape_text_student(cfg, std::static_pointer_cast<TextModel>(model), *task, device);
     model = start.model;
+    if (!start.tokenizer_json.is_null())  // the texts again, in the pruned vocabulary's ids
+      task = make_text_task(cfg, static_cast<TextModel&>(*model), device, comm.get());
   }
   const int64_t params = count_params(*model);
   log_info("experiment ", cfg.experiment.name, ": ", model->kind(), " with ", params, " parameters; ", task->describe(),

@@ -60,9 +60,13 @@ UnitImportance calibration_importance(const ExperimentConfig& cfg, class Task& t
 // prune.enabled and lowrank.enabled false). `prune` and `lowrank` hold what summary.json reports
 // and the plans that a resumed run reads instead of measuring again (<run>/prune_plan.json,
 // <run>/lowrank_plan.json), which write_start_plans writes.
+// With prune.vocabulary the tokenizer changed: `tokenizer_json` is written to <run>/tokenizer.json
+// (cfg.model.tokenizer), and the task must tokenize its texts again with the new model's tokenizer.
 struct StartShape {
   std::shared_ptr<class TextModel> model;
   nlohmann::json prune, lowrank;
+  std::vector<int32_t> vocabulary;  // the kept tokens' old ids (the plan's "vocabulary")
+  nlohmann::json tokenizer_json;    // null unless the vocabulary was cut
 };
 StartShape shape_text_student(ExperimentConfig& cfg, std::shared_ptr<class TextModel> model, class Task& task,
                               torch::Device device);

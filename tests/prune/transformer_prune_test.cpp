@@ -3,7 +3,10 @@
 // zeroes, with and without QAT twins; the criteria score what a hand computation says.
 #include <gtest/gtest.h>
 
+#include <fstream>
+
 #include "../pretrained_util.h"
+#include "../test_util.h"
 #include "common/error.h"
 #include "models/registry.h"
 #include "models/text_model.h"
@@ -326,7 +329,7 @@ TEST(BertPrune, EachAxisRemovesExactlyWhatTheMaskZeroes) {
   const std::string skip = test::missing_teacher("minilm-l6");
   if (!skip.empty()) GTEST_SKIP() << skip;
   for (const bool qat_on : {false, true}) {
-    for (const std::string axis : {"heads", "ffn", "all"}) {
+    for (const std::string axis : {"heads", "ffn", "hidden", "all"}) {
       ExperimentConfig c = tiny_bert_config(qat_on ? "qat: {enabled: true, activation: {dynamic: per_token}}\n" : "");
       auto m = tiny_bert(c);
       if (qat_on) quantize_now(*m, c.qat);
@@ -348,23 +351,60 @@ TEST(BertPrune, EachAxisRemovesExactlyWhatTheMaskZeroes) {
         got = small->embed(ids, mask);
       }
       const double tol = qat_on ? 1e-3 : 1e-5;
+      ASSERT_EQ(got.sizes(), want.sizes()) << axis << ": the sentence embedding keeps its width";
       EXPECT_TRUE(torch::allclose(got, want, tol, tol))
           << axis << (qat_on ? " (QAT)" : "") << ": max difference " << (got - want).abs().max().item<float>();
-      EXPECT_EQ(r.config.heads, axis == "ffn" ? 4 : 2) << axis;
-      EXPECT_EQ(r.config.ffn, axis == "heads" ? 64 : 32) << axis;
+      const bool heads = axis == "heads" || axis == "all", ffn = axis == "ffn" || axis == "all",
+                 hidden = axis == "hidden" || axis == "all";
+      EXPECT_EQ(r.config.heads, heads ? 2 : 4) << axis;
+      EXPECT_EQ(r.config.ffn, ffn ? 32 : 64) << axis;
       EXPECT_EQ(r.config.head_dim, 8) << "heads keep their size";
-      EXPECT_EQ(r.config.hidden, 32);
+      EXPECT_EQ(r.config.hidden, hidden ? 16 : 32) << axis;
+      EXPECT_EQ(r.config.embedding_dim, hidden ? 32 : 0) << axis << ": a narrower stream is projected back to 32";
       auto again = make_model(r.config, InputSpec{});
       EXPECT_EQ(count_params(*again), count_params(*small));
       // Per layer: q, k, v lose 2 heads x 8 rows (and biases), attn_out 16 columns; the FFN 32 rows,
-      // 32 biases and 32 columns.
+      // 32 biases and 32 columns. The hidden size: 16 columns of the word, position (32) and token-type
+      // (2) tables, 16 entries of every LayerNorm's weight and bias (1 + 2 per layer), 16 input columns
+      // of q, k, v (32 rows each) and ffn_in (64 rows), 16 rows and biases of attn_out (32 columns) and
+      // ffn_out (64 columns); the projection back to 32 adds [32, 16] and a bias.
       const int64_t heads_cut = 2 * (3 * (16 * 32 + 16) + 32 * 16), ffn_cut = 2 * (32 * 32 + 32 + 32 * 32);
-      const int64_t cut = (axis != "ffn" ? heads_cut : 0) + (axis != "heads" ? ffn_cut : 0);
-      if (!qat_on) {
-        EXPECT_EQ(count_params(*m) - count_params(*small), cut) << axis;
+      const int64_t hidden_cut = 16 * (30522 + 32 + 2) + 2 * 16 * 5 +
+                                 2 * (16 * (3 * 32 + 64) + 16 * 32 + 16 + 16 * 64 + 16) - (32 * 16 + 32);
+      if (!qat_on && axis != "all") {
+        EXPECT_EQ(count_params(*m) - count_params(*small), heads ? heads_cut : ffn ? ffn_cut : hidden_cut) << axis;
       }
     }
   }
+}
+
+// Hidden-size pruning through the LayerNorms: under the mask the pruned features of every hidden
+// state stay exactly 0, and each norm's statistics run over the kept features alone.
+TEST(BertPrune, HiddenMaskKeepsTheResidualStreamZeroAndNormsCountKeptFeatures) {
+  const std::string skip = test::missing_teacher("minilm-l6");
+  if (!skip.empty()) GTEST_SKIP() << skip;
+  auto m = tiny_bert(tiny_bert_config());
+  PruneHook hook(prune_axis(*m, "hidden"));
+  prune_at_step0(hook, *m);
+  m->eval();
+  const torch::Tensor keep = m->encoder->embed_norm->weight.ne(0);
+  ASSERT_EQ(keep.sum().item<int64_t>(), 16);
+  const auto [ids, mask] = bert_batch();
+  TransformerTrace trace;
+  trace.want_hidden = trace.in_eval = true;
+  m->set_trace(&trace);
+  torch::NoGradGuard g;
+  m->forward_text(ids, mask);
+  m->set_trace(nullptr);
+  ASSERT_EQ(trace.hidden.size(), 3u);
+  for (const auto& h : trace.hidden) EXPECT_EQ(h.index({"...", keep.logical_not()}).count_nonzero().item<int64_t>(), 0);
+  // The last norm by hand over the kept features: its input is the layer's y + ffn_out(gelu(ffn_in(y))).
+  auto& l = *m->encoder->layers[1];
+  const torch::Tensor h = trace.hidden[2].index({"...", keep});
+  const torch::Tensor k = keep.nonzero().reshape({-1});
+  const torch::Tensor z = (h - l.ffn_norm->bias.index_select(0, k)) / l.ffn_norm->weight.index_select(0, k);
+  EXPECT_TRUE(torch::allclose(z.mean(-1), torch::zeros_like(z.mean(-1)), 1e-4, 1e-4)) << "mean 0 over the kept features";
+  EXPECT_TRUE(torch::allclose(z.pow(2).mean(-1), torch::ones_like(z.mean(-1)), 1e-3, 1e-3)) << "variance 1 over them";
 }
 
 // The activation criterion on a bert: a head by the L2 norm of its output, an FFN neuron by
@@ -396,11 +436,25 @@ TEST(BertPrune, ActivationImportanceMatchesAHandComputation) {
   ASSERT_TRUE(trace.units.count("layer0.heads") && trace.units.count("layer0.ffn"));
   EXPECT_TRUE(torch::allclose(trace.units["layer0.heads"], want_heads, 1e-4, 1e-5)) << trace.units["layer0.heads"] << want_heads;
   EXPECT_TRUE(torch::allclose(trace.units["layer0.ffn"], want_ffn, 1e-4, 1e-5));
-  // The groups as `qdistill layers` lists them: 2 per layer, heads then FFN.
+  // A hidden feature: |its value| after every LayerNorm, over the tokens.
+  torch::Tensor want_hidden = (x * tok).abs().reshape({-1, 32}).sum(0).to(torch::kFloat64);
+  torch::Tensor h = x;
+  for (auto& layer : e.layers) {
+    const torch::Tensor qs = split(layer->query(h)), ks = split(layer->key(h)), vs = split(layer->value(h));
+    const torch::Tensor att = (qs.matmul(ks.transpose(-1, -2)) / std::sqrt(8.0)).masked_fill(keys.logical_not(), -1e30);
+    const torch::Tensor yy = layer->attn_norm(h + layer->attn_out(att.softmax(-1).matmul(vs).transpose(1, 2).reshape({2, 10, 32})));
+    h = layer->ffn_norm(yy + layer->ffn_out(torch::gelu(layer->ffn_in(yy))));
+    want_hidden += ((yy * tok).abs() + (h * tok).abs()).reshape({-1, 32}).sum(0).to(torch::kFloat64);
+  }
+  ASSERT_TRUE(trace.units.count("hidden"));
+  EXPECT_TRUE(torch::allclose(trace.units["hidden"], want_hidden, 1e-4, 1e-5));
+  // The groups as `qdistill layers` lists them: 2 per layer, heads then FFN, then the hidden size.
   const std::vector<PruneGroup> groups = m->prune_groups();
-  ASSERT_EQ(groups.size(), 4u);
+  ASSERT_EQ(groups.size(), 5u);
   EXPECT_EQ(groups[0].name, "layer0.heads");
   EXPECT_EQ(groups[3].name, "layer1.ffn");
+  EXPECT_EQ(groups[4].name, "hidden");
+  EXPECT_EQ(groups[4].norms.size(), 5u) << "the embeddings' LayerNorm and two per layer";
 }
 
 TEST(LlamaPrune, UnevenLayersAreRefusedWithTheFix) {
@@ -418,6 +472,108 @@ TEST(LlamaPrune, UnevenLayersAreRefusedWithTheFix) {
   } catch (const UserError& e) {
     EXPECT_NE(std::string(e.what()).find("one FFN width"), std::string::npos) << e.what();
   }
+}
+
+
+// ---- vocabulary pruning ------------------------------------------------------------------------
+
+const std::vector<std::string> kCorpus = {"a small dog barks at the mailman",
+                                          "(botany) the fruit of an oak tree; an acorn",
+                                          "photosynthesis, chlorophyll and carbon dioxide"};
+const std::vector<std::string> kNewText = {"xylophones quietly zigzag past kaleidoscopes", "Überraschung! 42 émigrés"};
+
+std::vector<int32_t> corpus_ids(const TextModel& m) {
+  std::vector<int32_t> used;
+  for (const auto& t : kCorpus)
+    for (int32_t id : m.tokenizer().encode(t)) used.push_back(id);
+  return used;
+}
+
+torch::Tensor embed_one(TextModel& m, const std::vector<int32_t>& ids) {
+  torch::NoGradGuard g;
+  const torch::Tensor x = torch::tensor(std::vector<int64_t>(ids.begin(), ids.end()), torch::kInt64).unsqueeze(0);
+  return m.embed(x, torch::ones_like(x));
+}
+
+// The corpus's texts tokenize to the same pieces under the new numbering (new id i is old id
+// kept[i]) and embed exactly as before; new text still tokenizes without [UNK], into pieces that
+// spell the same words; the word table keeps only the kept rows.
+TEST(BertVocabulary, PrunedTokenizerRoundTripsTheCorpusAndKeepsTheEmbeddings) {
+  const std::string skip = test::missing_teacher("minilm-l6");
+  if (!skip.empty()) GTEST_SKIP() << skip;
+  auto m = tiny_bert(tiny_bert_config());
+  m->eval();
+  const VocabularyCut cut = cut_vocabulary(*m, corpus_ids(*m), nullptr);
+  const TextTokenizer& tok = cut.model->tokenizer();
+  const std::vector<int32_t> base = m->tokenizer().wordpiece()->base_ids();
+  EXPECT_EQ(tok.vocab_size(), static_cast<int64_t>(cut.kept.size()));
+  EXPECT_GT(cut.kept.size(), base.size()) << "the corpus adds its words to the single characters";
+  EXPECT_LT(cut.kept.size(), base.size() + 40);
+  EXPECT_TRUE(std::includes(cut.kept.begin(), cut.kept.end(), base.begin(), base.end()));
+  EXPECT_EQ(count_params(*m) - count_params(*cut.model), (30522 - static_cast<int64_t>(cut.kept.size())) * 32);
+  auto& small = static_cast<TextModel&>(*cut.model);
+  for (const auto& t : kCorpus) {
+    const std::vector<int32_t> old_ids = m->tokenizer().encode(t), new_ids = tok.encode(t);
+    std::vector<int32_t> back;
+    for (int32_t id : new_ids) back.push_back(cut.kept.at(static_cast<size_t>(id)));
+    EXPECT_EQ(back, old_ids) << t;
+    EXPECT_TRUE(torch::equal(embed_one(small, new_ids), embed_one(*m, old_ids))) << t;
+  }
+  const text::WordPieceTokenizer& wp_old = *m->tokenizer().wordpiece();
+  const text::WordPieceTokenizer& wp_new = *tok.wordpiece();
+  for (const auto& t : kNewText) {
+    std::string old_text, new_text;
+    for (int32_t id : wp_old.encode(t, false)) old_text += wp_old.token(id) + " ";
+    for (int32_t id : wp_new.encode(t, false)) {
+      EXPECT_NE(id, wp_new.unk_id()) << t;
+      new_text += wp_new.token(id) + " ";
+    }
+    const auto words = [](std::string s) {  // the pieces joined back into words
+      for (size_t at; (at = s.find(" ##")) != std::string::npos;) s.erase(at, 3);
+      return s;
+    };
+    EXPECT_EQ(words(new_text), words(old_text)) << t;
+  }
+  // Special tokens keep their meaning under their new ids.
+  EXPECT_EQ(wp_new.token(wp_new.cls_id()), "[CLS]");
+  EXPECT_EQ(wp_new.token(wp_new.pad_id()), "[PAD]");
+  EXPECT_EQ(cut.tokenizer_json["padding"]["pad_id"].get<int32_t>(), wp_new.pad_id());
+  EXPECT_EQ(cut.tokenizer_json["post_processor"]["special_tokens"]["[SEP]"]["ids"][0].get<int32_t>(), wp_new.sep_id());
+  // Once only, and a bert's only.
+  EXPECT_THROW(cut_vocabulary(small, corpus_ids(small), nullptr), UserError);
+  auto llama = tiny_llama(tiny_config());
+  try {
+    cut_vocabulary(*llama, {1, 2, 3}, nullptr);
+    FAIL() << "a llama keeps its vocabulary";
+  } catch (const UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("prune.vocabulary"), std::string::npos) << e.what();
+  }
+}
+
+// The pruned tokenizer.json is a Hugging Face file: the `tokenizers` library reads it and gives
+// our ids, on the corpus and on new text.
+TEST(BertVocabulary, HuggingFaceTokenizersReadsThePrunedFileAlike) {
+  const std::string skip = test::missing_teacher("minilm-l6");
+  if (!skip.empty()) GTEST_SKIP() << skip;
+  const std::string py = test::setup_python(QD_SOURCE_DIR);
+  if (test::run_command(py + " -c 'import tokenizers' >/dev/null 2>&1").code != 0)
+    GTEST_SKIP() << "the tokenizers package is not installed for " << py << ": run scripts/setup.sh";
+  auto m = tiny_bert(tiny_bert_config());
+  const VocabularyCut cut = cut_vocabulary(*m, corpus_ids(*m), nullptr);
+  test::TempDir dir;
+  std::ofstream(dir.file("tokenizer.json")) << cut.tokenizer_json.dump();
+  std::vector<std::string> texts = kCorpus;
+  texts.insert(texts.end(), kNewText.begin(), kNewText.end());
+  std::ofstream(dir.file("texts.json")) << nlohmann::json(texts).dump();
+  const test::ProcResult p = test::run_command(
+      py + " -c 'import json, sys; from tokenizers import Tokenizer; t = Tokenizer.from_file(sys.argv[1]); "
+           "t.no_padding(); t.no_truncation(); print(json.dumps([t.encode(x).ids for x in json.load(open(sys.argv[2]))]))' " +
+      test::quoted(dir.file("tokenizer.json")) + " " + test::quoted(dir.file("texts.json")) + " 2>&1");
+  ASSERT_EQ(p.code, 0) << p.output;
+  const nlohmann::json want = nlohmann::json::parse(p.output);
+  ASSERT_EQ(want.size(), texts.size());
+  for (size_t i = 0; i < texts.size(); ++i)
+    EXPECT_EQ(cut.model->tokenizer().encode(texts[i]), want[i].get<std::vector<int32_t>>()) << texts[i];
 }
 
 }  // namespace

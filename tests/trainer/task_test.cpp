@@ -817,13 +817,13 @@ TEST(TextCli, BertPruneAtStartTrainsAndEvalReadsTheRun) {
                      << "model: {name: bert, tokenizer: minilm-l6, hidden: 64, layers: 2, heads: 4, ffn: 128, max_positions: 64, "
                         "embedding_dim: 384}\n"
                      << "prune: {enabled: true, criterion: activation, calibration_samples: 16, schedule: one_shot, "
-                        "start_epoch: 0, target_sparsity: 0.5, remove: start}\n"
+                        "start_epoch: 0, target_sparsity: 0.5, remove: start, exclude: [hidden]}\n"
                      << "optimizer: {name: adamw, lr: 0.001}\ntrainer: {epochs: 1, threads: 1}\n";
   const test::ProcResult train = qdistill("train " + test::quoted(cfg));
   ASSERT_EQ(train.code, 0) << train.output;
   const std::string run = dir.file("runs/emb");
   const nlohmann::json summary = nlohmann::json::parse(std::ifstream(run + "/summary.json"));
-  EXPECT_EQ(summary["prune"]["units"], nlohmann::json({2, 64, 2, 64}));
+  EXPECT_EQ(summary["prune"]["units"], nlohmann::json({2, 64, 2, 64, 64}));
   // Per layer: query, key, value lose 2 heads x 16 rows and biases, attn_out 32 columns; the FFN 64
   // rows, biases and columns.
   const int64_t cut = 2 * (3 * (32 * 64 + 32) + 64 * 32 + 64 * 64 + 64 + 64 * 64);
@@ -832,6 +832,55 @@ TEST(TextCli, BertPruneAtStartTrainsAndEvalReadsTheRun) {
   ASSERT_EQ(ev.code, 0) << ev.output;
   const nlohmann::json j = nlohmann::json::parse(ev.output.substr(ev.output.find('{')));
   EXPECT_DOUBLE_EQ(j["recall_at_10"].get<double>(), summary["recall_at_10"].get<double>());
+}
+
+// The hidden size and the vocabulary cut before the first step: the task tokenizes its texts again
+// with the pruned tokenizer, which the run keeps (<run>/tokenizer.json) for eval; the sentence
+// embedding keeps the teacher's width; a resumed run rebuilds the same cut from the plan.
+TEST(TextCli, BertHiddenAndVocabularyCutTrainsResumesAndEvalReadsTheRun) {
+  const std::string skip = missing_teacher("minilm-l6");
+  if (!skip.empty()) GTEST_SKIP() << skip;
+  test::TempDir dir;
+  const std::string cfg = dir.file("emb.yaml");
+  std::ofstream(cfg) << "experiment: {name: emb, output_dir: " << dir.path().string() << "/runs}\n"
+                     << "task: {name: sentence_embedding, teacher: minilm-l6, cache_dir: " << dir.file("cache") << "}\n"
+                     << "data: {dataset: wordnet, seq_len: 24, batch_size: 16, train_subset: 64, test_subset: 40}\n"
+                     << "model: {name: bert, tokenizer: minilm-l6, hidden: 384, layers: 1, heads: 4, ffn: 64, max_positions: 64}\n"
+                     << "prune: {enabled: true, criterion: activation, calibration_samples: 16, schedule: one_shot, "
+                        "start_epoch: 0, target_sparsity: 0.0, remove: start, vocabulary: true, layer_targets: [hidden=0.5]}\n"
+                     << "optimizer: {name: adamw, lr: 0.001}\ntrainer: {epochs: 1, threads: 1}\n";
+  const test::ProcResult train = qdistill("train " + test::quoted(cfg));
+  ASSERT_EQ(train.code, 0) << train.output;
+  const std::string run = dir.file("runs/emb");
+  const nlohmann::json summary = nlohmann::json::parse(std::ifstream(run + "/summary.json"));
+  EXPECT_EQ(summary["prune"]["units"], nlohmann::json({4, 64, 192}));
+  const nlohmann::json& vocab = summary["prune"]["vocabulary"];
+  const int64_t tokens = vocab["tokens"].get<int64_t>();
+  EXPECT_EQ(vocab["tokens_before"].get<int64_t>(), 30522);
+  EXPECT_GT(tokens, vocab["corpus_tokens"].get<int64_t>());
+  EXPECT_LT(tokens, 30522 / 2) << "64 short texts use few of the tokens";
+  const nlohmann::json tok = nlohmann::json::parse(std::ifstream(run + "/tokenizer.json"));
+  EXPECT_EQ(static_cast<int64_t>(tok["model"]["vocab"].size()), tokens);
+  std::stringstream resolved_text;
+  resolved_text << std::ifstream(run + "/config.resolved.yaml").rdbuf();
+  const std::string resolved = resolved_text.str();
+  EXPECT_NE(resolved.find(run + "/tokenizer.json"), std::string::npos) << resolved;
+  // Word table [tokens, 192], positions [64, 192], token types [2, 192], the embeddings' norm; the
+  // layer at width 192 with 4 heads of 96 and 64 FFN neurons, its two norms; the projection back to 384.
+  const int64_t layer = 4 * (192 * 384 + 384) - 384 + 192 + 192 * 64 + 64 + 64 * 192 + 192 + 4 * 192;  // attention dims 384 = 4 x 96
+  const int64_t want = (tokens + 64 + 2) * 192 + 2 * 192 + layer + 384 * 192 + 384;
+  EXPECT_EQ(summary["params"].get<int64_t>(), want);
+  const test::ProcResult ev = qdistill("eval --json " + test::quoted(run));
+  ASSERT_EQ(ev.code, 0) << ev.output;
+  const nlohmann::json j = nlohmann::json::parse(ev.output.substr(ev.output.find('{')));
+  EXPECT_DOUBLE_EQ(j["recall_at_10"].get<double>(), summary["recall_at_10"].get<double>());
+  // Resumed for a second epoch: the plan's cut, not a new measurement.
+  const test::ProcResult again = qdistill("train " + test::quoted(cfg) + " --resume --set trainer.epochs=2");
+  ASSERT_EQ(again.code, 0) << again.output;
+  EXPECT_NE(again.output.find("(the plan)"), std::string::npos) << again.output;
+  const nlohmann::json resumed = nlohmann::json::parse(std::ifstream(run + "/summary.json"));
+  EXPECT_EQ(resumed["params"], summary["params"]);
+  EXPECT_EQ(resumed["epochs"].get<int64_t>(), 2);
 }
 
 TEST(TextCli, TrainEvalAndEmbed) {
