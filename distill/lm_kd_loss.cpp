@@ -37,6 +37,55 @@ void check_shapes(const torch::Tensor& student, const torch::Tensor& valid) {
            "token KD: student logits [N, V] and valid [N] expected");
 }
 
+// Forward KL against a top-k target, fused: the composed version below materializes half a dozen
+// [N, V] tensors (divide, log-sum-exp, scatter, a second log-sum-exp, cat, and their backward); this
+// one makes one, e = exp(z - max) with the k ids zeroed, in a few vectorized passes, keeps it for
+// the backward and does the per-row bookkeeping on [N, k] in double. With q the student's and p the
+// target's k + 1 classes, the gradient with respect to s = z / T is q_j - p_j on the k ids and
+// q_j (1 - p_rest / q_rest) on every other id. The rest class is summed directly (never 1 - the
+// top-k mass), so a student whose mass sits on the k ids keeps an exact q_rest.
+struct TopKForwardKl : public torch::autograd::Function<TopKForwardKl> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& student, const torch::Tensor& ids,
+                               const torch::Tensor& target_logits, const torch::Tensor& rest_lse, const torch::Tensor& valid,
+                               double temperature) {
+    torch::NoGradGuard g;
+    const double inv_t = 1.0 / temperature;
+    const torch::Tensor z = temperature == 1.0 ? student : student * inv_t;  // [N, V] float32
+    const torch::Tensor id = ids.to(torch::kInt64);
+    const torch::Tensor m = std::get<0>(z.max(-1, /*keepdim=*/true));        // [N, 1]
+    torch::Tensor e = (z - m).exp_();
+    const torch::Tensor z_k = (z.gather(1, id) - m).to(torch::kFloat64);   // [N, k]
+    e.scatter_(1, id, 0.0);
+    const torch::Tensor rest = e.sum(-1, /*keepdim=*/true, torch::kFloat64);        // [N, 1]
+    const torch::Tensor all = rest + z_k.exp().sum(-1, /*keepdim=*/true);
+    const torch::Tensor log_all = all.log();
+    const torch::Tensor log_q_k = z_k - log_all, log_q_rest = rest.log() - log_all;
+    // The target's k + 1 classes.
+    const torch::Tensor zt = target_logits.to(torch::kFloat64) * inv_t, rl = rest_lse.to(torch::kFloat64).unsqueeze(-1);
+    const torch::Tensor lse_t = torch::logaddexp(zt.logsumexp(-1, true), rl);
+    const torch::Tensor log_p_k = zt - lse_t, log_p_rest = rl - lse_t;
+    const torch::Tensor p_k = log_p_k.exp(), p_rest = log_p_rest.exp();
+    const torch::Tensor zero = torch::zeros({}, p_k.options());
+    const torch::Tensor w = valid.to(torch::kFloat64).unsqueeze(-1);
+    const torch::Tensor rows = torch::where(p_k > 0, p_k * (log_p_k - log_q_k), zero).sum(-1, true) +
+                               torch::where(p_rest > 0, p_rest * (log_p_rest - log_q_rest), zero);
+    const double count = std::max(1.0, valid.sum().item<double>());
+    ctx->save_for_backward({e, id, all, log_q_k.exp() - p_k, torch::where(p_rest > 0, p_rest / log_q_rest.exp(), zero), w});
+    ctx->saved_data["scale"] = temperature / count;  // d(T^2 KL / count) / dz = (T / count) dKL / ds
+    return ((rows * w).sum() * (temperature * temperature / count)).to(torch::kFloat32);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grad) {
+    torch::NoGradGuard g;
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor &e = saved[0], &id = saved[1], &all = saved[2], &q_minus_p = saved[3], &ratio = saved[4], &w = saved[5];
+    const torch::Tensor scale = grad[0].to(torch::kFloat64) * ctx->saved_data["scale"].toDouble() * w;  // [N, 1]
+    torch::Tensor out = e * (scale * (1.0 - ratio) / all).to(e.scalar_type());  // q_j (1 - p_rest / q_rest) off the k ids
+    out.scatter_(1, id, (scale * q_minus_p).to(e.scalar_type()));
+    return {out, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
 }  // namespace
 
 TopKTarget make_topk_target(const torch::Tensor& teacher_logits, int64_t k, double temperature) {
@@ -72,6 +121,14 @@ torch::Tensor token_kd_loss(const torch::Tensor& student, const TopKTarget& t, c
   check_shapes(student, valid);
   QD_CHECK(t.temperature == o.temperature, Error, "token KD: the top-k target was made at temperature ", t.temperature,
            ", the loss asks for ", o.temperature);
+  if (o.divergence == KdDivergence::kForward && student.scalar_type() == torch::kFloat32 && t.ids.size(-1) < student.size(-1))
+    return TopKForwardKl::apply(student, t.ids, t.logits, t.rest_lse, valid, o.temperature);
+  return token_kd_loss_composed(student, t, valid, o);
+}
+
+torch::Tensor token_kd_loss_composed(const torch::Tensor& student, const TopKTarget& t, const torch::Tensor& valid,
+                                     const KdOptions& o) {
+  check_shapes(student, valid);
   const torch::Tensor s = student.to(torch::kFloat32) / o.temperature;  // [N, V]
   const torch::Tensor lse_s = s.logsumexp(-1, /*keepdim=*/true);         // [N, 1]
   // Student: the k classes, and the rest lumped (its own log-sum-exp outside the k ids).

@@ -35,8 +35,13 @@ TopKTarget make_topk_target(const torch::Tensor& teacher_logits, int64_t k, doub
 // student [N, V] logits; teacher [N, V] logits; valid [N] bool (false: padding, not counted).
 torch::Tensor token_kd_loss(const torch::Tensor& student, const torch::Tensor& teacher, const torch::Tensor& valid,
                             const KdOptions& o);
-// The same against a top-k target (its temperature must equal o.temperature).
+// The same against a top-k target (its temperature must equal o.temperature). Forward KL on a
+// float32 student with k < V runs one fused autograd function (one [N, V] buffer, a few vectorized
+// passes, the gradient in closed form); the rest composes tensor operations (token_kd_loss_composed),
+// which the tests hold the fused one to.
 torch::Tensor token_kd_loss(const torch::Tensor& student, const TopKTarget& teacher, const torch::Tensor& valid,
                             const KdOptions& o);
+torch::Tensor token_kd_loss_composed(const torch::Tensor& student, const TopKTarget& teacher, const torch::Tensor& valid,
+                                     const KdOptions& o);
 
 }  // namespace qd

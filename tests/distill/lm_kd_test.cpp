@@ -85,5 +85,35 @@ TEST(TokenKd, TopKLumpsTheRestIntoOneClass) {
             token_kd_loss(s, te, torch::ones({1}, torch::kBool), o).item<double>() + 1e-7);
 }
 
+
+// The fused forward-KL kernel (CPU, k < V) against the composed tensor operations: the loss and the
+// gradient, at two temperatures, with padded rows, a row whose top-k holds nearly all of the
+// student's mass (the rest class is tiny), and an upstream gradient that is not 1.
+TEST(TokenKd, FusedTopKForwardKlMatchesTheComposedLossAndGradient) {
+  torch::manual_seed(3);
+  const int64_t n = 7, v = 300, k = 16;
+  const torch::Tensor teacher = torch::randn({n, v}) * 4;
+  torch::Tensor student = torch::randn({n, v}) * 3;
+  const TopKTarget probe = make_topk_target(teacher, k, 1.0);
+  student[4].index_fill_(0, probe.ids[4], 25.0f);  // the student's mass sits on the teacher's top-k
+  const torch::Tensor valid = torch::tensor({1, 1, 0, 1, 1, 0, 1}, torch::kBool);
+  for (const double t : {1.0, 2.5}) {
+    KdOptions o;
+    o.temperature = t;
+    const TopKTarget tk = make_topk_target(teacher, k, t);
+    const torch::Tensor s1 = student.clone().requires_grad_(true), s2 = student.clone().requires_grad_(true);
+    const torch::Tensor fused = token_kd_loss(s1, tk, valid, o), composed = token_kd_loss_composed(s2, tk, valid, o);
+    EXPECT_NEAR(fused.item<double>(), composed.item<double>(), 1e-5 * composed.item<double>()) << "T " << t;
+    (fused * 3.0).backward();
+    (composed * 3.0).backward();
+    EXPECT_TRUE(torch::allclose(s1.grad(), s2.grad(), 1e-4, 1e-7))
+        << "T " << t << ": max difference " << (s1.grad() - s2.grad()).abs().max().item<double>();
+    EXPECT_EQ(s1.grad()[2].abs().sum().item<double>(), 0.0) << "the padded token gets no gradient";
+    EXPECT_GT(s1.grad()[4].abs().sum().item<double>(), 0.0);
+    // The gradient of a row sums to 0 (softmax), as a finite difference would need.
+    EXPECT_NEAR(s1.grad()[0].sum().item<double>(), 0.0, 1e-6);
+  }
+}
+
 }  // namespace
 }  // namespace qd
