@@ -32,7 +32,8 @@ std::string shape_text(const torch::Tensor& t) {
 
 // Module::load() would silently adopt tensors of another shape (Tensor::set_); a checkpoint
 // from a different architecture must be an error that names the first tensor that differs.
-void load_module_strict(torch::nn::Module& m, torch::serialize::InputArchive& a, const std::string& prefix) {
+void load_module_strict(torch::nn::Module& m, torch::serialize::InputArchive& a, const std::string& prefix,
+                        bool weights_only) {
   torch::NoGradGuard no_grad;
   std::set<std::string> expected;
   auto load_tensor = [&](const std::string& key, torch::Tensor& dst, bool is_buffer) {
@@ -52,10 +53,10 @@ void load_module_strict(torch::nn::Module& m, torch::serialize::InputArchive& a,
     // A module without tensors (a QuantPoint with nothing attached) may be newer than the file.
     if (!found && c.value()->parameters().empty() && c.value()->buffers().empty()) continue;
     QD_CHECK(found, UserError, "model module ", prefix, c.key(), " is missing");
-    load_module_strict(*c.value(), sub, prefix + c.key() + ".");
+    load_module_strict(*c.value(), sub, prefix + c.key() + ".", weights_only);
   }
   for (const auto& key : a.keys())
-    QD_CHECK(expected.count(key), UserError, "the checkpoint has ", prefix, key, ", which the model lacks");
+    QD_CHECK(expected.count(key) || (weights_only && key == "qat"), UserError, "the checkpoint has ", prefix, key, ", which the model lacks");
 }
 
 }  // namespace
@@ -103,15 +104,15 @@ void save_checkpoint(const std::string& path, const torch::nn::Module& model,
 
 CheckpointMeta load_checkpoint(const std::string& path, torch::nn::Module& model,
                                torch::optim::Optimizer* optimizer,
-                               const std::vector<std::shared_ptr<TrainHook>>& hooks) {
+                               const std::vector<std::shared_ptr<TrainHook>>& hooks, bool weights_only) {
   QD_CHECK(std::filesystem::is_regular_file(path), UserError, path, ": checkpoint not found");
   const std::string bytes = read_file(path);
-  return load_checkpoint_bytes(bytes.data(), bytes.size(), path, model, optimizer, hooks);
+  return load_checkpoint_bytes(bytes.data(), bytes.size(), path, model, optimizer, hooks, weights_only);
 }
 
 CheckpointMeta load_checkpoint_bytes(const char* data, size_t size, const std::string& path,
                                      torch::nn::Module& model, torch::optim::Optimizer* optimizer,
-                                     const std::vector<std::shared_ptr<TrainHook>>& hooks) {
+                                     const std::vector<std::shared_ptr<TrainHook>>& hooks, bool weights_only) {
   CheckpointMeta meta;
   std::optional<torch::Device> device;
   for (const auto& p : model.parameters()) {
@@ -137,7 +138,7 @@ CheckpointMeta load_checkpoint_bytes(const char* data, size_t size, const std::s
     }
     torch::serialize::InputArchive model_archive;
     archive.read("model", model_archive);
-    load_module_strict(model, model_archive, "");
+    load_module_strict(model, model_archive, "", weights_only);
     if (optimizer != nullptr) {
       torch::serialize::InputArchive opt_archive;
       archive.read("optimizer", opt_archive);

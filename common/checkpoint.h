@@ -34,12 +34,15 @@ void save_checkpoint(const std::string& path, const torch::nn::Module& model,
 // Loads what save_checkpoint wrote; the model (and optimizer, if given) must have the same
 // structure. Restores the CPU RNG state. Throws UserError naming the file when it is missing,
 // corrupt or from a different architecture.
+// `weights_only`: the checkpoint's quantizer twins ("qat" children, a QAT run's state) that the
+// model lacks are set aside (model.init_checkpoint: the weights of a QAT run, whose quantizers start
+// fresh in the new run).
 CheckpointMeta load_checkpoint(const std::string& path, torch::nn::Module& model,
                                torch::optim::Optimizer* optimizer,
-                               const std::vector<std::shared_ptr<TrainHook>>& hooks);
+                               const std::vector<std::shared_ptr<TrainHook>>& hooks, bool weights_only = false);
 // The same from bytes already in memory (`name` is used in messages).
 CheckpointMeta load_checkpoint_bytes(const char* data, size_t size, const std::string& name,
                                      torch::nn::Module& model, torch::optim::Optimizer* optimizer,
-                                     const std::vector<std::shared_ptr<TrainHook>>& hooks);
+                                     const std::vector<std::shared_ptr<TrainHook>>& hooks, bool weights_only = false);
 
 }  // namespace qd

@@ -15,9 +15,9 @@ QatPhase qat_phase(const QatConfig& cfg, int64_t epoch, int64_t global_step) {
   return p;
 }
 
-int64_t qat_first_full_epoch(const QatConfig& cfg, int64_t steps_per_epoch) {
+int64_t qat_first_quantized_epoch(const QatConfig& cfg, int64_t steps_per_epoch) {
   if (cfg.start_step < 0) return cfg.start_epoch;
-  return (cfg.start_step + steps_per_epoch - 1) / std::max<int64_t>(1, steps_per_epoch);
+  return cfg.start_step / std::max<int64_t>(1, steps_per_epoch);  // global step start_step lies in this epoch
 }
 
 void QatHook::on_train_begin(TrainState& state) {
@@ -28,7 +28,7 @@ void QatHook::on_train_begin(TrainState& state) {
   layers_ = layer_qats(*state.model);
   QD_CHECK(!quantizers_.empty() || !layers_.empty(), UserError,
            "qat: the model has no quantizers (attach_qat was not called)");
-  state.best_from_epoch = std::max(state.best_from_epoch, qat_first_full_epoch(cfg_, state.steps_per_epoch));
+  state.best_from_epoch = std::max(state.best_from_epoch, qat_first_quantized_epoch(cfg_, state.steps_per_epoch));
   const QuantSpec w = cfg_.weight_spec();
   if (!layers_.empty()) {
     log_info("qat: ", layers_.size(), " linear/embedding layers quantized (", quantizers_.size(), " observed quantizers)",

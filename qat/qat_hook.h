@@ -24,8 +24,10 @@ struct QatPhase {
 };
 QatPhase qat_phase(const QatConfig& cfg, int64_t epoch, int64_t global_step);
 
-// First epoch that runs entirely with fake-quant: earlier epochs cannot give the best checkpoint.
-int64_t qat_first_full_epoch(const QatConfig& cfg, int64_t steps_per_epoch);
+// First epoch that ends with fake-quant on, so that its evaluation is of the quantized model:
+// earlier epochs cannot give the best checkpoint. (An epoch in which qat.start_step falls is one:
+// a run of one epoch with QAT for its last steps must have a best.pt for eval and export.)
+int64_t qat_first_quantized_epoch(const QatConfig& cfg, int64_t steps_per_epoch);
 
 class QatHook : public TrainHook {
  public:

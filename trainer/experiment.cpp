@@ -217,7 +217,7 @@ std::shared_ptr<TextModel> build_text_model(const ExperimentConfig& cfg, bool in
     fs::path from = cfg.model.init_checkpoint;
     if (fs::is_directory(from)) from = from / "checkpoints" / "best.pt";
     try {
-      load_checkpoint(from.string(), *model, nullptr, {});
+      load_checkpoint(from.string(), *model, nullptr, {}, /*weights_only=*/true);  // a QAT run's weights too
     } catch (const UserError& e) {
       cfg.fail("model.init_checkpoint", e.what());
     }
@@ -463,6 +463,14 @@ std::shared_ptr<TextModel> prune_at_start(ExperimentConfig& cfg, std::shared_ptr
       throw bad_plan(e.what());
     }
   }
+  // out = plan[key], or the bad-plan error.
+  const auto read_plan = [&](const char* key, auto& out) {
+    try {
+      out = plan.at(key).get<std::decay_t<decltype(out)>>();
+    } catch (const std::exception& e) {
+      throw bad_plan(e.what());
+    }
+  };
   // Depth first: whole layers by block importance, the model rebuilt from the pretrained file.
   nlohmann::json depth;
   if (cfg.prune.drop_layers > 0) {
@@ -472,11 +480,7 @@ std::shared_ptr<TextModel> prune_at_start(ExperimentConfig& cfg, std::shared_ptr
     std::vector<int> keep_layers;
     std::vector<double> bi;
     if (from_plan) {
-      try {
-        keep_layers = plan.at("keep_layers").get<std::vector<int>>();
-      } catch (const std::exception& e) {
-        throw bad_plan(e.what());
-      }
+      read_plan("keep_layers", keep_layers);
     } else {
       bi = block_importance(task, *model, cfg.prune.calibration_samples, cfg.data.eval_batch_size, device);
       const int64_t layers = static_cast<int64_t>(bi.size());
@@ -552,15 +556,8 @@ std::shared_ptr<TextModel> prune_at_start(ExperimentConfig& cfg, std::shared_ptr
   // The vocabulary last: the tokens the training texts use (the task still holds them in the old ids).
   const int64_t tokens_before = small->tokenizer().vocab_size(), params_width = count_params(*small);
   std::vector<int32_t> used;
-  if (from_plan) {
-    try {
-      used = plan.at("vocabulary").get<std::vector<int32_t>>();
-    } catch (const std::exception& e) {
-      throw bad_plan(e.what());
-    }
-  } else {
-    used = corpus_tokens(task, tokens_before);
-  }
+  if (from_plan) read_plan("vocabulary", used);
+  else used = corpus_tokens(task, tokens_before);
   VocabularyCut vc;
   try {
     vc = cut_vocabulary(*small, used, [&](Model& m) {
@@ -673,6 +670,20 @@ void add_text_prune_hook(Trainer& trainer, const ExperimentConfig& cfg, Task& ta
 }
 }  // namespace
 
+namespace {
+// The size the student is compared with: teacher_params and teacher_non_embedding_params of the
+// pretrained teacher a text config names (distill.teacher or task.teacher); empty without one.
+nlohmann::json teacher_sizes(const ExperimentConfig& cfg) {
+  const std::string teacher = cfg.distill.enabled() ? cfg.distill.teacher : cfg.task.teacher;
+  if (teacher.empty()) return nlohmann::json::object();
+  ModelConfig tc;
+  tc.name = cfg.model.name;
+  tc.pretrained = teacher;
+  const std::shared_ptr<TextModel> t = make_text_model(tc);
+  return {{"teacher_params", count_params(*t)}, {"teacher_non_embedding_params", count_params(*t) - count_embedding_params(*t)}};
+}
+}  // namespace
+
 int run_train(const TrainCommand& cmd) {
   const auto t0 = std::chrono::steady_clock::now();
   ExperimentConfig cfg = load_experiment_config(cmd.config_path, cmd.overrides);
@@ -761,15 +772,7 @@ int run_train(const TrainCommand& cmd) {
       summary["teacher"] = cfg.distill.teacher;
       summary["distill_top_k"] = cfg.distill.top_k;
     }
-    const std::string teacher = cfg.distill.enabled() ? cfg.distill.teacher : cfg.task.teacher;
-    if (!teacher.empty()) {  // the size the student is compared with
-      ModelConfig tc;
-      tc.name = cfg.model.name;
-      tc.pretrained = teacher;
-      const std::shared_ptr<TextModel> t = make_text_model(tc);
-      summary["teacher_params"] = count_params(*t);
-      summary["teacher_non_embedding_params"] = count_params(*t) - count_embedding_params(*t);
-    }
+    summary.update(teacher_sizes(cfg));
     if (!start.prune.empty()) {
       start.prune.erase("kept");
       summary["prune"] = start.prune;
@@ -889,8 +892,10 @@ int run_text_eval(const EvalCommand& cmd, const ExperimentConfig& cfg) {
     fp32 = task->evaluate(*t.model, torch::kCPU, nullptr, /*held_out_test=*/cmd.split == "test");
   }
   nlohmann::json j = {{"source", t.source}, {"task", task->name()}, {"model", t.model->kind()},
-                      {"params", count_params(*t.model)}, {"eval_split", m.split}, {"seconds", seconds},
-                      {"threads", torch::get_num_threads()}};
+                      {"params", count_params(*t.model)}, {"nonzero_params", count_nonzero_params(*t.model)},
+                      {"non_embedding_params", count_params(*t.model) - count_embedding_params(*t.model)},
+                      {"eval_split", m.split}, {"seconds", seconds}, {"threads", torch::get_num_threads()}};
+  j.update(teacher_sizes(cfg));
   if (!is_config_file(cmd.run_dir)) j["run_dir"] = cmd.run_dir, j["epoch"] = t.epoch;
   for (const auto& [k, v] : m.values) j[k] = v;
   j["quantized"] = quantized;

@@ -340,7 +340,11 @@ TEST(QatSchedule, PhasesFollowTheConfig) {
   q.start_step = 250;
   EXPECT_FALSE(qat_phase(q, 9, 249).active);
   EXPECT_TRUE(qat_phase(q, 0, 250).active);
-  EXPECT_EQ(qat_first_full_epoch(q, 100), 3);  // steps 250.. start mid epoch 2
+  EXPECT_EQ(qat_first_quantized_epoch(q, 100), 2);  // steps 250.. start mid epoch 2, which ends quantized
+  q.start_step = 300;
+  EXPECT_EQ(qat_first_quantized_epoch(q, 100), 3) << "epoch 2 ends at step 299, before QAT";
+  q.start_step = 299;
+  EXPECT_EQ(qat_first_quantized_epoch(q, 100), 2);
 }
 
 TEST(QatModels, ConvNetAndResNetQuantizeEveryLayerMlpRefuses) {

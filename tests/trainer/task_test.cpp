@@ -623,6 +623,9 @@ TEST(CausalLmFullSchedule, PruneFactorKdQatResumesBitExactly) {
   EXPECT_EQ(a["lm.layer1.gate.a.weight"].sizes(), torch::IntArrayRef({16, 64}));
   EXPECT_EQ(a["lm.layer1.down.b.weight"].sizes(), torch::IntArrayRef({64, 16}));
   EXPECT_TRUE(load_qat_flags(*whole)) << "QAT was active at the end";
+  // QAT starts at step 10, inside epoch 2 (8 steps each), which ends quantized: it may give best.pt,
+  // which eval and export read.
+  EXPECT_TRUE(fs::is_regular_file(dir.path() / "whole" / "checkpoints" / "best.pt"));
   EXPECT_EQ(epoch_records((dir.path() / "whole" / "metrics.jsonl").string()),
             epoch_records((dir.path() / "crashed" / "metrics.jsonl").string()));
 }
@@ -804,21 +807,28 @@ TEST(TextCli, LowRankTrainsTheFactoredModelAndEvalReadsIt) {
   EXPECT_FALSE(fs::exists(dir.file("runs/bad/checkpoints"))) << "nothing written for bad input";
 }
 
+// A sentence-embedding run of a small bert from scratch cut before the first step: `model` and
+// `prune` are the sections' inner keys. Returns the config's path.
+std::string bert_prune_config(const test::TempDir& dir, const std::string& model, const std::string& prune) {
+  const std::string cfg = dir.file("emb.yaml");
+  std::ofstream(cfg) << "experiment: {name: emb, output_dir: " << dir.path().string() << "/runs}\n"
+                     << "task: {name: sentence_embedding, teacher: minilm-l6, cache_dir: " << dir.file("cache") << "}\n"
+                     << "data: {dataset: wordnet, seq_len: 24, batch_size: 16, train_subset: 64, test_subset: 40}\n"
+                     << "model: {name: bert, tokenizer: minilm-l6, " << model << "}\n"
+                     << "prune: {enabled: true, criterion: activation, calibration_samples: 16, schedule: one_shot, "
+                        "start_epoch: 0, remove: start, " << prune << "}\n"
+                     << "optimizer: {name: adamw, lr: 0.001}\ntrainer: {epochs: 1, threads: 1}\n";
+  return cfg;
+}
+
 // A bert cut by the activation criterion before the first step (heads and FFN neurons) trains,
 // and eval reads the smaller model's run (head_dim written for a bert) with the same recall.
 TEST(TextCli, BertPruneAtStartTrainsAndEvalReadsTheRun) {
   const std::string skip = missing_teacher("minilm-l6");
   if (!skip.empty()) GTEST_SKIP() << skip;
   test::TempDir dir;
-  const std::string cfg = dir.file("emb.yaml");
-  std::ofstream(cfg) << "experiment: {name: emb, output_dir: " << dir.path().string() << "/runs}\n"
-                     << "task: {name: sentence_embedding, teacher: minilm-l6, cache_dir: " << dir.file("cache") << "}\n"
-                     << "data: {dataset: wordnet, seq_len: 24, batch_size: 16, train_subset: 64, test_subset: 40}\n"
-                     << "model: {name: bert, tokenizer: minilm-l6, hidden: 64, layers: 2, heads: 4, ffn: 128, max_positions: 64, "
-                        "embedding_dim: 384}\n"
-                     << "prune: {enabled: true, criterion: activation, calibration_samples: 16, schedule: one_shot, "
-                        "start_epoch: 0, target_sparsity: 0.5, remove: start, exclude: [hidden]}\n"
-                     << "optimizer: {name: adamw, lr: 0.001}\ntrainer: {epochs: 1, threads: 1}\n";
+  const std::string cfg = bert_prune_config(dir, "hidden: 64, layers: 2, heads: 4, ffn: 128, max_positions: 64, embedding_dim: 384",
+                                            "target_sparsity: 0.5, exclude: [hidden]");
   const test::ProcResult train = qdistill("train " + test::quoted(cfg));
   ASSERT_EQ(train.code, 0) << train.output;
   const std::string run = dir.file("runs/emb");
@@ -841,14 +851,8 @@ TEST(TextCli, BertHiddenAndVocabularyCutTrainsResumesAndEvalReadsTheRun) {
   const std::string skip = missing_teacher("minilm-l6");
   if (!skip.empty()) GTEST_SKIP() << skip;
   test::TempDir dir;
-  const std::string cfg = dir.file("emb.yaml");
-  std::ofstream(cfg) << "experiment: {name: emb, output_dir: " << dir.path().string() << "/runs}\n"
-                     << "task: {name: sentence_embedding, teacher: minilm-l6, cache_dir: " << dir.file("cache") << "}\n"
-                     << "data: {dataset: wordnet, seq_len: 24, batch_size: 16, train_subset: 64, test_subset: 40}\n"
-                     << "model: {name: bert, tokenizer: minilm-l6, hidden: 384, layers: 1, heads: 4, ffn: 64, max_positions: 64}\n"
-                     << "prune: {enabled: true, criterion: activation, calibration_samples: 16, schedule: one_shot, "
-                        "start_epoch: 0, target_sparsity: 0.0, remove: start, vocabulary: true, layer_targets: [hidden=0.5]}\n"
-                     << "optimizer: {name: adamw, lr: 0.001}\ntrainer: {epochs: 1, threads: 1}\n";
+  const std::string cfg = bert_prune_config(dir, "hidden: 384, layers: 1, heads: 4, ffn: 64, max_positions: 64",
+                                            "target_sparsity: 0.0, vocabulary: true, layer_targets: [hidden=0.5]");
   const test::ProcResult train = qdistill("train " + test::quoted(cfg));
   ASSERT_EQ(train.code, 0) << train.output;
   const std::string run = dir.file("runs/emb");
@@ -874,6 +878,9 @@ TEST(TextCli, BertHiddenAndVocabularyCutTrainsResumesAndEvalReadsTheRun) {
   ASSERT_EQ(ev.code, 0) << ev.output;
   const nlohmann::json j = nlohmann::json::parse(ev.output.substr(ev.output.find('{')));
   EXPECT_DOUBLE_EQ(j["recall_at_10"].get<double>(), summary["recall_at_10"].get<double>());
+  for (const char* k : {"params", "nonzero_params", "teacher_params", "non_embedding_params"})
+    EXPECT_EQ(j[k], summary[k]) << k << ": eval --json reports the sizes summary.json does";
+  EXPECT_EQ(j["teacher_params"].get<int64_t>(), 22565376);
   // Resumed for a second epoch: the plan's cut, not a new measurement.
   const test::ProcResult again = qdistill("train " + test::quoted(cfg) + " --resume --set trainer.epochs=2");
   ASSERT_EQ(again.code, 0) << again.output;

@@ -267,5 +267,35 @@ TEST(Checkpoint, ModulesWithoutTensorsMayBeNewerThanTheFile) {
   }
 }
 
+
+// model.init_checkpoint from a QAT run: its weights load into a model without quantizers
+// (weights_only sets the "qat" twins aside); a plain load refuses, and anything else missing or
+// extra is still an error.
+TEST(Checkpoint, WeightsOnlySetsAQatRunsQuantizersAside) {
+  struct Twin : torch::nn::Module {
+    Twin() { scale = register_buffer("scale", torch::ones({2})); }
+    torch::Tensor scale;
+  };
+  struct Plain : torch::nn::Module {
+    Plain() { fc = register_module("fc", torch::nn::Linear(3, 2)); }
+    torch::nn::Linear fc{nullptr};
+  };
+  struct Quantized : Plain {
+    explicit Quantized(const char* twin) { fc->register_module(twin, std::make_shared<Twin>()); }
+  };
+  test::TempDir dir;
+  torch::manual_seed(2);
+  Quantized qat("qat");
+  save_checkpoint(dir.file("qat.pt"), qat, nullptr, CheckpointMeta{}, {});
+  Plain plain;
+  EXPECT_THROW(load_checkpoint(dir.file("qat.pt"), plain, nullptr, {}), UserError);
+  load_checkpoint(dir.file("qat.pt"), plain, nullptr, {}, /*weights_only=*/true);
+  EXPECT_TRUE(torch::equal(plain.fc->weight, qat.fc->weight)) << "the weights loaded";
+  Quantized other("extra");
+  save_checkpoint(dir.file("other.pt"), other, nullptr, CheckpointMeta{}, {});
+  EXPECT_THROW(load_checkpoint(dir.file("other.pt"), plain, nullptr, {}, /*weights_only=*/true), UserError)
+      << "only quantizer twins are set aside";
+}
+
 }  // namespace
 }  // namespace qd
