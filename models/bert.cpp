@@ -26,14 +26,14 @@ BertNormImpl::BertNormImpl(int64_t dim, double eps) : eps_(eps) {
 torch::Tensor BertNormImpl::forward(const torch::Tensor& x) {
   if (!keep_.defined()) return torch::layer_norm(x, {weight.size(0)}, weight, bias, eps_);
   const torch::Tensor k = keep_.to(x.device(), x.scalar_type());
-  const double n = keep_.sum().item<double>();
-  const torch::Tensor mean = (x * k).sum(-1, /*keepdim=*/true) / n;
-  const torch::Tensor var = ((x - mean) * k).pow(2).sum(-1, /*keepdim=*/true) / n;
+  const torch::Tensor mean = (x * k).sum(-1, /*keepdim=*/true) / kept_;
+  const torch::Tensor var = ((x - mean) * k).pow(2).sum(-1, /*keepdim=*/true) / kept_;
   return (x - mean) * torch::rsqrt(var + eps_) * weight + bias;  // pruned features: weight = bias = 0
 }
 
 void BertNormImpl::set_kept(const torch::Tensor& keep) {
-  keep_ = keep.defined() && keep.sum().item<int64_t>() < weight.size(0) ? keep.detach().to(torch::kCPU, torch::kFloat32) : torch::Tensor();
+  kept_ = keep.defined() ? keep.sum().item<double>() : 0.0;
+  keep_ = keep.defined() && kept_ < weight.size(0) ? keep.detach().to(torch::kCPU, torch::kFloat32) : torch::Tensor();
 }
 
 BertLayerImpl::BertLayerImpl(const BertOptions& o) : heads_(o.heads), head_dim_(o.head_dim()) {

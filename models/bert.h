@@ -36,6 +36,7 @@ class BertNormImpl : public torch::nn::Module, public PrunableNorm {
  private:
   double eps_;
   torch::Tensor keep_;  // [dim] float 1 / 0; undefined: all kept
+  double kept_ = 0;     // keep_'s sum, counted once (no host sync per forward)
 };
 TORCH_MODULE(BertNorm);
 

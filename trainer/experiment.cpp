@@ -420,11 +420,6 @@ nlohmann::json write_pruned_text_model(const ExperimentConfig& cfg) {
   return j;
 }
 
-// prune.remove: start. The units the criterion picks are cut before the first step, so the run
-// trains, and its config.resolved.yaml describes, the smaller model (prune.enabled false there).
-// The cut is written to <run>/prune_plan.json; a resumed run reads it instead of measuring again,
-// so it rebuilds the same shape whatever the calibration pass would give now. `record` receives
-// what summary.json reports.
 // The old ids of the tokens in the task's training examples (padding aside).
 std::vector<int32_t> corpus_tokens(Task& task, int64_t vocab) {
   std::vector<char> seen(static_cast<size_t>(vocab), 0);
@@ -444,8 +439,14 @@ std::vector<int32_t> corpus_tokens(Task& task, int64_t vocab) {
   return used;
 }
 
+// prune.remove: start. The units the criterion picks are cut before the first step, so the run
+// trains, and its config.resolved.yaml describes, the smaller model (prune.enabled false there).
+// The cut is written to <run>/prune_plan.json; a resumed run reads it instead of measuring again,
+// so it rebuilds the same shape whatever the calibration pass would give now. `shape.prune`
+// receives what summary.json reports; a vocabulary cut fills shape.vocabulary and tokenizer_json.
 std::shared_ptr<TextModel> prune_at_start(ExperimentConfig& cfg, std::shared_ptr<TextModel> model, Task& task,
-                                          torch::Device device, nlohmann::json& record, StartShape& shape) {
+                                          torch::Device device, StartShape& shape) {
+  nlohmann::json& record = shape.prune;
   const fs::path plan_path = fs::path(cfg.run_dir()) / "prune_plan.json";
   const bool from_plan = cfg.trainer.resume && fs::is_regular_file(plan_path);
   const auto bad_plan = [&](const std::string& why) {
@@ -641,7 +642,7 @@ void lowrank_at_start(ExperimentConfig& cfg, TextModel& model, Task& task, torch
 
 StartShape shape_text_student(ExperimentConfig& cfg, std::shared_ptr<TextModel> model, Task& task, torch::Device device) {
   StartShape s;
-  if (cfg.prune.enabled && cfg.prune.remove == PruneRemove::kStart) model = prune_at_start(cfg, model, task, device, s.prune, s);
+  if (cfg.prune.enabled && cfg.prune.remove == PruneRemove::kStart) model = prune_at_start(cfg, model, task, device, s);
   if (cfg.lowrank.enabled) lowrank_at_start(cfg, *model, task, device, s.lowrank);
   s.model = model;
   return s;
@@ -668,9 +669,7 @@ void add_text_prune_hook(Trainer& trainer, const ExperimentConfig& cfg, Task& ta
                                          "): pruning would never run; epochs count from 0"));
   trainer.add_hook(std::make_shared<PruneHook>(cfg.prune, calibration_importance(cfg, task, device)));
 }
-}  // namespace
 
-namespace {
 // The size the student is compared with: teacher_params and teacher_non_embedding_params of the
 // pretrained teacher a text config names (distill.teacher or task.teacher); empty without one.
 nlohmann::json teacher_sizes(const ExperimentConfig& cfg) {
