@@ -518,9 +518,10 @@ Model parse_qdm(const uint8_t* data, size_t size) {
   if (size < 12) throw QdmError(cat("truncated: the header needs ", kHeaderBytes, " bytes, the file has ", size));
   const uint32_t version = load_u32(data + 8);
   if (version == 0) throw QdmError("invalid header: version 0");
-  if (version > kQdmVersion)
-    throw QdmError(cat("version ", version, " is newer than this runtime reads (", kQdmVersion,
+  if (version > kQdmGraphVersion)
+    throw QdmError(cat("version ", version, " is newer than this runtime reads (", kQdmGraphVersion,
                        "): re-export with this qdistill or update the runtime"));
+  if (version == kQdmGraphVersion) throw QdmError("a version-2 .qdm holds a graph of ops: read it with load_graph");
   if (size < kHeaderBytes)
     throw QdmError(cat("truncated: the header needs ", kHeaderBytes, " bytes, the file has ", size));
   const uint32_t num_tensors = load_u32(data + 12), num_layers = load_u32(data + 16);
@@ -630,7 +631,324 @@ Model parse_qdm(const uint8_t* data, size_t size) {
   return m;
 }
 
-Model load_qdm(const std::string& path) {
+// ---- version 2: a graph of ops -------------------------------------------------------------------
+
+namespace {
+
+constexpr int64_t kMaxValues = int64_t{1} << 20;
+constexpr int64_t kMaxNodes = int64_t{1} << 20;
+constexpr int64_t kMaxMetadata = 256;
+constexpr size_t kMaxRankBytes = 8;  // dimensions of a value or tensor attribute
+
+void write_string(Writer& w, const std::string& s) {
+  w.u32(static_cast<uint32_t>(s.size()));
+  w.bytes(s.data(), s.size());
+  w.pad4();
+}
+
+void write_shape(Writer& w, const Shape& s) {
+  w.u32(static_cast<uint32_t>(s.size()));
+  for (int64_t d : s) w.u64(static_cast<uint64_t>(d));
+}
+
+std::string read_string(Reader& r, const std::string& what, size_t max_bytes) {
+  const size_t at = r.offset();
+  const uint32_t n = r.u32(what + " length");
+  if (n > max_bytes) throw QdmError(cat(r.where, ": ", what, " length ", n, " at offset ", at, " is over ", max_bytes));
+  const uint8_t* p = r.take(n, what);
+  std::string s(reinterpret_cast<const char*>(p), n);
+  r.pad4(what);
+  return s;
+}
+
+int64_t read_i64(Reader& r, const std::string& what) {
+  const uint64_t lo = r.u32(what), hi = r.u32(what);
+  return static_cast<int64_t>(lo | hi << 32);
+}
+
+Shape read_shape(Reader& r, const std::string& what) {
+  const size_t at = r.offset();
+  const uint32_t rank = r.u32(what + " rank");
+  if (rank > kMaxRankBytes) throw QdmError(cat(r.where, ": ", what, " rank ", rank, " at offset ", at, " is over ", kMaxRankBytes));
+  Shape s(rank);
+  for (int64_t& d : s) {
+    d = read_i64(r, what);
+    if (d < -1 || d > (int64_t{1} << 31)) throw QdmError(cat(r.where, ": ", what, " dimension ", d, " at offset ", r.offset() - 8));
+  }
+  return s;
+}
+
+std::vector<int32_t> read_ids(Reader& r, const std::string& what) {
+  const size_t n = r.count(what, 4, true);
+  std::vector<int32_t> ids(n);
+  for (int32_t& id : ids) id = r.i32(what);
+  return ids;
+}
+
+void write_ids(Writer& w, const std::vector<int32_t>& ids) {
+  w.u32(static_cast<uint32_t>(ids.size()));
+  for (int32_t id : ids) w.i32(id);
+}
+
+void write_attr(Writer& w, const Attr& a) {
+  w.u32(static_cast<uint32_t>(a.kind));
+  switch (a.kind) {
+    case Attr::Kind::kInt: w.u64(static_cast<uint64_t>(a.i)); break;
+    case Attr::Kind::kFloat: w.f32(a.f); break;
+    case Attr::Kind::kInts:
+      w.u32(static_cast<uint32_t>(a.ints.size()));
+      for (int64_t v : a.ints) w.u64(static_cast<uint64_t>(v));
+      break;
+    case Attr::Kind::kFloats:
+      w.u32(static_cast<uint32_t>(a.floats.size()));
+      for (float v : a.floats) w.f32(v);
+      break;
+    case Attr::Kind::kString: write_string(w, a.s); break;
+    case Attr::Kind::kTensor:
+      w.u32(static_cast<uint32_t>(a.dtype));
+      write_shape(w, a.shape);
+      w.u64(a.data.size());
+      w.bytes(a.data.data(), a.data.size());
+      w.pad4();
+      break;
+  }
+}
+
+Attr read_attr(Reader& r, const std::string& key) {
+  Attr a;
+  const size_t at = r.offset();
+  const uint32_t kind = r.u32(key + " kind");
+  if (kind < 1 || kind > 6) throw QdmError(cat(r.where, ": attribute ", key, ": unknown kind ", kind, " at offset ", at));
+  a.kind = static_cast<Attr::Kind>(kind);
+  switch (a.kind) {
+    case Attr::Kind::kInt: a.i = read_i64(r, key); break;
+    case Attr::Kind::kFloat: a.f = r.f32(key); break;
+    case Attr::Kind::kInts: {
+      a.ints.resize(r.count(key, 8, true));
+      for (int64_t& v : a.ints) v = read_i64(r, key);
+      break;
+    }
+    case Attr::Kind::kFloats: {
+      a.floats.resize(r.count(key, 4, true));
+      for (float& v : a.floats) v = r.f32(key);
+      break;
+    }
+    case Attr::Kind::kString: a.s = read_string(r, key, size_t{1} << 26); break;
+    case Attr::Kind::kTensor: {
+      const size_t dt_at = r.offset();
+      const uint32_t dt = r.u32(key + " dtype");
+      if (!known_dtype(dt)) throw QdmError(cat(r.where, ": attribute ", key, ": unknown dtype ", dt, " at offset ", dt_at));
+      a.dtype = static_cast<DType>(dt);
+      a.shape = read_shape(r, key);
+      const size_t n_at = r.offset();
+      const int64_t n = read_i64(r, key + " byte count");
+      if (n < 0 || n > (int64_t{1} << 31)) throw QdmError(cat(r.where, ": attribute ", key, ": byte count ", n, " at offset ", n_at));
+      const uint8_t* p = r.take(static_cast<size_t>(n), key, true);
+      a.data.assign(p, p + n);
+      r.pad4(key);
+      break;
+    }
+  }
+  return a;
+}
+
+}  // namespace
+
+std::vector<uint8_t> serialize_graph(const Graph& g) {
+  const std::string err = validate(g);
+  if (!err.empty()) throw QdmError("cannot write an invalid model: " + err);
+  Writer w;
+  w.bytes(kMagic, sizeof kMagic);
+  w.u32(kQdmGraphVersion);
+  w.u32(static_cast<uint32_t>(g.values.size()));
+  w.u32(static_cast<uint32_t>(g.nodes.size()));
+  w.u32(static_cast<uint32_t>(g.metadata.size()));
+  w.u64(0);  // payload size and CRC-32: patched below
+  w.u32(0);
+  w.u32(0);  // reserved
+  for (const auto& [k, v] : g.metadata) {
+    write_string(w, k);
+    write_string(w, v);
+  }
+  write_ids(w, g.inputs);
+  write_ids(w, g.outputs);
+  for (const ValueInfo& v : g.values) {
+    write_string(w, v.name);
+    w.u32(static_cast<uint32_t>(v.dtype));
+    write_shape(w, v.shape);
+    w.f32(v.scale);
+    w.i32(v.zero_point);
+  }
+  for (const Node& n : g.nodes) {
+    write_string(w, n.op);
+    write_string(w, n.name);
+    write_ids(w, n.inputs);
+    write_ids(w, n.outputs);
+    w.u32(static_cast<uint32_t>(n.attrs.size()));
+    for (const auto& [k, a] : n.attrs) {
+      write_string(w, k);
+      write_attr(w, a);
+    }
+  }
+  std::vector<uint8_t>& out = w.out;
+  const uint64_t payload = out.size() - kHeaderBytes;
+  const uint32_t crc = crc32(out.data() + kHeaderBytes, out.size() - kHeaderBytes);
+  for (int k = 0; k < 8; ++k) out[24 + k] = static_cast<uint8_t>(payload >> (8 * k));
+  for (int k = 0; k < 4; ++k) out[32 + k] = static_cast<uint8_t>(crc >> (8 * k));
+  return std::move(w.out);
+}
+
+Graph parse_graph(const uint8_t* data, size_t size) {
+  if (size == 0) throw QdmError("truncated: the file is empty (not a .qdm file)");
+  if (std::memcmp(data, kMagic, std::min(size, sizeof kMagic)) != 0) throw QdmError("not a .qdm file (bad magic)");
+  if (size < 12) throw QdmError(cat("truncated: the header needs ", kHeaderBytes, " bytes, the file has ", size));
+  const uint32_t version = load_u32(data + 8);
+  if (version == kQdmVersion) return to_graph(parse_qdm(data, size));
+  if (version == 0) throw QdmError("invalid header: version 0");
+  if (version > kQdmGraphVersion)
+    throw QdmError(cat("version ", version, " is newer than this runtime reads (", kQdmGraphVersion,
+                       "): re-export with this qdistill or update the runtime"));
+  if (size < kHeaderBytes) throw QdmError(cat("truncated: the header needs ", kHeaderBytes, " bytes, the file has ", size));
+  const uint32_t num_values = load_u32(data + 12), num_nodes = load_u32(data + 16), num_meta = load_u32(data + 20);
+  const uint64_t payload = load_u64(data + 24);
+  const uint32_t crc = load_u32(data + 32), reserved = load_u32(data + 36);
+  if (reserved != 0) throw QdmError(cat("invalid header: reserved field at offset 36 is ", hex32(reserved), ", must be 0"));
+  if (num_values < 1 || num_values > kMaxValues) throw QdmError(cat("invalid header: ", num_values, " values, must be in [1, ", kMaxValues, "]"));
+  if (num_nodes < 1 || num_nodes > kMaxNodes) throw QdmError(cat("invalid header: ", num_nodes, " nodes, must be in [1, ", kMaxNodes, "]"));
+  if (num_meta > kMaxMetadata) throw QdmError(cat("invalid header: ", num_meta, " metadata entries, at most ", kMaxMetadata));
+  const uint64_t have = size - kHeaderBytes;
+  if (payload > have)
+    throw QdmError(cat("truncated: the header declares ", payload, " payload bytes after the ", kHeaderBytes,
+                       "-byte header, the file has ", have));
+  if (payload < have)
+    throw QdmError(cat("invalid file: ", have - payload, " unexpected bytes after the ", payload, "-byte payload the header declares"));
+  const uint32_t actual = crc32(data + kHeaderBytes, static_cast<size_t>(payload));
+  if (actual != crc)
+    throw QdmError(cat("checksum mismatch: the payload's CRC-32 is ", hex32(actual), ", the header says ", hex32(crc),
+                       " (the file is corrupt)"));
+
+  Graph g;
+  Reader r(data, kHeaderBytes, size);
+  r.where = "metadata";
+  for (uint32_t i = 0; i < num_meta; ++i) {
+    std::string key = read_string(r, "key", kMaxNameBytes);
+    std::string value = read_string(r, "value", size_t{1} << 26);
+    if (!g.metadata.empty() && key <= g.metadata.rbegin()->first)
+      throw QdmError(cat("metadata: key '", printable(key), "' is out of order or repeated (keys are sorted)"));
+    g.metadata.emplace(std::move(key), std::move(value));
+  }
+  r.where = "graph inputs";
+  g.inputs = read_ids(r, "input ids");
+  r.where = "graph outputs";
+  g.outputs = read_ids(r, "output ids");
+  r.where = "value table";
+  r.need(uint64_t{num_values} * 24, cat(num_values, " values"), true);
+  g.values.resize(num_values);
+  for (uint32_t i = 0; i < num_values; ++i) {
+    ValueInfo& v = g.values[i];
+    r.where = cat("value ", i);
+    v.name = read_string(r, "name", kMaxNameBytes);
+    const size_t dt_at = r.offset();
+    const uint32_t dt = r.u32("dtype");
+    if (!known_dtype(dt)) throw QdmError(cat(r.where, ": unknown dtype ", dt, " at offset ", dt_at));
+    v.dtype = static_cast<DType>(dt);
+    v.shape = read_shape(r, "shape");
+    v.scale = r.f32("scale");
+    v.zero_point = r.i32("zero_point");
+  }
+  r.need(uint64_t{num_nodes} * 24, cat(num_nodes, " nodes"), true);
+  g.nodes.resize(num_nodes);
+  for (uint32_t i = 0; i < num_nodes; ++i) {
+    Node& n = g.nodes[i];
+    r.where = cat("node ", i);
+    n.op = read_string(r, "op", kMaxNameBytes);
+    n.name = read_string(r, "name", kMaxNameBytes);
+    r.where = cat("node ", i, " (", printable(n.op), " '", printable(n.name), "')");
+    n.inputs = read_ids(r, "input ids");
+    n.outputs = read_ids(r, "output ids");
+    const size_t attrs = r.count("attributes", 8, true);
+    for (size_t k = 0; k < attrs; ++k) {
+      std::string key = read_string(r, "attribute name", kMaxNameBytes);
+      if (!n.attrs.empty() && key <= n.attrs.rbegin()->first)
+        throw QdmError(cat(r.where, ": attribute '", printable(key), "' is out of order or repeated (names are sorted)"));
+      Attr a = read_attr(r, key);
+      n.attrs.emplace(std::move(key), std::move(a));
+    }
+  }
+  if (r.left() != 0)
+    throw QdmError(cat("invalid file: ", r.left(), " unexpected bytes at offset ", r.offset(), " after the last node"));
+  const std::string err = validate(g);
+  if (!err.empty()) throw QdmError("invalid model: " + err);
+  return g;
+}
+
+Graph to_graph(const Model& m) {
+  if (std::string e = validate(m); !e.empty()) throw QdmError("invalid model: " + e);
+  Graph g;
+  g.metadata["task"] = "image_classification";
+  const TensorInfo& t0 = m.tensors[0];
+  const int32_t pixels = g.add_value({"pixels", DType::kF32, {t0.c, t0.h, t0.w}});
+  std::vector<int32_t> ids(m.tensors.size());
+  ids[0] = g.add_value({"input", DType::kI8, {t0.c, t0.h, t0.w}, t0.scale, t0.zero_point});
+  g.inputs = {pixels};
+  Node& q = g.add_node("quantize_image", "input_quant", {pixels}, {ids[0]});
+  q.attrs["mean"] = Attr::of_floats(m.mean);
+  q.attrs["inv_std"] = Attr::of_floats(m.inv_std);
+  auto pair = [](const QuantizedMultiplier& q) { return Attr::of_ints({q.multiplier, q.shift}); };
+  for (size_t i = 0; i < m.layers.size(); ++i) {
+    const Layer& l = m.layers[i];
+    const TensorInfo& to = m.tensors[i + 1];
+    const bool last = l.kind == OpKind::kLinear;
+    ids[i + 1] = last ? g.add_value({"logits", DType::kF32, {to.c}})
+                      : g.add_value({l.name, DType::kI8, {to.c, to.h, to.w}, to.scale, to.zero_point});
+    std::vector<int32_t> in = {ids[static_cast<size_t>(l.input)]};
+    if (l.kind == OpKind::kAdd) in.push_back(ids[static_cast<size_t>(l.input2)]);
+    static const char* const kOp[] = {"", "conv2d", "maxpool2d", "add_i8", "global_avg_pool", "linear_i8"};
+    Node& n = g.add_node(kOp[static_cast<uint32_t>(l.kind)], l.name, in, {ids[i + 1]});
+    auto& a = n.attrs;
+    switch (l.kind) {
+      case OpKind::kConv2d: {
+        a["weight"] = Attr::of_tensor(DType::kI8, {l.out_c, l.in_c, l.kernel, l.kernel}, l.weight);
+        std::vector<int32_t> mult;
+        for (const QuantizedMultiplier& q : l.multiplier) mult.insert(mult.end(), {q.multiplier, q.shift});
+        a["multiplier"] = Attr::of_tensor(DType::kI32, {l.out_c, 2}, mult);
+        a["bias"] = Attr::of_tensor(DType::kI32, {l.out_c}, l.bias);
+        a["weight_scale"] = Attr::of_floats(l.weight_scale);
+        a["act_min"] = Attr::of_int(l.act_min);
+        a["act_max"] = Attr::of_int(l.act_max);
+        [[fallthrough]];
+      }
+      case OpKind::kMaxPool2d:
+        a["kernel"] = Attr::of_int(l.kernel);
+        a["stride"] = Attr::of_int(l.stride);
+        a["pad"] = Attr::of_int(l.pad);
+        break;
+      case OpKind::kAdd:
+        a["left_shift"] = Attr::of_int(l.left_shift);
+        a["input_multiplier"] = pair(l.input_multiplier);
+        a["input2_multiplier"] = pair(l.input2_multiplier);
+        a["output_multiplier"] = pair(l.output_multiplier);
+        a["act_min"] = Attr::of_int(l.act_min);
+        a["act_max"] = Attr::of_int(l.act_max);
+        break;
+      case OpKind::kGlobalAvgPool: a["multiplier"] = pair(l.multiplier[0]); break;
+      case OpKind::kLinear:
+        a["weight"] = Attr::of_tensor(DType::kI8, {l.out_c, l.in_c}, l.weight);
+        a["bias"] = Attr::of_tensor(DType::kI32, {l.out_c}, l.bias);
+        a["weight_scale"] = Attr::of_floats(l.weight_scale);
+        a["output_scale"] = Attr::of_floats(l.output_scale);
+        break;
+    }
+  }
+  g.outputs = {ids.back()};
+  if (std::string e = validate(g); !e.empty()) throw QdmError("converting a version-1 model: " + e);
+  return g;
+}
+
+namespace {
+
+// The whole file, refused before reading when it is over the limit.
+std::vector<uint8_t> read_model_file(const std::string& path) {
   std::FILE* f = std::fopen(path.c_str(), "rb");
   if (!f) throw QdmError(cat(path, ": cannot open (", std::strerror(errno), ")"));
   std::vector<uint8_t> bytes;
@@ -663,21 +981,11 @@ Model load_qdm(const std::string& path) {
   std::fclose(f);
   if (failed) throw QdmError(cat(path, ": read failed (", std::strerror(err), ")"));
   if (too_big) throw QdmError(cat(path, ": file is over ", kMaxFileBytes >> 20, " MiB, too large for a .qdm model"));
-  try {
-    return parse_qdm(bytes.data(), bytes.size());
-  } catch (const QdmError& e) {
-    throw QdmError(path + ": " + e.what());
-  }
+  return bytes;
 }
 
-void save_qdm(const Model& m, const std::string& path) {
-  std::vector<uint8_t> bytes;
-  try {
-    bytes = serialize(m);
-  } catch (const QdmError& e) {
-    throw QdmError(path + ": " + e.what());
-  }
-  // A reader never sees a half-written model: write a temporary next to it, then rename.
+// A reader never sees a half-written model: write a temporary next to it, then rename.
+void write_model_file(const std::vector<uint8_t>& bytes, const std::string& path) {
   const std::string tmp = cat(path, ".tmp.", ::getpid());
   std::FILE* f = std::fopen(tmp.c_str(), "wb");
   if (!f) throw QdmError(cat(path, ": cannot create ", tmp, " (", std::strerror(errno), ")"));
@@ -694,6 +1002,47 @@ void save_qdm(const Model& m, const std::string& path) {
     std::remove(tmp.c_str());
     throw QdmError(cat(path, ": cannot rename ", tmp, " to it (", std::strerror(err), ")"));
   }
+}
+
+}  // namespace
+
+Model load_qdm(const std::string& path) {
+  const std::vector<uint8_t> bytes = read_model_file(path);
+  try {
+    return parse_qdm(bytes.data(), bytes.size());
+  } catch (const QdmError& e) {
+    throw QdmError(path + ": " + e.what());
+  }
+}
+
+Graph load_graph(const std::string& path) {
+  const std::vector<uint8_t> bytes = read_model_file(path);
+  try {
+    return parse_graph(bytes.data(), bytes.size());
+  } catch (const QdmError& e) {
+    throw QdmError(path + ": " + e.what());
+  }
+}
+
+
+void save_qdm(const Model& m, const std::string& path) {
+  std::vector<uint8_t> bytes;
+  try {
+    bytes = serialize(m);
+  } catch (const QdmError& e) {
+    throw QdmError(path + ": " + e.what());
+  }
+  write_model_file(bytes, path);
+}
+
+void save_graph(const Graph& g, const std::string& path) {
+  std::vector<uint8_t> bytes;
+  try {
+    bytes = serialize_graph(g);
+  } catch (const QdmError& e) {
+    throw QdmError(path + ": " + e.what());
+  }
+  write_model_file(bytes, path);
 }
 
 }  // namespace qd::rt

@@ -1,7 +1,7 @@
-// libFuzzer target of the .qdm loader: whatever the bytes, parse_qdm either throws QdmError or
-// returns a model that validate() accepts, and the interpreter then runs that model on a zero
-// image without an out-of-bounds access, a leak or undefined behaviour (the build uses ASan and
-// UBSan). Any other exception, a crash or a sanitizer report is a finding. scripts/fuzz.sh builds
+// libFuzzer target of the .qdm loaders: whatever the bytes, parse_qdm (version 1) and parse_graph
+// (versions 1 and 2) either throw QdmError or return a model that validation accepts, and the
+// interpreter / the executor then run it on zero inputs without an out-of-bounds access, a leak or
+// undefined behaviour (the build uses ASan and UBSan). Any other exception, a crash or a sanitizer report is a finding. scripts/fuzz.sh builds
 // it from the runtime's sources and runs it; `qdm_fuzz --write-seeds DIR` writes the seed corpus.
 //
 // Properties checked on each input:
@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/executor.h"
 #include "runtime/interpreter.h"
 #include "runtime/qdm.h"
 #include "tests/runtime/model_builders.h"
@@ -92,6 +93,49 @@ void check(const uint8_t* data, size_t size) {
   }
 }
 
+// The same properties for the version-2 reader (which also reads version 1): parse_graph throws
+// only QdmError; serialize_graph gives back the bytes of a version-2 file; the executor accepts the
+// graph and runs it on zero inputs of the declared shapes when the work is small. An upper bound
+// of the work: each node's output elements times (1 + its tensor attributes' elements).
+int64_t graph_cost(const Graph& g) {
+  int64_t cost = 0;
+  for (const Node& n : g.nodes) {
+    int64_t weights = 1, outputs = 0;
+    for (const auto& [k, a] : n.attrs)
+      if (a.kind == Attr::Kind::kTensor) weights += a.numel();
+    for (int32_t id : n.outputs) outputs += std::max<int64_t>(0, shape_numel(g.values[static_cast<size_t>(id)].shape));
+    if (weights > kMaxRunCost || outputs > kMaxRunCost) return kMaxRunCost + 1;
+    cost += weights * outputs;
+    if (cost > kMaxRunCost) return cost;
+  }
+  return cost;
+}
+
+void check_graph(const uint8_t* data, size_t size) {
+  Graph g;
+  try {
+    g = parse_graph(data, size);
+  } catch (const QdmError&) {
+    return;
+  }
+  if (size > 8 && data[8] == kQdmGraphVersion) {
+    const std::vector<uint8_t> again = serialize_graph(g);
+    if (again.size() != size || std::memcmp(again.data(), data, size) != 0)
+      finding("serialize_graph(parse_graph(bytes)) differs from bytes",
+              std::to_string(size) + " bytes in, " + std::to_string(again.size()) + " out");
+  }
+  for (int32_t id : g.inputs)
+    if (shape_numel(g.values[static_cast<size_t>(id)].shape) < 0) return;  // dynamic: no shape to try
+  if (graph_cost(g) > kMaxRunCost) return;
+  try {
+    Executor ex(g);
+    for (size_t k = 0; k < g.inputs.size(); ++k) ex.input(k).resize(g.values[static_cast<size_t>(g.inputs[k])].shape);
+    ex.run();
+  } catch (const QdmError& e) {
+    finding("the executor refused a graph that parse_graph accepted", e.what());
+  }
+}
+
 // ---- the seed corpus: a few valid models that cover every layer kind -----------------------------
 
 std::vector<Model> seed_models() {
@@ -161,6 +205,9 @@ extern "C" int LLVMFuzzerInitialize(int* argc, char*** argv) {
       save_qdm(seeds[i], path);  // validates; throws (and aborts) on a broken seed
       const Model back = load_qdm(path);
       std::printf("%s: %zu layers, %d classes\n", path.c_str(), back.layers.size(), back.num_classes());
+      const std::string graph_path = dir + "/seed" + std::to_string(i) + ".v2.qdm";
+      save_graph(to_graph(seeds[i]), graph_path);
+      std::printf("%s: %zu nodes (version 2)\n", graph_path.c_str(), load_graph(graph_path).nodes.size());
     }
     std::exit(0);
   }
@@ -169,13 +216,17 @@ extern "C" int LLVMFuzzerInitialize(int* argc, char*** argv) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   check(data, size);
+  check_graph(data, size);
   if (size >= kHeaderBytes) {
     std::vector<uint8_t> sealed(data, data + size);
     const uint64_t payload = size - kHeaderBytes;
     const uint32_t crc = crc32(sealed.data() + kHeaderBytes, size - kHeaderBytes);
     for (int k = 0; k < 8; ++k) sealed[24 + static_cast<size_t>(k)] = static_cast<uint8_t>(payload >> (8 * k));
     for (int k = 0; k < 4; ++k) sealed[32 + static_cast<size_t>(k)] = static_cast<uint8_t>(crc >> (8 * k));
-    if (std::memcmp(sealed.data(), data, size) != 0) check(sealed.data(), sealed.size());
+    if (std::memcmp(sealed.data(), data, size) != 0) {
+      check(sealed.data(), sealed.size());
+      check_graph(sealed.data(), sealed.size());
+    }
   }
   return 0;
 }

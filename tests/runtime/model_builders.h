@@ -108,4 +108,23 @@ inline Layer add(const Model& m, int32_t a, int32_t b, float out_scale) {
   return l;
 }
 
+// input 1x6x6 -> A: conv 3x3 s1 p1 (4x6x6, ReLU) -> B: conv 1x1 (4x6x6, clamp [-90, 100])
+// -> add(A, B) (ReLU) -> maxpool 3 s2 p1 (4x3x3) -> gap (4x1x1) -> linear (5)
+inline Model every_op_model() {
+  Model m;
+  m.mean = {0.3f};
+  m.inv_std = {1.0f / 0.35f};
+  m.tensors = {tensor(1, 6, 6, 0.0213f, -10), tensor(4, 6, 6, 0.031f, -128), tensor(4, 6, 6, 0.027f, 5),
+               tensor(4, 6, 6, 0.045f, -128), tensor(4, 3, 3, 0.045f, -128), tensor(4, 1, 1, 0.02f, -120),
+               tensor(5, 1, 1, 1.0f, 0)};
+  m.layers.push_back(conv("A", m, 0, 4, 3, 1, 1, 0.031f));  // act_min -128 = the zero point: ReLU
+  m.layers.push_back(conv("B", m, 1, 4, 1, 1, 0, 0.027f));
+  m.layers.back().act_min = -90, m.layers.back().act_max = 100;
+  m.layers.push_back(add(m, 1, 2, 0.045f));
+  m.layers.push_back(pool("pool", 3, 3, 2, 1));
+  m.layers.push_back(gap(m, 4, 0.02f));
+  m.layers.push_back(linear(m, 5, 5));
+  return m;
+}
+
 }  // namespace qd::rt::test_models

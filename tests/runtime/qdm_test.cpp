@@ -276,7 +276,7 @@ TEST(Qdm, HeaderErrors) {
   EXPECT_EQ(parse_error(b), "not a .qdm file (bad magic)");
   EXPECT_EQ(parse_error({'P', 'K', 3, 4}), "not a .qdm file (bad magic)");
   EXPECT_EQ(with(8, 7),
-            "version 7 is newer than this runtime reads (1): re-export with this qdistill or update the runtime");
+            "version 7 is newer than this runtime reads (2): re-export with this qdistill or update the runtime");
   EXPECT_TRUE(contains(with(8, 0), "version 0")) << with(8, 0);
   EXPECT_TRUE(contains(with(12, 6), "6 tensors for 6 layers")) << with(12, 6);
   EXPECT_TRUE(contains(with(16, 5000), "5000 layers")) << with(16, 5000);
