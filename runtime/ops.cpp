@@ -7,7 +7,7 @@ namespace {
 const std::vector<OpSpec>& table() {
   static const std::vector<OpSpec> ops = [] {
     std::vector<OpSpec> all;
-    for (auto family : {image_ops})
+    for (auto family : {image_ops, text_ops})
       for (OpSpec& op : family()) all.push_back(std::move(op));
     return all;
   }();

@@ -70,5 +70,6 @@ const std::vector<const OpSpec*>& all_ops();
 // The entries, by family (runtime/ops_*.cpp); all_ops() joins them once. Explicit functions, not
 // static registrars, which a static library's linker would drop.
 std::vector<OpSpec> image_ops();
+std::vector<OpSpec> text_ops();
 
 }  // namespace qd::rt

@@ -1,0 +1,167 @@
+#include "runtime/text_kernels.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "formats/half.h"
+#include "runtime/graph.h"
+
+namespace qd::rt {
+
+float fp16_round(float f) { return fmt::half_to_float(fmt::float_to_half(f)); }
+
+void dequantize_row(const QuantWeight& w, int64_t row, float* out) {
+  if (w.f32) {
+    std::memcpy(out, w.f32 + row * w.cols, static_cast<size_t>(w.cols) * sizeof(float));
+    return;
+  }
+  const int8_t* q = w.i8 + row * w.cols;
+  const float* s = w.scale + row * (w.cols / w.group);
+  for (int64_t j = 0; j < w.cols; ++j) out[j] = static_cast<float>(q[j]) * s[j / w.group];
+}
+
+void quantize_row(const float* x, int64_t k, ActQuant q, int8_t* out, float* scales) {
+  if (q == ActQuant::kPerToken) {
+    float amax = 0.0f;
+    for (int64_t j = 0; j < k; ++j) amax = std::max(amax, std::fabs(x[j]));
+    const float s = amax / 127.0f;
+    const float safe = s > 0.0f ? s : 1.0f;  // an all-zero row stays zero
+    for (int64_t j = 0; j < k; ++j) {
+      const float v = std::nearbyint(x[j] / safe);  // half to even, as torch::round
+      out[j] = static_cast<int8_t>(std::clamp(v, -127.0f, 127.0f));
+    }
+    scales[0] = safe;
+    return;
+  }
+  for (int64_t b = 0; b < k / 32; ++b) {
+    const float* xb = x + b * 32;
+    float amax = 0.0f;
+    for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(xb[j]));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int j = 0; j < 32; ++j) out[b * 32 + j] = static_cast<int8_t>(std::round(xb[j] * id));  // roundf: half away from zero
+    scales[b] = fp16_round(d);
+  }
+}
+
+void linear_forward(const float* x, int64_t tokens, const QuantWeight& w, const float* bias, ActQuant q, float* y,
+                    LinearScratch& s) {
+  const int64_t k = w.cols, n = w.rows;
+  if (q == ActQuant::kNone) {
+    std::vector<float>& row = s.scales;
+    row.resize(static_cast<size_t>(k));
+    for (int64_t o = 0; o < n; ++o) {
+      const float* wr = w.f32 ? w.f32 + o * k : (dequantize_row(w, o, row.data()), row.data());
+      for (int64_t t = 0; t < tokens; ++t) {
+        const float* xr = x + t * k;
+        float acc = 0.0f;
+        for (int64_t j = 0; j < k; ++j) acc += xr[j] * wr[j];
+        y[t * n + o] = bias ? acc + bias[o] : acc;
+      }
+    }
+    return;
+  }
+  const int64_t xb = q == ActQuant::kPerToken ? k : 32, wg = w.group, block = std::min(xb, wg);
+  const int64_t x_blocks = k / xb, w_groups = k / wg;
+  s.q.resize(static_cast<size_t>(tokens * k));
+  s.scales.resize(static_cast<size_t>(tokens * x_blocks));
+  for (int64_t t = 0; t < tokens; ++t) quantize_row(x + t * k, k, q, s.q.data() + t * k, s.scales.data() + t * x_blocks);
+  for (int64_t t = 0; t < tokens; ++t) {
+    const int8_t* xq = s.q.data() + t * k;
+    const float* sx = s.scales.data() + t * x_blocks;
+    for (int64_t o = 0; o < n; ++o) {
+      const int8_t* wq = w.i8 + o * k;
+      const float* sw = w.scale + o * w_groups;
+      float sum = 0.0f;
+      for (int64_t b0 = 0; b0 < k; b0 += block) {
+        int32_t acc = 0;
+        for (int64_t j = b0; j < b0 + block; ++j) acc += static_cast<int32_t>(xq[j]) * wq[j];
+        sum += static_cast<float>(acc) * (sx[b0 / xb] * sw[b0 / wg]);
+      }
+      y[t * n + o] = bias ? sum + bias[o] : sum;
+    }
+  }
+}
+
+void layer_norm_row(const float* x, int64_t d, const float* weight, const float* bias, float eps, float* y) {
+  float mean = 0.0f;
+  for (int64_t j = 0; j < d; ++j) mean += x[j];
+  mean /= static_cast<float>(d);
+  float var = 0.0f;
+  for (int64_t j = 0; j < d; ++j) var += (x[j] - mean) * (x[j] - mean);
+  var /= static_cast<float>(d);
+  const float r = 1.0f / std::sqrt(var + eps);
+  for (int64_t j = 0; j < d; ++j) y[j] = (x[j] - mean) * r * weight[j] + bias[j];
+}
+
+void rms_norm_row(const float* x, int64_t d, const float* weight, float eps, float* y) {
+  float ss = 0.0f;
+  for (int64_t j = 0; j < d; ++j) ss += x[j] * x[j];
+  const float r = 1.0f / std::sqrt(ss / static_cast<float>(d) + eps);
+  for (int64_t j = 0; j < d; ++j) y[j] = weight[j] * (x[j] * r);
+}
+
+float gelu(float x) { return x * 0.5f * (1.0f + std::erf(x * 0.70710678118654752440f)); }
+float silu(float x) { return x / (1.0f + std::exp(-x)); }
+
+void attention_forward(const AttentionConfig& c, const float* q, const float* k, const float* v, int64_t tokens,
+                       KvCache& cache, float* out) {
+  const int64_t hd = c.head_dim, half = hd / 2, kvw = c.kv_heads * hd, qw = c.heads * hd, past = cache.positions;
+  if (past + tokens > c.max_positions)
+    throw QdmError("attention: " + std::to_string(past + tokens) + " positions exceed the model's " +
+                   std::to_string(c.max_positions) + " (start a new sequence)");
+  // Rotary angles of HF's llama in float32: inv_freq[i] = 1 / theta^(2i / hd), angle = pos * inv_freq[i].
+  std::vector<float> inv_freq(static_cast<size_t>(half));
+  for (int64_t i = 0; i < half; ++i)
+    inv_freq[static_cast<size_t>(i)] = 1.0f / std::pow(c.rope_theta, static_cast<float>(2 * i) / static_cast<float>(hd));
+  auto rotate = [&](float* x, int64_t pos) {
+    if (c.rope_theta <= 0.0f) return;
+    for (int64_t i = 0; i < half; ++i) {
+      const float a = static_cast<float>(pos) * inv_freq[static_cast<size_t>(i)];
+      const float cs = std::cos(a), sn = std::sin(a);
+      const float x1 = x[i], x2 = x[i + half];
+      x[i] = x1 * cs + (-x2) * sn;
+      x[i + half] = x2 * cs + x1 * sn;
+    }
+  };
+  cache.k.resize(static_cast<size_t>((past + tokens) * kvw));
+  cache.v.resize(static_cast<size_t>((past + tokens) * kvw));
+  for (int64_t t = 0; t < tokens; ++t) {
+    float* kr = cache.k.data() + (past + t) * kvw;
+    std::memcpy(kr, k + t * kvw, static_cast<size_t>(kvw) * sizeof(float));
+    std::memcpy(cache.v.data() + (past + t) * kvw, v + t * kvw, static_cast<size_t>(kvw) * sizeof(float));
+    for (int64_t h = 0; h < c.kv_heads; ++h) rotate(kr + h * hd, past + t);
+  }
+  cache.positions = past + tokens;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const int64_t group = c.heads / c.kv_heads;
+  std::vector<float> qr(static_cast<size_t>(hd)), p(static_cast<size_t>(past + tokens));
+  for (int64_t t = 0; t < tokens; ++t) {
+    const int64_t keys = c.causal ? past + t + 1 : past + tokens;
+    for (int64_t h = 0; h < c.heads; ++h) {
+      std::memcpy(qr.data(), q + t * qw + h * hd, static_cast<size_t>(hd) * sizeof(float));
+      rotate(qr.data(), past + t);
+      const int64_t kvh = h / group;
+      float mx = -std::numeric_limits<float>::infinity();
+      for (int64_t j = 0; j < keys; ++j) {
+        const float* kr = cache.k.data() + j * kvw + kvh * hd;
+        float dot = 0.0f;
+        for (int64_t i = 0; i < hd; ++i) dot += qr[static_cast<size_t>(i)] * kr[i];
+        p[static_cast<size_t>(j)] = dot * scale;
+        mx = std::max(mx, p[static_cast<size_t>(j)]);
+      }
+      float sum = 0.0f;
+      for (int64_t j = 0; j < keys; ++j) sum += (p[static_cast<size_t>(j)] = std::exp(p[static_cast<size_t>(j)] - mx));
+      float* o = out + t * qw + h * hd;
+      std::fill(o, o + hd, 0.0f);
+      for (int64_t j = 0; j < keys; ++j) {
+        const float w = p[static_cast<size_t>(j)] / sum;
+        const float* vr = cache.v.data() + j * kvw + kvh * hd;
+        for (int64_t i = 0; i < hd; ++i) o[i] += w * vr[i];
+      }
+    }
+  }
+}
+
+}  // namespace qd::rt

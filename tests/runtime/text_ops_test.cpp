@@ -1,0 +1,365 @@
+// The transformer ops of the runtime (runtime/ops_text.cpp, text_kernels.h) against plain
+// double-precision references written from their definitions (qat/module_qat.h, qat/ggml_quant.h,
+// models/llama.cpp): fp16 rounding, the two on-the-fly activation quantizations, quantized linear
+// layers in every weight/input combination, norms, activations, grouped-query rotary attention and
+// its KV cache, and a small encoder graph end to end with a dynamic token count. No LibTorch.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "formats/half.h"
+#include "runtime/executor.h"
+#include "runtime/qdm.h"
+#include "runtime/text_kernels.h"
+
+namespace qd::rt {
+namespace {
+
+bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+std::vector<float> randn(size_t n, std::mt19937& g, float sd = 1.0f) {
+  std::normal_distribution<float> d(0.0f, sd);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(g);
+  return v;
+}
+
+// The half nearest to f (ties to the even mantissa), by search over the exactly representable halves.
+uint16_t reference_half(float f) {
+  const double x = std::fabs(static_cast<double>(f));
+  uint16_t best = 0;
+  double best_err = INFINITY;
+  // Halves are ordered like their bit patterns for non-negative values.
+  uint16_t lo = 0, hi = 0x7C00;
+  while (hi - lo > 1) {
+    const uint16_t mid = static_cast<uint16_t>((lo + hi) / 2);
+    if (fmt::half_to_float(mid) <= x) lo = mid; else hi = mid;
+  }
+  for (uint16_t c : {lo, hi}) {
+    const double err = std::fabs(fmt::half_to_float(c) - x);
+    if (err < best_err || (err == best_err && (c & 1u) == 0)) best = c, best_err = err;
+  }
+  if (x >= 65520.0) best = 0x7C00;  // the overflow threshold: ties at 65520 go up to infinity
+  return static_cast<uint16_t>(best | (std::signbit(f) ? 0x8000u : 0u));
+}
+
+TEST(TextOps, FloatToHalfRoundsToNearestEven) {
+  for (uint32_t h = 0; h < 0x10000u; ++h) {
+    if ((h & 0x7C00u) == 0x7C00u && (h & 0x3FFu)) continue;  // NaN
+    ASSERT_EQ(fmt::float_to_half(fmt::half_to_float(static_cast<uint16_t>(h))), h) << h;
+  }
+  // Midpoints between neighbours (normal and subnormal) tie to even; random floats match the search.
+  for (uint16_t h : {uint16_t{0x0001}, uint16_t{0x0002}, uint16_t{0x03FF}, uint16_t{0x0400}, uint16_t{0x3C00}, uint16_t{0x3C01}, uint16_t{0x7BFE}}) {
+    const float mid = static_cast<float>((static_cast<double>(fmt::half_to_float(h)) + fmt::half_to_float(static_cast<uint16_t>(h + 1))) / 2);
+    EXPECT_EQ(fmt::float_to_half(mid), (h & 1u) ? h + 1 : h) << h;
+    EXPECT_EQ(fmt::float_to_half(-mid), static_cast<uint16_t>(((h & 1u) ? h + 1 : h) | 0x8000u)) << h;
+  }
+  std::mt19937 g(1);
+  std::uniform_real_distribution<float> e(-30.0f, 17.0f);
+  for (int i = 0; i < 200000; ++i) {
+    const float f = std::ldexp(1.0f + (g() % 8388608u) / 8388608.0f, static_cast<int>(e(g))) * ((g() & 1u) ? -1.0f : 1.0f);
+    ASSERT_EQ(fmt::float_to_half(f), reference_half(f)) << f;
+  }
+  EXPECT_EQ(fmt::float_to_half(65519.0f), 0x7BFFu);
+  EXPECT_EQ(fmt::float_to_half(65520.0f), 0x7C00u);
+  EXPECT_TRUE(std::isnan(fp16_round(NAN)));
+}
+
+TEST(TextOps, ActivationQuantizationIsTheSimulations) {
+  std::mt19937 g(2);
+  std::vector<float> x = randn(64, g);
+  x[3] = 0.0f;
+  // per_token: s = max|x| / 127, q = round_half_even(x / s).
+  std::vector<int8_t> q(64);
+  float s = 0.0f;
+  quantize_row(x.data(), 64, ActQuant::kPerToken, q.data(), &s);
+  float amax = 0.0f;
+  for (float v : x) amax = std::max(amax, std::fabs(v));
+  EXPECT_EQ(s, amax / 127.0f);
+  for (int j = 0; j < 64; ++j) EXPECT_EQ(q[static_cast<size_t>(j)], static_cast<int8_t>(std::nearbyint(x[static_cast<size_t>(j)] / s))) << j;
+  // A tie: 0.5 * s rounds to 0 (even), 1.5 * s to 2.
+  std::vector<float> tie = {127.0f, 0.5f, 1.5f, -2.5f};
+  quantize_row(tie.data(), 4, ActQuant::kPerToken, q.data(), &s);
+  EXPECT_EQ(q[1], 0);
+  EXPECT_EQ(q[2], 2);
+  EXPECT_EQ(q[3], -2);
+  // q8_0: per block d = max|x| / 127 (stored as fp16), q = roundf(x * (1 / d)), half away from zero.
+  std::vector<float> d(2);
+  quantize_row(x.data(), 64, ActQuant::kQ8_0, q.data(), d.data());
+  for (int b = 0; b < 2; ++b) {
+    float m = 0.0f;
+    for (int j = 0; j < 32; ++j) m = std::max(m, std::fabs(x[static_cast<size_t>(b * 32 + j)]));
+    const float db = m / 127.0f;
+    EXPECT_EQ(d[static_cast<size_t>(b)], fmt::half_to_float(fmt::float_to_half(db)));
+    for (int j = 0; j < 32; ++j)
+      EXPECT_EQ(q[static_cast<size_t>(b * 32 + j)], static_cast<int8_t>(std::round(x[static_cast<size_t>(b * 32 + j)] * (1.0f / db))));
+  }
+  std::vector<float> tie32(32, 0.0f);
+  tie32[0] = 127.0f, tie32[1] = 0.5f, tie32[2] = -2.5f;
+  quantize_row(tie32.data(), 32, ActQuant::kQ8_0, q.data(), d.data());
+  EXPECT_EQ(q[1], 1);
+  EXPECT_EQ(q[2], -3);
+  std::vector<float> zeros(32, 0.0f);
+  quantize_row(zeros.data(), 32, ActQuant::kQ8_0, q.data(), d.data());
+  EXPECT_EQ(d[0], 0.0f);
+  EXPECT_EQ(q[0], 0);
+}
+
+// A random int8 weight [n, k] with scales per (row, group).
+struct TestWeight {
+  std::vector<int8_t> q;
+  std::vector<float> s, f;
+  QuantWeight view(int64_t n, int64_t k, int64_t group, bool as_float) const {
+    QuantWeight w;
+    w.rows = n, w.cols = k;
+    if (as_float) {
+      w.f32 = f.data();
+    } else {
+      w.i8 = q.data(), w.scale = s.data(), w.group = group;
+    }
+    return w;
+  }
+};
+TestWeight make_weight(int64_t n, int64_t k, int64_t group, std::mt19937& g) {
+  TestWeight w;
+  std::uniform_int_distribution<int> qd(-127, 127);
+  std::uniform_real_distribution<float> sd(0.001f, 0.02f);
+  for (int64_t i = 0; i < n * k; ++i) w.q.push_back(static_cast<int8_t>(qd(g)));
+  for (int64_t i = 0; i < n * (k / group); ++i) w.s.push_back(sd(g));
+  for (int64_t o = 0; o < n; ++o)
+    for (int64_t j = 0; j < k; ++j) w.f.push_back(w.q[static_cast<size_t>(o * k + j)] * w.s[static_cast<size_t>(o * (k / group) + j / group)]);
+  return w;
+}
+
+TEST(TextOps, LinearMatchesTheDequantizedProductInEveryMode) {
+  std::mt19937 g(3);
+  const int64_t t = 5, n = 24, k = 128;
+  const std::vector<float> x = randn(static_cast<size_t>(t * k), g), bias = randn(static_cast<size_t>(n), g);
+  struct Case {
+    ActQuant q;
+    int64_t group;
+    bool as_float;
+  };
+  for (const Case c : {Case{ActQuant::kPerToken, k, false}, Case{ActQuant::kPerToken, 32, false}, Case{ActQuant::kQ8_0, 32, false},
+                       Case{ActQuant::kQ8_0, k, false}, Case{ActQuant::kQ8_0, 64, false}, Case{ActQuant::kNone, 32, false},
+                       Case{ActQuant::kNone, k, true}}) {
+    const TestWeight w = make_weight(n, k, c.group, g);
+    std::vector<float> y(static_cast<size_t>(t * n));
+    LinearScratch scratch;
+    linear_forward(x.data(), t, w.view(n, k, c.group, c.as_float), bias.data(), c.q, y.data(), scratch);
+    // Reference: the simulation's fake-quantized input times the dequantized weight, in double.
+    for (int64_t r = 0; r < t; ++r) {
+      std::vector<double> xd(static_cast<size_t>(k));
+      if (c.q == ActQuant::kNone) {
+        for (int64_t j = 0; j < k; ++j) xd[static_cast<size_t>(j)] = x[static_cast<size_t>(r * k + j)];
+      } else {
+        std::vector<int8_t> q(static_cast<size_t>(k));
+        std::vector<float> sc(static_cast<size_t>(k));
+        quantize_row(x.data() + r * k, k, c.q, q.data(), sc.data());
+        const int64_t xb = c.q == ActQuant::kPerToken ? k : 32;
+        for (int64_t j = 0; j < k; ++j) xd[static_cast<size_t>(j)] = double{q[static_cast<size_t>(j)]} * sc[static_cast<size_t>(j / xb)];
+      }
+      for (int64_t o = 0; o < n; ++o) {
+        double want = bias[static_cast<size_t>(o)];
+        double mag = std::fabs(want);
+        for (int64_t j = 0; j < k; ++j) {
+          want += xd[static_cast<size_t>(j)] * w.f[static_cast<size_t>(o * k + j)];
+          mag += std::fabs(xd[static_cast<size_t>(j)] * w.f[static_cast<size_t>(o * k + j)]);
+        }
+        ASSERT_NEAR(y[static_cast<size_t>(r * n + o)], want, 1e-6 * mag + 1e-7)
+            << "mode " << static_cast<int>(c.q) << " group " << c.group << " token " << r << " output " << o;
+      }
+    }
+  }
+}
+
+TEST(TextOps, NormsAndActivationsMatchTheirDefinitions) {
+  std::mt19937 g(4);
+  const int64_t d = 96;
+  const std::vector<float> x = randn(static_cast<size_t>(d), g, 3.0f), w = randn(static_cast<size_t>(d), g), b = randn(static_cast<size_t>(d), g);
+  std::vector<float> y(static_cast<size_t>(d));
+  layer_norm_row(x.data(), d, w.data(), b.data(), 1e-12f, y.data());
+  double mean = 0, var = 0;
+  for (float v : x) mean += v;
+  mean /= d;
+  for (float v : x) var += (v - mean) * (v - mean);
+  var /= d;
+  for (int64_t j = 0; j < d; ++j)
+    EXPECT_NEAR(y[static_cast<size_t>(j)], (x[static_cast<size_t>(j)] - mean) / std::sqrt(var + 1e-12) * w[static_cast<size_t>(j)] + b[static_cast<size_t>(j)], 1e-5);
+  rms_norm_row(x.data(), d, w.data(), 1e-5f, y.data());
+  double ss = 0;
+  for (float v : x) ss += double{v} * v;
+  for (int64_t j = 0; j < d; ++j)
+    EXPECT_NEAR(y[static_cast<size_t>(j)], w[static_cast<size_t>(j)] * x[static_cast<size_t>(j)] / std::sqrt(ss / d + 1e-5), 1e-5);
+  for (float v : {-6.0f, -1.0f, -0.1f, 0.0f, 0.3f, 2.0f, 9.0f}) {
+    EXPECT_NEAR(gelu(v), 0.5 * v * (1 + std::erf(v / std::sqrt(2.0))), 1e-6) << v;
+    EXPECT_NEAR(silu(v), v / (1 + std::exp(-double{v})), 1e-6) << v;
+  }
+}
+
+// Attention from its definition, in double: rotary positions (HF's rotate_half), grouped-query heads.
+std::vector<double> reference_attention(const AttentionConfig& c, const std::vector<float>& q, const std::vector<float>& k,
+                                        const std::vector<float>& v, int64_t t) {
+  const int64_t hd = c.head_dim, half = hd / 2, qw = c.heads * hd, kvw = c.kv_heads * hd;
+  auto rope = [&](std::vector<double> x, int64_t pos) {
+    if (c.rope_theta <= 0) return x;
+    std::vector<double> y(x.size());
+    for (int64_t i = 0; i < half; ++i) {
+      const double a = pos / std::pow(double{c.rope_theta}, 2.0 * i / hd);
+      y[static_cast<size_t>(i)] = x[static_cast<size_t>(i)] * std::cos(a) - x[static_cast<size_t>(i + half)] * std::sin(a);
+      y[static_cast<size_t>(i + half)] = x[static_cast<size_t>(i + half)] * std::cos(a) + x[static_cast<size_t>(i)] * std::sin(a);
+    }
+    return y;
+  };
+  std::vector<double> out(static_cast<size_t>(t * qw));
+  for (int64_t r = 0; r < t; ++r)
+    for (int64_t h = 0; h < c.heads; ++h) {
+      const int64_t kvh = h / (c.heads / c.kv_heads);
+      const std::vector<double> qr = rope(std::vector<double>(q.begin() + r * qw + h * hd, q.begin() + r * qw + h * hd + hd), r);
+      const int64_t keys = c.causal ? r + 1 : t;
+      std::vector<double> p(static_cast<size_t>(keys));
+      double mx = -INFINITY, sum = 0;
+      for (int64_t j = 0; j < keys; ++j) {
+        const std::vector<double> kr = rope(std::vector<double>(k.begin() + j * kvw + kvh * hd, k.begin() + j * kvw + kvh * hd + hd), j);
+        double dot = 0;
+        for (int64_t i = 0; i < hd; ++i) dot += qr[static_cast<size_t>(i)] * kr[static_cast<size_t>(i)];
+        p[static_cast<size_t>(j)] = dot / std::sqrt(double(hd));
+        mx = std::max(mx, p[static_cast<size_t>(j)]);
+      }
+      for (double& e : p) sum += (e = std::exp(e - mx));
+      for (int64_t j = 0; j < keys; ++j)
+        for (int64_t i = 0; i < hd; ++i)
+          out[static_cast<size_t>(r * qw + h * hd + i)] += p[static_cast<size_t>(j)] / sum * v[static_cast<size_t>(j * kvw + kvh * hd + i)];
+    }
+  return out;
+}
+
+TEST(TextOps, GroupedQueryRotaryAttentionAndItsKvCache) {
+  std::mt19937 g(5);
+  AttentionConfig c;
+  c.heads = 6, c.kv_heads = 2, c.head_dim = 8, c.causal = true, c.rope_theta = 10000.0f, c.max_positions = 64;
+  const int64_t t = 7;
+  const std::vector<float> q = randn(static_cast<size_t>(t * 48), g), k = randn(static_cast<size_t>(t * 16), g), v = randn(static_cast<size_t>(t * 16), g);
+  for (const bool causal : {true, false}) {
+    c.causal = causal;
+    KvCache cache;
+    std::vector<float> out(static_cast<size_t>(t * 48));
+    attention_forward(c, q.data(), k.data(), v.data(), t, cache, out.data());
+    const std::vector<double> want = reference_attention(c, q, k, v, t);
+    for (size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(out[i], want[i], 2e-5) << "causal " << causal << " element " << i;
+    EXPECT_EQ(cache.positions, t);
+  }
+  // A 3-token prompt, then one token at a time through the cache = all 7 at once.
+  c.causal = true;
+  KvCache all, step;
+  std::vector<float> once(static_cast<size_t>(t * 48)), prompt(3 * 48), one(48);
+  attention_forward(c, q.data(), k.data(), v.data(), t, all, once.data());
+  attention_forward(c, q.data(), k.data(), v.data(), 3, step, prompt.data());
+  for (size_t i = 0; i < prompt.size(); ++i) ASSERT_NEAR(prompt[i], once[i], 1e-6) << i;
+  for (int64_t r = 3; r < t; ++r) {
+    attention_forward(c, q.data() + r * 48, k.data() + r * 16, v.data() + r * 16, 1, step, one.data());
+    for (int64_t i = 0; i < 48; ++i) ASSERT_NEAR(one[static_cast<size_t>(i)], once[static_cast<size_t>(r * 48 + i)], 1e-6) << r << " " << i;
+  }
+  EXPECT_EQ(step.positions, t);
+  KvCache full;
+  full.positions = 60;
+  full.k.resize(60 * 16), full.v.resize(60 * 16);
+  EXPECT_THROW(attention_forward(c, q.data(), k.data(), v.data(), t, full, once.data()), QdmError);
+}
+
+// ids -> embedding (int8 rows) -> layer_norm -> linear (per-token int8) -> gelu -> linear -> add
+// -> mean_pool -> l2_normalize: a one-layer encoder's FFN path, with a dynamic token count.
+Graph tiny_encoder(std::mt19937& g) {
+  const int64_t vocab = 50, d = 32, f = 64;
+  Graph gr;
+  gr.metadata["task"] = "sentence_embedding";
+  const int32_t ids = gr.add_value({"input_ids", DType::kI32, {-1}});
+  auto rows = [&](const char* name, int64_t w) { return gr.add_value({name, DType::kF32, {-1, w}}); };
+  const int32_t e = rows("embed", d), n = rows("norm", d), h = rows("ffn_in", f), a = rows("act", f), o = rows("ffn_out", d), r = rows("residual", d);
+  const int32_t pooled = gr.add_value({"pooled", DType::kF32, {d}}), emb = gr.add_value({"embedding", DType::kF32, {d}});
+  gr.inputs = {ids};
+  gr.outputs = {emb};
+  auto qweight = [&](Node& node, int64_t out, int64_t in) {
+    const TestWeight w = make_weight(out, in, in, g);
+    node.attrs["weight"] = Attr::of_tensor(DType::kI8, {out, in}, w.q);
+    node.attrs["weight_scale"] = Attr::of_tensor(DType::kF32, {out, 1}, w.s);
+  };
+  qweight(gr.add_node("embedding", "embed", {ids}, {e}), vocab, d);
+  Node& ln = gr.add_node("layer_norm", "norm", {e}, {n});
+  ln.attrs["weight"] = Attr::of_tensor(DType::kF32, {d}, randn(static_cast<size_t>(d), g));
+  ln.attrs["bias"] = Attr::of_tensor(DType::kF32, {d}, randn(static_cast<size_t>(d), g));
+  ln.attrs["eps"] = Attr::of_float(1e-12f);
+  Node& l1 = gr.add_node("linear", "ffn_in", {n}, {h});
+  qweight(l1, f, d);
+  l1.attrs["bias"] = Attr::of_tensor(DType::kF32, {f}, randn(static_cast<size_t>(f), g));
+  l1.attrs["input_quant"] = Attr::of_string("per_token");
+  gr.add_node("gelu", "act", {h}, {a});
+  Node& l2 = gr.add_node("linear", "ffn_out", {a}, {o});
+  qweight(l2, d, f);
+  l2.attrs["input_quant"] = Attr::of_string("per_token");
+  gr.add_node("add", "residual", {e, o}, {r});
+  gr.add_node("mean_pool", "pool", {r}, {pooled});
+  gr.add_node("l2_normalize", "normalize", {pooled}, {emb});
+  return gr;
+}
+
+TEST(TextOps, EncoderGraphRunsAnyTokenCountAndRoundTripsItsFile) {
+  std::mt19937 g(6);
+  const Graph gr = tiny_encoder(g);
+  ASSERT_EQ(validate(gr), "");
+  const std::vector<uint8_t> bytes = serialize_graph(gr);
+  EXPECT_EQ(serialize_graph(parse_graph(bytes.data(), bytes.size())), bytes);
+  Executor ex(parse_graph(bytes.data(), bytes.size()));
+  for (const int64_t t : {1, 5, 17}) {
+    Buffer& ids = ex.input(0);
+    ids.resize({t});
+    for (int64_t i = 0; i < t; ++i) ids.data<int32_t>()[i] = static_cast<int32_t>((i * 7 + 3) % 50);
+    ex.run();
+    const Buffer& out = ex.output(0);
+    ASSERT_EQ(out.shape, Shape{32});
+    double norm = 0;
+    for (int64_t j = 0; j < 32; ++j) norm += double{out.data<float>()[j]} * out.data<float>()[j];
+    EXPECT_NEAR(norm, 1.0, 1e-5) << t;
+    // The pooled vector is the mean of the residual rows.
+    const Buffer& res = ex.value(6);
+    ASSERT_EQ(res.shape, (Shape{t, 32}));
+    for (int64_t j = 0; j < 32; ++j) {
+      double m = 0;
+      for (int64_t r = 0; r < t; ++r) m += res.data<float>()[r * 32 + j];
+      EXPECT_NEAR(ex.value(7).data<float>()[j], m / t, 1e-5);
+    }
+  }
+  ex.input(0).data<int32_t>()[2] = 50;
+  try {
+    ex.run();
+    FAIL() << "ran token id 50 of a 50-token vocabulary";
+  } catch (const QdmError& e) {
+    EXPECT_TRUE(contains(e.what(), "token id 50 at position 2 is outside [0, 50)")) << e.what();
+  }
+}
+
+TEST(TextOps, ValidationOfTextNodesNamesTheProblem) {
+  std::mt19937 g(7);
+  const Graph good = tiny_encoder(g);
+  auto broken = [&](auto edit) {
+    Graph gr = good;
+    edit(gr);
+    return validate(gr);
+  };
+  std::string e = broken([](Graph& gr) { gr.nodes[2].attrs["input_quant"] = Attr::of_string("q4"); });
+  EXPECT_TRUE(contains(e, "input_quant 'q4': expected none, per_token or q8_0")) << e;
+  e = broken([](Graph& gr) { gr.nodes[4].attrs["input_quant"] = Attr::of_string("q8_0"); gr.nodes[4].attrs["weight_scale"].shape = {32, 1}; });
+  EXPECT_EQ(e, "");  // 64 inputs: Q8_0 blocks fit
+  e = broken([](Graph& gr) { gr.nodes[2].attrs["weight_scale"] = Attr::of_tensor(DType::kF32, {64, 3}, std::vector<float>(192, 0.01f)); });
+  EXPECT_TRUE(contains(e, "weight_scale must be f32 [64, groups] with groups dividing 32")) << e;
+  e = broken([](Graph& gr) { gr.nodes[1].attrs.erase("bias"); });
+  EXPECT_TRUE(contains(e, "node 1 (layer_norm 'norm'): attribute bias is missing")) << e;
+  e = broken([](Graph& gr) { gr.values[3].shape = {-1, 65}; });
+  EXPECT_TRUE(contains(e, "output 0 is declared ?x65, the op writes ?x64")) << e;
+  e = broken([](Graph& gr) { gr.nodes[5].inputs = {0, 5}; });
+  EXPECT_TRUE(contains(e, "operand 0 must be f32")) << e;
+}
+
+}  // namespace
+}  // namespace qd::rt
