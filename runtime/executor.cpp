@@ -1,19 +1,13 @@
 #include "runtime/executor.h"
 
-#include <sstream>
+#include "runtime/strings.h"
+
 
 namespace qd::rt {
 
 namespace {
 
 constexpr int64_t kMaxRunElements = int64_t{1} << 31;  // any one tensor at run time
-
-template <class... Args>
-std::string cat(const Args&... args) {
-  std::ostringstream s;
-  (s << ... << args);
-  return s.str();
-}
 
 // A run-time shape against its declaration: the same rank, the static dimensions equal.
 bool fits(const Shape& actual, const Shape& declared) {

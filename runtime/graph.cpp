@@ -1,41 +1,16 @@
 #include "runtime/graph.h"
 
 #include <cmath>
-#include <cstdio>
-#include <sstream>
 
 #include "runtime/ops.h"
+#include "runtime/strings.h"
 
 namespace qd::rt {
 
 namespace {
 
-template <class... Args>
-std::string cat(const Args&... args) {
-  std::ostringstream s;
-  (s << ... << args);
-  return s.str();
-}
-
 constexpr int64_t kMaxElements = int64_t{1} << 31;  // any one tensor, static dimensions only
 constexpr size_t kMaxRank = 8;
-
-// Names come from files: anything but printable ASCII is escaped, so that a message never carries
-// control characters to a terminal or a log.
-std::string printable(const std::string& s) {
-  std::string out;
-  for (const char ch : s) {
-    const auto u = static_cast<unsigned char>(ch);
-    if (u >= 0x20 && u < 0x7f && u != '\\') {
-      out += ch;
-    } else {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\x%02x", u);
-      out += buf;
-    }
-  }
-  return out;
-}
 
 std::string node_label(size_t i, const Node& n) { return cat("node ", i, " (", printable(n.op), " '", printable(n.name), "')"); }
 

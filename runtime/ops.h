@@ -7,6 +7,7 @@
 
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "runtime/graph.h"
@@ -62,6 +63,17 @@ struct OpSpec {
   std::vector<DType> (*out_dtypes)(const Node& n, const std::vector<const ValueInfo*>& in);
   std::unique_ptr<OpKernel> (*make)(const Node& n, const Graph& g);
 };
+
+// An op's `make` for a kernel constructed from the node alone (or from the node and the graph).
+template <class K>
+std::unique_ptr<OpKernel> make_kernel(const Node& n, const Graph& g) {
+  if constexpr (std::is_constructible_v<K, const Node&, const Graph&>)
+    return std::make_unique<K>(n, g);
+  else if constexpr (std::is_constructible_v<K, const Node&>)
+    return std::make_unique<K>(n);
+  else
+    return std::make_unique<K>();
+}
 
 // nullptr when unknown.
 const OpSpec* find_op(const std::string& name);

@@ -5,24 +5,17 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <sstream>
 
 #include "runtime/fixed_point.h"
 #include "runtime/kernels.h"
 #include "runtime/ops.h"
+#include "runtime/strings.h"
 
 namespace qd::rt {
 
 int8_t quantize_input(float x, float mean, float inv_std, float inv_scale, int32_t zero_point);  // interpreter.cpp
 
 namespace {
-
-template <class... Args>
-std::string cat(const Args&... args) {
-  std::ostringstream s;
-  (s << ... << args);
-  return s.str();
-}
 
 constexpr int64_t kMaxDim = 65536;
 constexpr int64_t kMaxWeights = int64_t{1} << 26;
@@ -175,7 +168,7 @@ OpSpec quantize_image_op() {
   };
   op.infer = same_shape;
   op.out_dtypes = i8_out;
-  op.make = [](const Node& n, const Graph&) -> std::unique_ptr<OpKernel> { return std::make_unique<QuantizeImage>(n); };
+  op.make = make_kernel<QuantizeImage>;
   return op;
 }
 
@@ -238,7 +231,7 @@ OpSpec conv2d_op() {
   };
   op.infer = [](const Node& n, const std::vector<Shape>& in) { return window_shape(n, in, n.at("weight").shape[0]); };
   op.out_dtypes = i8_out;
-  op.make = [](const Node& n, const Graph& g) -> std::unique_ptr<OpKernel> { return std::make_unique<Conv2d>(n, g); };
+  op.make = make_kernel<Conv2d>;
   return op;
 }
 
@@ -287,7 +280,7 @@ OpSpec maxpool2d_op() {
   };
   op.infer = [](const Node& n, const std::vector<Shape>& in) { return window_shape(n, in, in[0][0]); };
   op.out_dtypes = i8_out;
-  op.make = [](const Node& n, const Graph&) -> std::unique_ptr<OpKernel> { return std::make_unique<MaxPool>(n); };
+  op.make = make_kernel<MaxPool>;
   return op;
 }
 
@@ -343,7 +336,7 @@ OpSpec add_i8_op() {
   };
   op.infer = same_shape;
   op.out_dtypes = i8_out;
-  op.make = [](const Node& n, const Graph&) -> std::unique_ptr<OpKernel> { return std::make_unique<AddI8>(n); };
+  op.make = make_kernel<AddI8>;
   return op;
 }
 
@@ -379,7 +372,7 @@ OpSpec global_avg_pool_op() {
   };
   op.infer = [](const Node&, const std::vector<Shape>& in) { return std::vector<Shape>{{in[0][0], 1, 1}}; };
   op.out_dtypes = i8_out;
-  op.make = [](const Node& n, const Graph&) -> std::unique_ptr<OpKernel> { return std::make_unique<GlobalAvgPool>(n); };
+  op.make = make_kernel<GlobalAvgPool>;
   return op;
 }
 
@@ -425,7 +418,7 @@ OpSpec linear_i8_op() {
   };
   op.infer = [](const Node& n, const std::vector<Shape>&) { return std::vector<Shape>{{n.at("weight").shape[0]}}; };
   op.out_dtypes = f32_out;
-  op.make = [](const Node& n, const Graph&) -> std::unique_ptr<OpKernel> { return std::make_unique<LinearI8>(n); };
+  op.make = make_kernel<LinearI8>;
   return op;
 }
 

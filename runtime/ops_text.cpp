@@ -12,21 +12,14 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <sstream>
 
 #include "runtime/ops.h"
+#include "runtime/strings.h"
 #include "runtime/text_kernels.h"
 
 namespace qd::rt {
 
 namespace {
-
-template <class... Args>
-std::string cat(const Args&... args) {
-  std::ostringstream s;
-  (s << ... << args);
-  return s.str();
-}
 
 using A = Attr::Kind;
 
@@ -116,7 +109,7 @@ OpSpec embedding_op() {
   };
   op.infer = [](const Node& n, const std::vector<Shape>& in) { return std::vector<Shape>{{in[0][0], n.at("weight").shape[1]}}; };
   op.out_dtypes = f32_out;
-  op.make = [](const Node& n, const Graph&) -> std::unique_ptr<OpKernel> { return std::make_unique<Embedding>(n); };
+  op.make = make_kernel<Embedding>;
   return op;
 }
 
@@ -174,23 +167,24 @@ OpSpec linear_op() {
   };
   op.infer = [](const Node& n, const std::vector<Shape>& in) { return std::vector<Shape>{{in[0][0], n.at("weight").shape[0]}}; };
   op.out_dtypes = f32_out;
-  op.make = [](const Node& n, const Graph&) -> std::unique_ptr<OpKernel> { return std::make_unique<Linear>(n); };
+  op.make = make_kernel<Linear>;
   return op;
 }
 
 // ---- norms -------------------------------------------------------------------------------------
 
+template <bool kRms>
 class Norm : public OpKernel {
  public:
-  Norm(const Node& n, bool rms) : rms_(rms), eps_(n.at("eps").f), weight_(n.at("weight").as<float>()) {
-    if (!rms) bias_ = n.at("bias").as<float>();
+  explicit Norm(const Node& n) : eps_(n.at("eps").f), weight_(n.at("weight").as<float>()) {
+    if (!kRms) bias_ = n.at("bias").as<float>();
   }
   void run(const std::vector<const Buffer*>& in, const std::vector<Buffer*>& out) override {
     const int64_t t = in[0]->shape[0], d = in[0]->shape[1];
     for (int64_t r = 0; r < t; ++r) {
       const float* x = in[0]->data<float>() + r * d;
       float* y = out[0]->data<float>() + r * d;
-      if (rms_)
+      if (kRms)
         rms_norm_row(x, d, weight_, eps_, y);
       else
         layer_norm_row(x, d, weight_, bias_, eps_, y);
@@ -198,7 +192,6 @@ class Norm : public OpKernel {
   }
 
  private:
-  bool rms_;
   float eps_;
   const float* weight_;
   const float* bias_ = nullptr;
@@ -211,7 +204,6 @@ OpSpec norm_op(bool rms) {
   op.attrs = {{"weight", A::kTensor}, {"eps", A::kFloat}};
   if (!rms) op.attrs.push_back({"bias", A::kTensor});
   using Check = std::string (*)(const Node&, const std::vector<const ValueInfo*>&);
-  using Make = std::unique_ptr<OpKernel> (*)(const Node&, const Graph&);
   op.check = rms ? Check([](const Node& n, const std::vector<const ValueInfo*>& in) -> std::string {
     if (std::string e = expect_rows(in[0], "the input"); !e.empty()) return e;
     if (!(n.at("eps").f > 0.0f)) return cat("eps ", n.at("eps").f, " must be > 0");
@@ -225,8 +217,7 @@ OpSpec norm_op(bool rms) {
   });
   op.infer = same_shape;
   op.out_dtypes = f32_out;
-  op.make = rms ? Make([](const Node& n, const Graph&) -> std::unique_ptr<OpKernel> { return std::make_unique<Norm>(n, true); })
-                : Make([](const Node& n, const Graph&) -> std::unique_ptr<OpKernel> { return std::make_unique<Norm>(n, false); });
+  op.make = rms ? make_kernel<Norm<true>> : make_kernel<Norm<false>>;
   return op;
 }
 
@@ -234,14 +225,14 @@ OpSpec norm_op(bool rms) {
 
 enum class Elementwise { kGelu, kSiluMul, kAdd };
 
+template <Elementwise kKind>
 class ElementwiseKernel : public OpKernel {
  public:
-  explicit ElementwiseKernel(Elementwise k) : k_(k) {}
   void run(const std::vector<const Buffer*>& in, const std::vector<Buffer*>& out) override {
     const int64_t n = out[0]->numel();
     const float* a = in[0]->data<float>();
     float* y = out[0]->data<float>();
-    switch (k_) {
+    switch (kKind) {
       case Elementwise::kGelu:
         for (int64_t i = 0; i < n; ++i) y[i] = gelu(a[i]);
         break;
@@ -257,9 +248,6 @@ class ElementwiseKernel : public OpKernel {
       }
     }
   }
-
- private:
-  Elementwise k_;
 };
 
 OpSpec elementwise_op(Elementwise k) {
@@ -280,17 +268,9 @@ OpSpec elementwise_op(Elementwise k) {
   };
   op.infer = same_shape;
   op.out_dtypes = f32_out;
-  switch (k) {
-    case Elementwise::kGelu:
-      op.make = [](const Node&, const Graph&) -> std::unique_ptr<OpKernel> { return std::make_unique<ElementwiseKernel>(Elementwise::kGelu); };
-      break;
-    case Elementwise::kSiluMul:
-      op.make = [](const Node&, const Graph&) -> std::unique_ptr<OpKernel> { return std::make_unique<ElementwiseKernel>(Elementwise::kSiluMul); };
-      break;
-    case Elementwise::kAdd:
-      op.make = [](const Node&, const Graph&) -> std::unique_ptr<OpKernel> { return std::make_unique<ElementwiseKernel>(Elementwise::kAdd); };
-      break;
-  }
+  op.make = k == Elementwise::kGelu      ? make_kernel<ElementwiseKernel<Elementwise::kGelu>>
+            : k == Elementwise::kSiluMul ? make_kernel<ElementwiseKernel<Elementwise::kSiluMul>>
+                                         : make_kernel<ElementwiseKernel<Elementwise::kAdd>>;
   return op;
 }
 
@@ -343,7 +323,7 @@ OpSpec attention_op() {
   };
   op.infer = same_shape;
   op.out_dtypes = f32_out;
-  op.make = [](const Node& n, const Graph&) -> std::unique_ptr<OpKernel> { return std::make_unique<Attention>(n); };
+  op.make = make_kernel<Attention>;
   return op;
 }
 
@@ -381,7 +361,7 @@ OpSpec mean_pool_op() {
   op.check = [](const Node&, const std::vector<const ValueInfo*>& in) -> std::string { return expect_rows(in[0], "the input"); };
   op.infer = [](const Node&, const std::vector<Shape>& in) { return std::vector<Shape>{{in[0][1]}}; };
   op.out_dtypes = f32_out;
-  op.make = [](const Node&, const Graph&) -> std::unique_ptr<OpKernel> { return std::make_unique<MeanPool>(); };
+  op.make = make_kernel<MeanPool>;
   return op;
 }
 
@@ -396,7 +376,7 @@ OpSpec l2_normalize_op() {
   };
   op.infer = same_shape;
   op.out_dtypes = f32_out;
-  op.make = [](const Node&, const Graph&) -> std::unique_ptr<OpKernel> { return std::make_unique<L2Normalize>(); };
+  op.make = make_kernel<L2Normalize>;
   return op;
 }
 

@@ -2,6 +2,8 @@
 // the two in step (a layout change is a new version, see "Versioning" there).
 #include "runtime/qdm.h"
 
+#include "runtime/strings.h"
+
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -58,34 +60,10 @@ uint32_t crc32(const uint8_t* p, size_t n) {
   return c ^ 0xFFFFFFFFu;
 }
 
-template <typename... Args>
-std::string cat(const Args&... args) {
-  std::ostringstream os;
-  (os << ... << args);
-  return os.str();
-}
-
 std::string hex32(uint32_t v) {
   char buf[16];
   std::snprintf(buf, sizeof buf, "0x%08x", v);
   return buf;
-}
-
-// Layer names come from the file: escape anything that is not printable ASCII so that an error
-// message never carries control characters to a terminal or a log.
-std::string printable(const std::string& s) {
-  std::string out;
-  for (const char ch : s) {
-    const auto u = static_cast<unsigned char>(ch);
-    if (u >= 0x20 && u < 0x7f && u != '\\') {
-      out += ch;
-    } else {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\x%02x", u);
-      out += buf;
-    }
-  }
-  return out;
 }
 
 bool known_kind(OpKind k) {
@@ -386,6 +364,64 @@ uint32_t load_u32(const uint8_t* p) {
 }
 uint64_t load_u64(const uint8_t* p) { return uint64_t{load_u32(p)} | uint64_t{load_u32(p + 4)} << 32; }
 
+
+// The header's magic and version: the checks both readers make first, in the order that gives the
+// most useful message (is it a .qdm at all, then can this runtime read its version, since a newer
+// version may have another header).
+uint32_t read_version(const uint8_t* data, size_t size) {
+  if (size == 0) throw QdmError("truncated: the file is empty (not a .qdm file)");
+  if (std::memcmp(data, kMagic, std::min(size, sizeof kMagic)) != 0) throw QdmError("not a .qdm file (bad magic)");
+  if (size < 12) throw QdmError(cat("truncated: the header needs ", kHeaderBytes, " bytes, the file has ", size));
+  const uint32_t version = load_u32(data + 8);
+  if (version == 0) throw QdmError("invalid header: version 0");
+  if (version > kQdmGraphVersion)
+    throw QdmError(cat("version ", version, " is newer than this runtime reads (", kQdmGraphVersion,
+                       "): re-export with this qdistill or update the runtime"));
+  if (size < kHeaderBytes) throw QdmError(cat("truncated: the header needs ", kHeaderBytes, " bytes, the file has ", size));
+  if (const uint32_t reserved = load_u32(data + 36); reserved != 0)
+    throw QdmError(cat("invalid header: reserved field at offset 36 is ", hex32(reserved), ", must be 0"));
+  return version;
+}
+
+// The rest of the header that both versions share: the reserved field, the payload size against
+// the file's, and the payload's CRC-32. Call after the counts are checked.
+void check_payload(const uint8_t* data, size_t size) {
+  const uint64_t payload = load_u64(data + 24);
+  const uint32_t crc = load_u32(data + 32);
+  const uint64_t have = size - kHeaderBytes;
+  if (payload > have)
+    throw QdmError(cat("truncated: the header declares ", payload, " payload bytes after the ", kHeaderBytes,
+                       "-byte header, the file has ", have));
+  if (payload < have)
+    throw QdmError(cat("invalid file: ", have - payload, " unexpected bytes after the ", payload,
+                       "-byte payload the header declares"));
+  const uint32_t actual = crc32(data + kHeaderBytes, static_cast<size_t>(payload));
+  if (actual != crc)
+    throw QdmError(cat("checksum mismatch: the payload's CRC-32 is ", hex32(actual), ", the header says ", hex32(crc),
+                       " (the file is corrupt)"));
+}
+
+// Header: magic, version, three counts, then the payload size and CRC-32 that seal() fills in.
+void begin_file(Writer& w, uint32_t version, uint32_t a, uint32_t b, uint32_t c) {
+  w.bytes(kMagic, sizeof kMagic);
+  w.u32(version);
+  w.u32(a);
+  w.u32(b);
+  w.u32(c);
+  w.u64(0);
+  w.u32(0);
+  w.u32(0);  // reserved
+}
+
+std::vector<uint8_t> seal(Writer& w) {
+  std::vector<uint8_t>& out = w.out;
+  const uint64_t payload = out.size() - kHeaderBytes;
+  const uint32_t crc = crc32(out.data() + kHeaderBytes, out.size() - kHeaderBytes);
+  for (int k = 0; k < 8; ++k) out[24 + k] = static_cast<uint8_t>(payload >> (8 * k));
+  for (int k = 0; k < 4; ++k) out[32 + k] = static_cast<uint8_t>(crc >> (8 * k));
+  return std::move(w.out);
+}
+
 }  // namespace
 
 // ---- public API ----------------------------------------------------------------------------------
@@ -454,14 +490,8 @@ std::vector<uint8_t> serialize(const Model& m) {
   if (!err.empty()) throw QdmError("cannot write an invalid model: " + err);
 
   Writer w;
-  w.bytes(kMagic, sizeof kMagic);
-  w.u32(kQdmVersion);
-  w.u32(static_cast<uint32_t>(m.tensors.size()));
-  w.u32(static_cast<uint32_t>(m.layers.size()));
-  w.u32(static_cast<uint32_t>(m.mean.size()));
-  w.u64(0);  // payload size and CRC-32: patched below
-  w.u32(0);
-  w.u32(0);  // reserved
+  begin_file(w, kQdmVersion, static_cast<uint32_t>(m.tensors.size()), static_cast<uint32_t>(m.layers.size()),
+             static_cast<uint32_t>(m.mean.size()));
   for (float v : m.mean) w.f32(v);
   for (float v : m.inv_std) w.f32(v);
   for (const TensorInfo& t : m.tensors) {
@@ -502,51 +532,22 @@ std::vector<uint8_t> serialize(const Model& m) {
     w.i32(l.act_max);
   }
 
-  std::vector<uint8_t>& out = w.out;
-  const uint64_t payload = out.size() - kHeaderBytes;
-  const uint32_t crc = crc32(out.data() + kHeaderBytes, out.size() - kHeaderBytes);
-  for (int k = 0; k < 8; ++k) out[24 + k] = static_cast<uint8_t>(payload >> (8 * k));
-  for (int k = 0; k < 4; ++k) out[32 + k] = static_cast<uint8_t>(crc >> (8 * k));
-  return std::move(w.out);
+  return seal(w);
 }
 
 Model parse_qdm(const uint8_t* data, size_t size) {
-  // The header, in the order that gives the most useful message: is it a .qdm at all, then can
-  // this runtime read its version (a newer version may have another header), then the rest.
-  if (size == 0) throw QdmError("truncated: the file is empty (not a .qdm file)");
-  if (std::memcmp(data, kMagic, std::min(size, sizeof kMagic)) != 0) throw QdmError("not a .qdm file (bad magic)");
-  if (size < 12) throw QdmError(cat("truncated: the header needs ", kHeaderBytes, " bytes, the file has ", size));
-  const uint32_t version = load_u32(data + 8);
-  if (version == 0) throw QdmError("invalid header: version 0");
-  if (version > kQdmGraphVersion)
-    throw QdmError(cat("version ", version, " is newer than this runtime reads (", kQdmGraphVersion,
-                       "): re-export with this qdistill or update the runtime"));
-  if (version == kQdmGraphVersion) throw QdmError("a version-2 .qdm holds a graph of ops: read it with load_graph");
-  if (size < kHeaderBytes)
-    throw QdmError(cat("truncated: the header needs ", kHeaderBytes, " bytes, the file has ", size));
+  if (read_version(data, size) == kQdmGraphVersion)
+    throw QdmError("a version-2 .qdm holds a graph of ops: read it with load_graph");
   const uint32_t num_tensors = load_u32(data + 12), num_layers = load_u32(data + 16);
   const uint32_t input_channels = load_u32(data + 20);
-  const uint64_t payload = load_u64(data + 24);
-  const uint32_t crc = load_u32(data + 32), reserved = load_u32(data + 36);
-  if (reserved != 0)
-    throw QdmError(cat("invalid header: reserved field at offset 36 is ", hex32(reserved), ", must be 0"));
   if (num_layers < 1 || num_layers > kMaxLayers)
     throw QdmError(cat("invalid header: ", num_layers, " layers, must be in [1, ", kMaxLayers, "]"));
   if (num_tensors != num_layers + 1)
     throw QdmError(cat("invalid header: ", num_tensors, " tensors for ", num_layers, " layers (expected layers + 1)"));
   if (input_channels < 1 || input_channels > kMaxDim)
     throw QdmError(cat("invalid header: ", input_channels, " input channels, must be in [1, ", kMaxDim, "]"));
-  const uint64_t have = size - kHeaderBytes;
-  if (payload > have)
-    throw QdmError(cat("truncated: the header declares ", payload, " payload bytes after the ", kHeaderBytes,
-                       "-byte header, the file has ", have));
-  if (payload < have)
-    throw QdmError(cat("invalid file: ", have - payload, " unexpected bytes after the ", payload,
-                       "-byte payload the header declares"));
-  const uint32_t actual = crc32(data + kHeaderBytes, static_cast<size_t>(payload));
-  if (actual != crc)
-    throw QdmError(cat("checksum mismatch: the payload's CRC-32 is ", hex32(actual), ", the header says ", hex32(crc),
-                       " (the file is corrupt)"));
+  check_payload(data, size);
+  const uint64_t payload = load_u64(data + 24);
 
   Model m;
   Reader r(data, kHeaderBytes, size);
@@ -758,14 +759,8 @@ std::vector<uint8_t> serialize_graph(const Graph& g) {
   const std::string err = validate(g);
   if (!err.empty()) throw QdmError("cannot write an invalid model: " + err);
   Writer w;
-  w.bytes(kMagic, sizeof kMagic);
-  w.u32(kQdmGraphVersion);
-  w.u32(static_cast<uint32_t>(g.values.size()));
-  w.u32(static_cast<uint32_t>(g.nodes.size()));
-  w.u32(static_cast<uint32_t>(g.metadata.size()));
-  w.u64(0);  // payload size and CRC-32: patched below
-  w.u32(0);
-  w.u32(0);  // reserved
+  begin_file(w, kQdmGraphVersion, static_cast<uint32_t>(g.values.size()), static_cast<uint32_t>(g.nodes.size()),
+             static_cast<uint32_t>(g.metadata.size()));
   for (const auto& [k, v] : g.metadata) {
     write_string(w, k);
     write_string(w, v);
@@ -790,42 +785,16 @@ std::vector<uint8_t> serialize_graph(const Graph& g) {
       write_attr(w, a);
     }
   }
-  std::vector<uint8_t>& out = w.out;
-  const uint64_t payload = out.size() - kHeaderBytes;
-  const uint32_t crc = crc32(out.data() + kHeaderBytes, out.size() - kHeaderBytes);
-  for (int k = 0; k < 8; ++k) out[24 + k] = static_cast<uint8_t>(payload >> (8 * k));
-  for (int k = 0; k < 4; ++k) out[32 + k] = static_cast<uint8_t>(crc >> (8 * k));
-  return std::move(w.out);
+  return seal(w);
 }
 
 Graph parse_graph(const uint8_t* data, size_t size) {
-  if (size == 0) throw QdmError("truncated: the file is empty (not a .qdm file)");
-  if (std::memcmp(data, kMagic, std::min(size, sizeof kMagic)) != 0) throw QdmError("not a .qdm file (bad magic)");
-  if (size < 12) throw QdmError(cat("truncated: the header needs ", kHeaderBytes, " bytes, the file has ", size));
-  const uint32_t version = load_u32(data + 8);
-  if (version == kQdmVersion) return to_graph(parse_qdm(data, size));
-  if (version == 0) throw QdmError("invalid header: version 0");
-  if (version > kQdmGraphVersion)
-    throw QdmError(cat("version ", version, " is newer than this runtime reads (", kQdmGraphVersion,
-                       "): re-export with this qdistill or update the runtime"));
-  if (size < kHeaderBytes) throw QdmError(cat("truncated: the header needs ", kHeaderBytes, " bytes, the file has ", size));
+  if (read_version(data, size) == kQdmVersion) return to_graph(parse_qdm(data, size));
   const uint32_t num_values = load_u32(data + 12), num_nodes = load_u32(data + 16), num_meta = load_u32(data + 20);
-  const uint64_t payload = load_u64(data + 24);
-  const uint32_t crc = load_u32(data + 32), reserved = load_u32(data + 36);
-  if (reserved != 0) throw QdmError(cat("invalid header: reserved field at offset 36 is ", hex32(reserved), ", must be 0"));
   if (num_values < 1 || num_values > kMaxValues) throw QdmError(cat("invalid header: ", num_values, " values, must be in [1, ", kMaxValues, "]"));
   if (num_nodes < 1 || num_nodes > kMaxNodes) throw QdmError(cat("invalid header: ", num_nodes, " nodes, must be in [1, ", kMaxNodes, "]"));
   if (num_meta > kMaxMetadata) throw QdmError(cat("invalid header: ", num_meta, " metadata entries, at most ", kMaxMetadata));
-  const uint64_t have = size - kHeaderBytes;
-  if (payload > have)
-    throw QdmError(cat("truncated: the header declares ", payload, " payload bytes after the ", kHeaderBytes,
-                       "-byte header, the file has ", have));
-  if (payload < have)
-    throw QdmError(cat("invalid file: ", have - payload, " unexpected bytes after the ", payload, "-byte payload the header declares"));
-  const uint32_t actual = crc32(data + kHeaderBytes, static_cast<size_t>(payload));
-  if (actual != crc)
-    throw QdmError(cat("checksum mismatch: the payload's CRC-32 is ", hex32(actual), ", the header says ", hex32(crc),
-                       " (the file is corrupt)"));
+  check_payload(data, size);
 
   Graph g;
   Reader r(data, kHeaderBytes, size);
