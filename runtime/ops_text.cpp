@@ -229,6 +229,9 @@ template <Elementwise kKind>
 class ElementwiseKernel : public OpKernel {
  public:
   void run(const std::vector<const Buffer*>& in, const std::vector<Buffer*>& out) override {
+    // Static shapes were validated; dynamic token counts must agree at run time too.
+    if (in.size() == 2 && in[0]->shape != in[1]->shape)
+      throw QdmError(cat("operands of ", shape_text(in[0]->shape), " and ", shape_text(in[1]->shape), " at run time"));
     const int64_t n = out[0]->numel();
     const float* a = in[0]->data<float>();
     float* y = out[0]->data<float>();
@@ -288,6 +291,8 @@ class Attention : public OpKernel {
     cache_ = n.find("kv_cache") && n.at("kv_cache").i != 0;
   }
   void run(const std::vector<const Buffer*>& in, const std::vector<Buffer*>& out) override {
+    if (in[1]->shape[0] != in[0]->shape[0] || in[2]->shape[0] != in[0]->shape[0])
+      throw QdmError(cat("attention: q, k and v have ", in[0]->shape[0], ", ", in[1]->shape[0], " and ", in[2]->shape[0], " tokens"));
     if (!cache_) state_.clear();
     attention_forward(cfg_, in[0]->data<float>(), in[1]->data<float>(), in[2]->data<float>(), in[0]->shape[0], state_,
                       out[0]->data<float>());

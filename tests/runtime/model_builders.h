@@ -6,8 +6,10 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <tuple>
 #include <vector>
 
+#include "runtime/graph.h"
 #include "runtime/model.h"
 
 namespace qd::rt::test_models {
@@ -125,6 +127,67 @@ inline Model every_op_model() {
   m.layers.push_back(gap(m, 4, 0.02f));
   m.layers.push_back(linear(m, 5, 5));
   return m;
+}
+
+
+// A small text graph with every transformer op (weights from the same LCG): ids -> embedding
+// (int8 rows) -> rms_norm -> q, k, v (Q8_0 inputs, groups of 32) -> rotary causal attention with a
+// KV cache -> add -> layer_norm -> linear (per-token int8) -> gelu, and silu_mul -> add ->
+// mean_pool -> l2_normalize. For the fuzzer's seed corpus: not a model anyone trains.
+inline Graph every_text_op_graph() {
+  const int64_t vocab = 40, d = 64, heads = 2, kv = 1, hd = 32;
+  Graph g;
+  g.metadata["task"] = "sentence_embedding";
+  const int32_t ids = g.add_value({"ids", DType::kI32, {-1}});
+  auto rows = [&](const std::string& name, int64_t w) { return g.add_value({name, DType::kF32, {-1, w}}); };
+  auto i8 = [&](int64_t n) {
+    std::vector<int8_t> v(static_cast<size_t>(n));
+    for (int8_t& x : v) x = static_cast<int8_t>(next_int(-127, 127));
+    return v;
+  };
+  auto f32 = [&](int64_t n, float lo, float hi) {
+    std::vector<float> v(static_cast<size_t>(n));
+    for (float& x : v) x = lo + (hi - lo) * static_cast<float>(next_int(0, 1000)) / 1000.0f;
+    return v;
+  };
+  auto weight = [&](Node& n, int64_t out, int64_t in, int64_t groups) {
+    n.attrs["weight"] = Attr::of_tensor(DType::kI8, {out, in}, i8(out * in));
+    n.attrs["weight_scale"] = Attr::of_tensor(DType::kF32, {out, groups}, f32(out * groups, 0.001f, 0.01f));
+  };
+  const int32_t e = rows("embed", d), n1 = rows("norm1", d), q = rows("q", heads * hd), k = rows("k", kv * hd),
+                v = rows("v", kv * hd), a = rows("attn", d), r1 = rows("res1", d), n2 = rows("norm2", d), f1 = rows("ffn_in", d),
+                f2 = rows("act", d), f3 = rows("gated", d), r2 = rows("res2", d);
+  const int32_t pooled = g.add_value({"pooled", DType::kF32, {d}}), out = g.add_value({"embedding", DType::kF32, {d}});
+  g.inputs = {ids};
+  g.outputs = {out};
+  weight(g.add_node("embedding", "embed", {ids}, {e}), vocab, d, 1);
+  Node& rn = g.add_node("rms_norm", "norm1", {e}, {n1});
+  rn.attrs["weight"] = Attr::of_tensor(DType::kF32, {d}, f32(d, 0.5f, 1.5f));
+  rn.attrs["eps"] = Attr::of_float(1e-5f);
+  for (auto [id, w, name] : {std::tuple{q, heads * hd, "q"}, std::tuple{k, kv * hd, "k"}, std::tuple{v, kv * hd, "v"}}) {
+    Node& l = g.add_node("linear", name, {n1}, {id});
+    weight(l, w, d, d / 32);
+    l.attrs["input_quant"] = Attr::of_string("q8_0");
+  }
+  Node& at = g.add_node("attention", "attn", {q, k, v}, {a});
+  at.attrs["heads"] = Attr::of_int(heads), at.attrs["kv_heads"] = Attr::of_int(kv), at.attrs["head_dim"] = Attr::of_int(hd);
+  at.attrs["causal"] = Attr::of_int(1), at.attrs["max_positions"] = Attr::of_int(64), at.attrs["kv_cache"] = Attr::of_int(1);
+  at.attrs["rope_theta"] = Attr::of_float(10000.0f);
+  g.add_node("add", "res1", {e, a}, {r1});
+  Node& ln = g.add_node("layer_norm", "norm2", {r1}, {n2});
+  ln.attrs["weight"] = Attr::of_tensor(DType::kF32, {d}, f32(d, 0.5f, 1.5f));
+  ln.attrs["bias"] = Attr::of_tensor(DType::kF32, {d}, f32(d, -0.1f, 0.1f));
+  ln.attrs["eps"] = Attr::of_float(1e-12f);
+  Node& l1 = g.add_node("linear", "ffn_in", {n2}, {f1});
+  weight(l1, d, d, 1);
+  l1.attrs["bias"] = Attr::of_tensor(DType::kF32, {d}, f32(d, -0.1f, 0.1f));
+  l1.attrs["input_quant"] = Attr::of_string("per_token");
+  g.add_node("gelu", "act", {f1}, {f2});
+  g.add_node("silu_mul", "gated", {f1, f2}, {f3});
+  g.add_node("add", "res2", {r1, f3}, {r2});
+  g.add_node("mean_pool", "pool", {r2}, {pooled});
+  g.add_node("l2_normalize", "normalize", {pooled}, {out});
+  return g;
 }
 
 }  // namespace qd::rt::test_models

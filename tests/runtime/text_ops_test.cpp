@@ -12,6 +12,7 @@
 #include "runtime/executor.h"
 #include "runtime/qdm.h"
 #include "runtime/text_kernels.h"
+#include "tests/runtime/model_builders.h"
 
 namespace qd::rt {
 namespace {
@@ -359,6 +360,43 @@ TEST(TextOps, ValidationOfTextNodesNamesTheProblem) {
   EXPECT_TRUE(contains(e, "output 0 is declared ?x65, the op writes ?x64")) << e;
   e = broken([](Graph& gr) { gr.nodes[5].inputs = {0, 5}; });
   EXPECT_TRUE(contains(e, "operand 0 must be f32")) << e;
+}
+
+
+TEST(TextOps, DynamicTokenCountsMustAgreeAtRunTime) {
+  Graph g;
+  const int32_t a = g.add_value({"a", DType::kF32, {-1, 4}}), b = g.add_value({"b", DType::kF32, {-1, 4}}),
+                y = g.add_value({"y", DType::kF32, {-1, 4}});
+  g.inputs = {a, b};
+  g.outputs = {y};
+  g.add_node("add", "sum", {a, b}, {y});
+  Executor ex(g);
+  ex.input(0).resize({3, 4});
+  ex.input(1).resize({3, 4});
+  ex.run();
+  EXPECT_EQ(ex.output(0).shape, (Shape{3, 4}));
+  ex.input(1).resize({2, 4});
+  try {
+    ex.run();
+    FAIL() << "added 3 rows to 2";
+  } catch (const QdmError& e) {
+    EXPECT_TRUE(contains(e.what(), "operands of 3x4 and 2x4 at run time")) << e.what();
+  }
+}
+
+TEST(TextOps, EveryTextOpGraphOfTheFuzzSeedsIsValidAndRuns) {
+  const Graph g = test_models::every_text_op_graph();
+  ASSERT_EQ(validate(g), "");
+  Executor ex(g);
+  for (const int64_t t : {1, 4}) {
+    ex.reset();
+    ex.input(0).resize({t});
+    for (int64_t i = 0; i < t; ++i) ex.input(0).data<int32_t>()[i] = static_cast<int32_t>(i * 11 % 40);
+    ex.run();
+    double norm = 0;
+    for (int64_t j = 0; j < 64; ++j) norm += double{ex.output(0).data<float>()[j]} * ex.output(0).data<float>()[j];
+    EXPECT_NEAR(norm, 1.0, 1e-5);
+  }
 }
 
 }  // namespace
