@@ -21,16 +21,19 @@ void dequantize_row(const QuantWeight& w, int64_t row, float* out) {
   for (int64_t j = 0; j < w.cols; ++j) out[j] = static_cast<float>(q[j]) * s[j / w.group];
 }
 
+namespace {
+// A rounded value into [-127, 127]; NaN (an activation that overflowed upstream) as 0, so that no
+// float-to-int conversion is ever out of range.
+int8_t saturate_int8(float v) { return std::isnan(v) ? int8_t{0} : static_cast<int8_t>(std::clamp(v, -127.0f, 127.0f)); }
+}  // namespace
+
 void quantize_row(const float* x, int64_t k, ActQuant q, int8_t* out, float* scales) {
   if (q == ActQuant::kPerToken) {
     float amax = 0.0f;
     for (int64_t j = 0; j < k; ++j) amax = std::max(amax, std::fabs(x[j]));
     const float s = amax / 127.0f;
     const float safe = s > 0.0f ? s : 1.0f;  // an all-zero row stays zero
-    for (int64_t j = 0; j < k; ++j) {
-      const float v = std::nearbyint(x[j] / safe);  // half to even, as torch::round
-      out[j] = static_cast<int8_t>(std::clamp(v, -127.0f, 127.0f));
-    }
+    for (int64_t j = 0; j < k; ++j) out[j] = saturate_int8(std::nearbyint(x[j] / safe));  // half to even, as torch::round
     scales[0] = safe;
     return;
   }
@@ -40,7 +43,7 @@ void quantize_row(const float* x, int64_t k, ActQuant q, int8_t* out, float* sca
     for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(xb[j]));
     const float d = amax / 127.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    for (int j = 0; j < 32; ++j) out[b * 32 + j] = static_cast<int8_t>(std::round(xb[j] * id));  // roundf: half away from zero
+    for (int j = 0; j < 32; ++j) out[b * 32 + j] = saturate_int8(std::round(xb[j] * id));  // roundf: half away from zero
     scales[b] = fp16_round(d);
   }
 }

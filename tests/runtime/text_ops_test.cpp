@@ -101,6 +101,13 @@ TEST(TextOps, ActivationQuantizationIsTheSimulations) {
   quantize_row(tie32.data(), 32, ActQuant::kQ8_0, q.data(), d.data());
   EXPECT_EQ(q[1], 1);
   EXPECT_EQ(q[2], -3);
+  // Non-finite activations (an overflow upstream) quantize without undefined behaviour: NaN as 0.
+  std::vector<float> bad(32, 1.0f);
+  bad[0] = NAN, bad[1] = INFINITY;
+  quantize_row(bad.data(), 32, ActQuant::kQ8_0, q.data(), d.data());
+  EXPECT_EQ(q[0], 0);
+  quantize_row(bad.data(), 32, ActQuant::kPerToken, q.data(), d.data());
+  EXPECT_EQ(q[0], 0);
   std::vector<float> zeros(32, 0.0f);
   quantize_row(zeros.data(), 32, ActQuant::kQ8_0, q.data(), d.data());
   EXPECT_EQ(d[0], 0.0f);
