@@ -28,7 +28,10 @@ Executor::Executor(Graph g) : graph_(std::move(g)) {
     b.dtype = v.dtype, b.scale = v.scale, b.zero_point = v.zero_point;
     if (shape_numel(v.shape) >= 0) b.resize(v.shape);
   }
-  for (const Node& n : graph_.nodes) kernels_.push_back(find_op(n.op)->make(n, graph_));
+  for (const Node& n : graph_.nodes) {
+    ops_.push_back(find_op(n.op));
+    kernels_.push_back(ops_.back()->make(n, graph_));
+  }
 }
 
 void Executor::reset() {
@@ -54,7 +57,7 @@ void Executor::run(const Hook& after) {
       in.push_back(id < 0 ? nullptr : &buffers_[static_cast<size_t>(id)]);
       shapes.push_back(id < 0 ? Shape{} : buffers_[static_cast<size_t>(id)].shape);
     }
-    const std::vector<Shape> out_shapes = find_op(n.op)->infer(n, shapes);
+    const std::vector<Shape> out_shapes = ops_[ni]->infer(n, shapes);
     for (size_t k = 0; k < n.outputs.size(); ++k) {
       Buffer& b = buffers_[static_cast<size_t>(n.outputs[k])];
       const int64_t numel = shape_numel(out_shapes[k]);

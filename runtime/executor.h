@@ -33,6 +33,7 @@ class Executor {
  private:
   Graph graph_;
   std::vector<Buffer> buffers_;  // one per value
+  std::vector<const OpSpec*> ops_;  // per node, found once
   std::vector<std::unique_ptr<OpKernel>> kernels_;
 };
 

@@ -52,9 +52,6 @@ std::string check_attr(const std::string& key, const Attr& a) {
   return "";
 }
 
-// Inferred shapes must equal the declared ones, dynamic dimensions included.
-bool same_shape(const Shape& a, const Shape& b) { return a == b; }
-
 }  // namespace
 
 const char* dtype_name(DType t) {
@@ -222,7 +219,7 @@ std::string validate(const Graph& g) {
       written[static_cast<size_t>(id)] = 1;
       const ValueInfo& v = g.values[static_cast<size_t>(id)];
       if (v.dtype != dtypes[k]) return cat(where, ": output ", k, " is ", dtype_name(v.dtype), ", the op writes ", dtype_name(dtypes[k]));
-      if (!same_shape(v.shape, shapes[k]))
+      if (v.shape != shapes[k])  // dynamic dimensions included
         return cat(where, ": output ", k, " is declared ", shape_text(v.shape), ", the op writes ", shape_text(shapes[k]));
     }
   }

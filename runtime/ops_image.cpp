@@ -33,34 +33,19 @@ bool valid_multiplier(int64_t m, int64_t shift) {
 }
 constexpr const char* kMultiplierRule = "must be 0 or in [2^30, 2^31) with shift in [-31, 30]";
 
-QuantizedMultiplier multiplier_at(const int64_t* pair) {
-  return {static_cast<int32_t>(pair[0]), static_cast<int>(pair[1])};
-}
-
-// A [n, 2] i32 tensor or a 2-int list of (multiplier, shift) pairs.
+// Fixed-point multipliers are an ints attribute of (multiplier, shift) pairs.
 std::string check_multipliers(const Node& n, const char* key, int64_t count) {
-  const Attr& a = n.at(key);
-  if (a.kind == A::kInts) {
-    if (static_cast<int64_t>(a.ints.size()) != 2 * count) return cat(key, " has ", a.ints.size(), " ints, expected ", 2 * count);
-    for (int64_t o = 0; o < count; ++o)
-      if (!valid_multiplier(a.ints[2 * o], a.ints[2 * o + 1]))
-        return cat(key, "[", o, "] (multiplier ", a.ints[2 * o], ", shift ", a.ints[2 * o + 1], ") ", kMultiplierRule);
-    return "";
-  }
-  if (a.dtype != DType::kI32 || a.shape != Shape{count, 2}) return cat(key, " must be an i32 tensor ", count, "x2, not ", dtype_name(a.dtype), " ", shape_text(a.shape));
+  const std::vector<int64_t>& v = n.at(key).ints;
+  if (static_cast<int64_t>(v.size()) != 2 * count) return cat(key, " has ", v.size(), " ints, expected ", 2 * count);
   for (int64_t o = 0; o < count; ++o)
-    if (!valid_multiplier(a.as<int32_t>()[2 * o], a.as<int32_t>()[2 * o + 1]))
-      return cat(key, "[", o, "] (multiplier ", a.as<int32_t>()[2 * o], ", shift ", a.as<int32_t>()[2 * o + 1], ") ", kMultiplierRule);
+    if (!valid_multiplier(v[2 * o], v[2 * o + 1]))
+      return cat(key, "[", o, "] (multiplier ", v[2 * o], ", shift ", v[2 * o + 1], ") ", kMultiplierRule);
   return "";
 }
 
 std::vector<QuantizedMultiplier> multipliers(const Attr& a) {
   std::vector<QuantizedMultiplier> out;
-  if (a.kind == A::kInts) {
-    for (size_t k = 0; k + 1 < a.ints.size(); k += 2) out.push_back(multiplier_at(&a.ints[k]));
-  } else {
-    for (int64_t k = 0; k < a.numel(); k += 2) out.push_back({a.as<int32_t>()[k], a.as<int32_t>()[k + 1]});
-  }
+  for (size_t k = 0; k + 1 < a.ints.size(); k += 2) out.push_back({static_cast<int32_t>(a.ints[k]), static_cast<int>(a.ints[k + 1])});
   return out;
 }
 
@@ -176,7 +161,10 @@ OpSpec quantize_image_op() {
 
 class Conv2d : public OpKernel {
  public:
-  Conv2d(const Node& n, const Graph& g) : node_(n) {
+  Conv2d(const Node& n, const Graph& g)
+      : bias_(n.at("bias").as<int32_t>()),
+        act_min_(static_cast<int32_t>(n.at("act_min").i)),
+        act_max_(static_cast<int32_t>(n.at("act_max").i)) {
     const ValueInfo& in = g.values[static_cast<size_t>(n.inputs[0])];
     shape_.in_c = static_cast<int>(in.shape[0]);
     shape_.out_c = static_cast<int>(n.at("weight").shape[0]);
@@ -192,14 +180,15 @@ class Conv2d : public OpKernel {
     s.in_h = static_cast<int>(x.shape[1]), s.in_w = static_cast<int>(x.shape[2]);
     Requant r;
     r.in_zero = x.zero_point, r.out_zero = out[0]->zero_point;
-    r.out_min = static_cast<int32_t>(node_.at("act_min").i), r.out_max = static_cast<int32_t>(node_.at("act_max").i);
-    r.bias = node_.at("bias").as<int32_t>();
+    r.out_min = act_min_, r.out_max = act_max_;
+    r.bias = bias_;
     r.multiplier = multiplier_.data();
     conv2d_s8(x.data<int8_t>(), packed_, s, r, out[0]->data<int8_t>(), scratch_);
   }
 
  private:
-  const Node& node_;
+  const int32_t* bias_;  // into the node's attribute, which the executor's graph keeps
+  int32_t act_min_, act_max_;
   ConvShape shape_;
   PackedConvWeights packed_;
   std::vector<QuantizedMultiplier> multiplier_;
@@ -211,7 +200,7 @@ OpSpec conv2d_op() {
   op.name = "conv2d";
   op.doc = "int8 convolution (BN folded), int32 bias, per-channel fixed-point requantization, clamp (a fused ReLU)";
   op.attrs = {{"kernel", A::kInt},      {"stride", A::kInt},  {"pad", A::kInt},          {"weight", A::kTensor},
-              {"bias", A::kTensor},     {"weight_scale", A::kFloats}, {"multiplier", A::kTensor},
+              {"bias", A::kTensor},     {"weight_scale", A::kFloats}, {"multiplier", A::kInts},
               {"act_min", A::kInt},     {"act_max", A::kInt}};
   op.check = [](const Node& n, const std::vector<const ValueInfo*>& in) -> std::string {
     std::string e;
@@ -381,19 +370,25 @@ OpSpec global_avg_pool_op() {
 // The classifier: logits[o] = float(sum_i w[o, i] * (x[i] - zero_point) + bias[o]) * output_scale[o].
 class LinearI8 : public OpKernel {
  public:
-  explicit LinearI8(const Node& n) : node_(n), acc_(static_cast<size_t>(n.at("weight").shape[0])) {}
+  explicit LinearI8(const Node& n)
+      : weight_(n.at("weight").as<int8_t>()),
+        bias_(n.at("bias").as<int32_t>()),
+        scale_(n.at("output_scale").floats.data()),
+        out_c_(static_cast<int>(n.at("weight").shape[0])),
+        in_c_(static_cast<int>(n.at("weight").shape[1])),
+        acc_(static_cast<size_t>(out_c_)) {}
   void run(const std::vector<const Buffer*>& in, const std::vector<Buffer*>& out) override {
-    const Attr& w = node_.at("weight");
-    const int out_c = static_cast<int>(w.shape[0]), in_c = static_cast<int>(w.shape[1]);
-    gemm_s8s8_s32(w.as<int8_t>(), in[0]->data<int8_t>(), acc_.data(), out_c, 1, in_c, in[0]->zero_point);
-    const int32_t* bias = node_.at("bias").as<int32_t>();
-    const std::vector<float>& scale = node_.at("output_scale").floats;
-    for (int o = 0; o < out_c; ++o)
-      out[0]->data<float>()[o] = static_cast<float>(int64_t{acc_[static_cast<size_t>(o)]} + bias[o]) * scale[static_cast<size_t>(o)];
+    gemm_s8s8_s32(weight_, in[0]->data<int8_t>(), acc_.data(), out_c_, 1, in_c_, in[0]->zero_point);
+    for (int o = 0; o < out_c_; ++o)
+      out[0]->data<float>()[o] = static_cast<float>(int64_t{acc_[static_cast<size_t>(o)]} + bias_[o]) * scale_[o];
   }
 
  private:
-  const Node& node_;
+  // Into the node's attributes, which the executor's graph keeps.
+  const int8_t* weight_;
+  const int32_t* bias_;
+  const float* scale_;
+  int out_c_, in_c_;
   std::vector<int32_t> acc_;
 };
 

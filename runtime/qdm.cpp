@@ -878,9 +878,9 @@ Graph to_graph(const Model& m) {
     switch (l.kind) {
       case OpKind::kConv2d: {
         a["weight"] = Attr::of_tensor(DType::kI8, {l.out_c, l.in_c, l.kernel, l.kernel}, l.weight);
-        std::vector<int32_t> mult;
+        std::vector<int64_t> mult;
         for (const QuantizedMultiplier& q : l.multiplier) mult.insert(mult.end(), {q.multiplier, q.shift});
-        a["multiplier"] = Attr::of_tensor(DType::kI32, {l.out_c, 2}, mult);
+        a["multiplier"] = Attr::of_ints(std::move(mult));
         a["bias"] = Attr::of_tensor(DType::kI32, {l.out_c}, l.bias);
         a["weight_scale"] = Attr::of_floats(l.weight_scale);
         a["act_min"] = Attr::of_int(l.act_min);

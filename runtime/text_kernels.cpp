@@ -52,10 +52,10 @@ void linear_forward(const float* x, int64_t tokens, const QuantWeight& w, const 
                     LinearScratch& s) {
   const int64_t k = w.cols, n = w.rows;
   if (q == ActQuant::kNone) {
-    std::vector<float>& row = s.scales;
-    row.resize(static_cast<size_t>(k));
+    s.row.resize(static_cast<size_t>(k));
     for (int64_t o = 0; o < n; ++o) {
-      const float* wr = w.f32 ? w.f32 + o * k : (dequantize_row(w, o, row.data()), row.data());
+      if (!w.f32) dequantize_row(w, o, s.row.data());  // int8 weights, float inputs
+      const float* wr = w.f32 ? w.f32 + o * k : s.row.data();
       for (int64_t t = 0; t < tokens; ++t) {
         const float* xr = x + t * k;
         float acc = 0.0f;
@@ -114,43 +114,52 @@ void attention_forward(const AttentionConfig& c, const float* q, const float* k,
   if (past + tokens > c.max_positions)
     throw QdmError("attention: " + std::to_string(past + tokens) + " positions exceed the model's " +
                    std::to_string(c.max_positions) + " (start a new sequence)");
-  // Rotary angles of HF's llama in float32: inv_freq[i] = 1 / theta^(2i / hd), angle = pos * inv_freq[i].
-  std::vector<float> inv_freq(static_cast<size_t>(half));
-  for (int64_t i = 0; i < half; ++i)
+  // Rotary angles of HF's llama in float32: inv_freq[i] = 1 / theta^(2i / hd), angle = pos * inv_freq[i];
+  // cos and sin once per position, for every head.
+  const bool rope = c.rope_theta > 0.0f;
+  std::vector<float> inv_freq(static_cast<size_t>(half)), cs(static_cast<size_t>(half)), sn(static_cast<size_t>(half));
+  for (int64_t i = 0; rope && i < half; ++i)
     inv_freq[static_cast<size_t>(i)] = 1.0f / std::pow(c.rope_theta, static_cast<float>(2 * i) / static_cast<float>(hd));
-  auto rotate = [&](float* x, int64_t pos) {
-    if (c.rope_theta <= 0.0f) return;
+  auto angles = [&](int64_t pos) {
     for (int64_t i = 0; i < half; ++i) {
       const float a = static_cast<float>(pos) * inv_freq[static_cast<size_t>(i)];
-      const float cs = std::cos(a), sn = std::sin(a);
+      cs[static_cast<size_t>(i)] = std::cos(a), sn[static_cast<size_t>(i)] = std::sin(a);
+    }
+  };
+  auto rotate = [&](float* x) {
+    for (int64_t i = 0; i < half; ++i) {
+      const float c1 = cs[static_cast<size_t>(i)], s1 = sn[static_cast<size_t>(i)];
       const float x1 = x[i], x2 = x[i + half];
-      x[i] = x1 * cs + (-x2) * sn;
-      x[i + half] = x2 * cs + x1 * sn;
+      x[i] = x1 * c1 + (-x2) * s1;
+      x[i + half] = x2 * c1 + x1 * s1;
     }
   };
   cache.k.resize(static_cast<size_t>((past + tokens) * kvw));
   cache.v.resize(static_cast<size_t>((past + tokens) * kvw));
+  std::vector<float> qrot(q, q + tokens * qw);  // q with its rotary positions
   for (int64_t t = 0; t < tokens; ++t) {
     float* kr = cache.k.data() + (past + t) * kvw;
     std::memcpy(kr, k + t * kvw, static_cast<size_t>(kvw) * sizeof(float));
     std::memcpy(cache.v.data() + (past + t) * kvw, v + t * kvw, static_cast<size_t>(kvw) * sizeof(float));
-    for (int64_t h = 0; h < c.kv_heads; ++h) rotate(kr + h * hd, past + t);
+    if (!rope) continue;
+    angles(past + t);
+    for (int64_t h = 0; h < c.kv_heads; ++h) rotate(kr + h * hd);
+    for (int64_t h = 0; h < c.heads; ++h) rotate(qrot.data() + t * qw + h * hd);
   }
   cache.positions = past + tokens;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   const int64_t group = c.heads / c.kv_heads;
-  std::vector<float> qr(static_cast<size_t>(hd)), p(static_cast<size_t>(past + tokens));
+  std::vector<float> p(static_cast<size_t>(past + tokens));
   for (int64_t t = 0; t < tokens; ++t) {
     const int64_t keys = c.causal ? past + t + 1 : past + tokens;
     for (int64_t h = 0; h < c.heads; ++h) {
-      std::memcpy(qr.data(), q + t * qw + h * hd, static_cast<size_t>(hd) * sizeof(float));
-      rotate(qr.data(), past + t);
+      const float* qr = qrot.data() + t * qw + h * hd;
       const int64_t kvh = h / group;
       float mx = -std::numeric_limits<float>::infinity();
       for (int64_t j = 0; j < keys; ++j) {
         const float* kr = cache.k.data() + j * kvw + kvh * hd;
         float dot = 0.0f;
-        for (int64_t i = 0; i < hd; ++i) dot += qr[static_cast<size_t>(i)] * kr[i];
+        for (int64_t i = 0; i < hd; ++i) dot += qr[i] * kr[i];
         p[static_cast<size_t>(j)] = dot * scale;
         mx = std::max(mx, p[static_cast<size_t>(j)]);
       }

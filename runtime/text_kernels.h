@@ -31,8 +31,9 @@ enum class ActQuant { kNone, kPerToken, kQ8_0 };
 void quantize_row(const float* x, int64_t k, ActQuant q, int8_t* out, float* scales);
 
 struct LinearScratch {
-  std::vector<int8_t> q;
-  std::vector<float> scales;
+  std::vector<int8_t> q;       // quantized input rows
+  std::vector<float> scales;   // their block scales
+  std::vector<float> row;      // a dequantized weight row (int8 weights, float inputs)
 };
 // y[t, o] = sum_k x[t, k] w[o, k] + bias[o]. Quantized inputs: the exact int32 sum of each block
 // (the finer of the weight's groups and the input's blocks), times both scales, summed in float.

@@ -166,7 +166,7 @@ TEST(TextOps, LinearMatchesTheDequantizedProductInEveryMode) {
         std::vector<float> sc(static_cast<size_t>(k));
         quantize_row(x.data() + r * k, k, c.q, q.data(), sc.data());
         const int64_t xb = c.q == ActQuant::kPerToken ? k : 32;
-        for (int64_t j = 0; j < k; ++j) xd[static_cast<size_t>(j)] = double{q[static_cast<size_t>(j)]} * sc[static_cast<size_t>(j / xb)];
+        for (int64_t j = 0; j < k; ++j) xd[static_cast<size_t>(j)] = static_cast<double>(q[static_cast<size_t>(j)]) * sc[static_cast<size_t>(j / xb)];
       }
       for (int64_t o = 0; o < n; ++o) {
         double want = bias[static_cast<size_t>(o)];
