@@ -18,6 +18,9 @@
 #include <utility>
 #include <vector>
 
+#include "common/atomic_file.h"
+#include "common/error.h"
+
 // TensorProto.raw_data is little-endian by the ONNX spec; the initializers are copied from memory.
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the ONNX writer assumes a little-endian host");
 
@@ -484,27 +487,10 @@ void full_check(const onnx::ModelProto& model) {
 }
 
 void write_atomic(const std::string& path, const std::string& bytes) {
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) fail("cannot create " + tmp + ": " + std::strerror(errno));
-  // errno of the first failing call: the one that says why.
-  int err = 0;
-  const auto step = [&](bool ok) {
-    if (!ok && err == 0) err = errno != 0 ? errno : EIO;
-  };
-  errno = 0;
-  step(std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size());
-  step(std::fflush(f) == 0);
-  step(::fsync(::fileno(f)) == 0);  // the rename must not publish a file whose data is not on disk
-  step(std::fclose(f) == 0);
-  if (err != 0) {
-    std::remove(tmp.c_str());
-    fail("cannot write " + tmp + ": " + std::strerror(err));
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int rename_err = errno;
-    std::remove(tmp.c_str());
-    fail("cannot rename " + tmp + " to " + path + ": " + std::strerror(rename_err));
+  try {
+    write_file_atomic(path, bytes);
+  } catch (const qd::Error& e) {
+    fail(e.what());
   }
 }
 

@@ -31,6 +31,8 @@ class BertNormImpl : public torch::nn::Module, public PrunableNorm {
   BertNormImpl(int64_t dim, double eps);
   torch::Tensor forward(const torch::Tensor& x);
   void set_kept(const torch::Tensor& keep) override;
+  double eps() const { return eps_; }
+  bool restricted() const { return keep_.defined(); }  // a masked hidden size (before physical removal)
   torch::Tensor weight, bias;
 
  private:

@@ -33,6 +33,7 @@ class RmsNormImpl : public torch::nn::Module, public PrunableNorm {
   // Hidden-size pruning: the mean of squares runs over the kept features only (the pruned ones are 0).
   void set_kept(const torch::Tensor& keep) override;
   double eps() const { return eps_; }
+  bool restricted() const { return kept_ > 0; }  // a masked hidden size (before physical removal)
   torch::Tensor weight;
 
  private:

@@ -39,6 +39,7 @@ class TextTokenizer {
   int32_t eos_id() const;  // the document separator of packed LM corpora (BERT: [SEP])
   std::string kind() const { return std::holds_alternative<text::WordPieceTokenizer>(tok_) ? "wordpiece" : "bpe"; }
   const text::WordPieceTokenizer* wordpiece() const { return std::get_if<text::WordPieceTokenizer>(&tok_); }
+  const text::BpeTokenizer* bpe() const { return std::get_if<text::BpeTokenizer>(&tok_); }
   const std::string& source() const { return source_; }
 
  private:

@@ -15,6 +15,13 @@ namespace qd {
 enum class GgmlBlockType { kQ8_0, kQ4_0 };
 constexpr int64_t kGgmlBlock = 32;
 
+// The blocks of `w` as a GGUF file stores them: `q` int8 [..., I] (Q8_0: in [-127, 127]; Q4_0: the
+// stored nibble minus 8, in [-8, 7]) and `d` float32 [..., I / 32], the block scales already rounded
+// to fp16, so that q * d (per block) is ggml_quantize_dequantize(w) exactly. No gradient.
+struct GgmlBlocks {
+  torch::Tensor q, d;
+};
+GgmlBlocks ggml_quantize(const torch::Tensor& w, GgmlBlockType type);
 // The dequantized weight (no gradient); the last dimension must be a multiple of 32.
 torch::Tensor ggml_quantize_dequantize(const torch::Tensor& w, GgmlBlockType type);
 // Forward: ggml_quantize_dequantize(w); backward: identity (straight-through).

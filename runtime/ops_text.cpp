@@ -44,7 +44,9 @@ std::string expect_f32_vector(const Node& n, const char* key, int64_t size) {
 }
 
 // A weight [rows, cols]: f32, or i8 (symmetric, in [-127, 127]) with `weight_scale` f32 [rows,
-// groups], groups dividing cols (1: one scale per row; cols / 32: Q8_0 blocks).
+// groups], groups dividing cols (1: one scale per row; cols / 32: Q8_0 blocks). Scales are finite
+// (validate checks every float attribute) and may be negative: Q4_0's d is the block's largest
+// value over -8.
 std::string check_weight(const Node& n, int64_t rows, int64_t cols) {
   const Attr& w = n.at("weight");
   if (w.shape != Shape{rows, cols}) return cat("weight is ", shape_text(w.shape), ", expected ", rows, "x", cols);
@@ -55,8 +57,6 @@ std::string check_weight(const Node& n, int64_t rows, int64_t cols) {
   if (s->dtype != DType::kF32 || s->shape.size() != 2 || s->shape[0] != rows || s->shape[1] < 1 || cols % s->shape[1] != 0)
     return cat("weight_scale must be f32 [", rows, ", groups] with groups dividing ", cols, ", is ", dtype_name(s->dtype), " ",
                shape_text(s->shape));
-  for (int64_t i = 0; i < s->numel(); ++i)
-    if (!(s->as<float>()[i] >= 0.0f)) return cat("weight_scale[", i, "] ", s->as<float>()[i], " must be >= 0");
   for (int64_t i = 0; i < w.numel(); ++i)
     if (w.as<int8_t>()[i] == -128) return cat("weight[", i, "] is -128: weights are symmetric int8, in [-127, 127]");
   return "";
@@ -113,6 +113,56 @@ OpSpec embedding_op() {
   return op;
 }
 
+// ---- absolute positions -----------------------------------------------------------------------
+
+class AddPositions : public OpKernel {
+ public:
+  explicit AddPositions(const Node& n) : w_(weight_view(n)) {
+    if (const Attr* b = n.find("bias")) bias_ = b->as<float>();
+  }
+  void run(const std::vector<const Buffer*>& in, const std::vector<Buffer*>& out) override {
+    const int64_t t = in[0]->shape[0], d = w_.cols;
+    if (t > w_.rows) throw QdmError(cat("add_positions: ", t, " tokens, but the model has ", w_.rows, " positions"));
+    row_.resize(static_cast<size_t>(d));
+    for (int64_t r = 0; r < t; ++r) {
+      dequantize_row(w_, r, row_.data());
+      const float* x = in[0]->data<float>() + r * d;
+      float* y = out[0]->data<float>() + r * d;
+      // (x + position) + bias: the simulation's order (word + position + token type).
+      for (int64_t j = 0; j < d; ++j) y[j] = x[j] + row_[static_cast<size_t>(j)];
+      if (bias_)
+        for (int64_t j = 0; j < d; ++j) y[j] += bias_[j];
+    }
+  }
+
+ private:
+  QuantWeight w_;
+  const float* bias_ = nullptr;
+  std::vector<float> row_;
+};
+
+OpSpec add_positions_op() {
+  OpSpec op;
+  op.name = "add_positions";
+  op.doc = "f32 [T, d] -> x[t] + weight[t] (+ bias): absolute position embeddings (a BERT's, with its token type row as bias)";
+  op.attrs = {{"weight", A::kTensor}, {"weight_scale", A::kTensor, false}, {"bias", A::kTensor, false}};
+  op.check = [](const Node& n, const std::vector<const ValueInfo*>& in) -> std::string {
+    const Attr& w = n.at("weight");
+    if (w.shape.size() != 2 || w.shape[0] < 1 || w.shape[0] > (int64_t{1} << 20) || w.shape[1] < 1 || w.shape[1] > kMaxFeatures)
+      return cat("weight must be [positions, dim], is ", shape_text(w.shape));
+    if (std::string e = expect_rows(in[0], "the input", w.shape[1]); !e.empty()) return e;
+    if (in[0]->shape[0] > w.shape[0]) return cat("the input has ", in[0]->shape[0], " tokens, the table ", w.shape[0], " positions");
+    if (n.find("bias")) {
+      if (std::string e = expect_f32_vector(n, "bias", w.shape[1]); !e.empty()) return e;
+    }
+    return check_weight(n, w.shape[0], w.shape[1]);
+  };
+  op.infer = same_shape;
+  op.out_dtypes = f32_out;
+  op.make = make_kernel<AddPositions>;
+  return op;
+}
+
 // ---- linear ------------------------------------------------------------------------------------
 
 ActQuant act_quant(const Node& n) {
@@ -127,7 +177,8 @@ class Linear : public OpKernel {
     if (const Attr* b = n.find("bias")) bias_ = b->as<float>();
   }
   void run(const std::vector<const Buffer*>& in, const std::vector<Buffer*>& out) override {
-    linear_forward(in[0]->data<float>(), in[0]->shape[0], w_, bias_, quant_, out[0]->data<float>(), scratch_);
+    const int64_t tokens = in[0]->shape.size() == 1 ? 1 : in[0]->shape[0];
+    linear_forward(in[0]->data<float>(), tokens, w_, bias_, quant_, out[0]->data<float>(), scratch_);
   }
 
  private:
@@ -140,7 +191,7 @@ class Linear : public OpKernel {
 OpSpec linear_op() {
   OpSpec op;
   op.name = "linear";
-  op.doc = "f32 [T, in] -> f32 [T, out]: x W^T + b, W int8 (per row or in groups) or f32; x quantized on the fly "
+  op.doc = "f32 [T, in] -> f32 [T, out] (or [in] -> [out]): x W^T + b, W int8 (per row or in groups) or f32; x quantized on the fly "
            "(input_quant per_token: one symmetric int8 scale per token; q8_0: llama.cpp's blocks of 32, fp16 scales)";
   op.attrs = {{"weight", A::kTensor}, {"weight_scale", A::kTensor, false}, {"bias", A::kTensor, false}, {"input_quant", A::kString, false}};
   op.check = [](const Node& n, const std::vector<const ValueInfo*>& in) -> std::string {
@@ -148,7 +199,11 @@ OpSpec linear_op() {
     if (w.shape.size() != 2 || w.shape[0] < 1 || w.shape[0] > kMaxVocab || w.shape[1] < 1 || w.shape[1] > kMaxFeatures)
       return cat("weight must be [out, in], is ", shape_text(w.shape));
     const int64_t out = w.shape[0], k = w.shape[1];
-    if (std::string e = expect_rows(in[0], "the input", k); !e.empty()) return e;
+    const bool vector = in[0]->dtype == DType::kF32 && in[0]->shape.size() == 1;  // a pooled sentence, say
+    if (vector && in[0]->shape[0] != k) return cat("the input has ", in[0]->shape[0], " features, expected ", k);
+    if (!vector) {
+      if (std::string e = expect_rows(in[0], "the input", k); !e.empty()) return e;
+    }
     if (std::string e = check_weight(n, out, k); !e.empty()) return e;
     if (n.find("bias")) {
       if (std::string e = expect_f32_vector(n, "bias", out); !e.empty()) return e;
@@ -158,6 +213,9 @@ OpSpec linear_op() {
     const ActQuant aq = act_quant(n);
     if (aq != ActQuant::kNone && w.dtype != DType::kI8) return "a quantized input needs an i8 weight";
     if (aq == ActQuant::kQ8_0 && k % 32 != 0) return cat("q8_0 inputs need rows of a multiple of 32 values, not ", k);
+    // A block's exact sum is an int32: at most 2^17 products of 127 x 127.
+    if (aq == ActQuant::kPerToken && k > (int64_t{1} << 17) && n.at("weight_scale").shape[1] == 1)
+      return cat("per_token inputs of ", k, " features against one scale per row overflow the int32 sums (at most 131072)");
     if (aq != ActQuant::kNone) {
       // The weight's groups and the input's blocks must nest (one divides the other).
       const int64_t wg = k / n.at("weight_scale").shape[1], xb = aq == ActQuant::kQ8_0 ? 32 : k;
@@ -165,7 +223,10 @@ OpSpec linear_op() {
     }
     return "";
   };
-  op.infer = [](const Node& n, const std::vector<Shape>& in) { return std::vector<Shape>{{in[0][0], n.at("weight").shape[0]}}; };
+  op.infer = [](const Node& n, const std::vector<Shape>& in) {
+    const int64_t out = n.at("weight").shape[0];
+    return std::vector<Shape>{in[0].size() == 1 ? Shape{out} : Shape{in[0][0], out}};
+  };
   op.out_dtypes = f32_out;
   op.make = make_kernel<Linear>;
   return op;
@@ -389,6 +450,7 @@ OpSpec l2_normalize_op() {
 
 std::vector<OpSpec> text_ops() {
   return {embedding_op(),
+          add_positions_op(),
           linear_op(),
           norm_op(false),
           norm_op(true),

@@ -2,6 +2,9 @@
 // the two in step (a layout change is a new version, see "Versioning" there).
 #include "runtime/qdm.h"
 
+#include "common/atomic_file.h"
+#include "common/error.h"
+
 #include "runtime/strings.h"
 
 #include <sys/stat.h>
@@ -953,23 +956,14 @@ std::vector<uint8_t> read_model_file(const std::string& path) {
   return bytes;
 }
 
-// A reader never sees a half-written model: write a temporary next to it, then rename.
+// A reader never sees a half-written model, and a written one survives a crash (common/atomic_file.h).
 void write_model_file(const std::vector<uint8_t>& bytes, const std::string& path) {
-  const std::string tmp = cat(path, ".tmp.", ::getpid());
-  std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) throw QdmError(cat(path, ": cannot create ", tmp, " (", std::strerror(errno), ")"));
-  const bool wrote = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
-  int err = errno;
-  const bool closed = std::fclose(f) == 0;
-  if (wrote && !closed) err = errno;
-  if (!wrote || !closed) {
-    std::remove(tmp.c_str());
-    throw QdmError(cat(path, ": cannot write ", tmp, " (", std::strerror(err), ")"));
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    err = errno;
-    std::remove(tmp.c_str());
-    throw QdmError(cat(path, ": cannot rename ", tmp, " to it (", std::strerror(err), ")"));
+  try {
+    AtomicFile f(path);
+    f.write(bytes.data(), bytes.size());
+    f.commit();
+  } catch (const qd::Error& e) {
+    throw QdmError(cat(path, ": ", e.what()));
   }
 }
 

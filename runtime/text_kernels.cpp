@@ -6,6 +6,11 @@
 
 #include "formats/half.h"
 #include "runtime/graph.h"
+#include "runtime/kernels.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 namespace qd::rt {
 
@@ -48,6 +53,93 @@ void quantize_row(const float* x, int64_t k, ActQuant q, int8_t* out, float* sca
   }
 }
 
+namespace {
+
+// sum over blocks b of float(exact int32 dot of block b) * (sx[b / per_x] * sw[b / per_w]), the
+// blocks in order: the same float operations whatever the instruction set (the int32 dots are
+// exact). x and w hold values in [-127, 127] (activations saturate there; weights validate so).
+using BlockDot = float (*)(const int8_t* x, const float* sx, const int8_t* w, const float* sw, int64_t k, int64_t block,
+                           int64_t per_x, int64_t per_w);
+
+float blocks_generic(const int8_t* x, const float* sx, const int8_t* w, const float* sw, int64_t k, int64_t block,
+                     int64_t per_x, int64_t per_w) {
+  float sum = 0.0f;
+  for (int64_t b = 0, b0 = 0; b0 < k; ++b, b0 += block) {
+    int32_t acc = 0;
+    for (int64_t j = b0; j < b0 + block; ++j) acc += static_cast<int32_t>(x[j]) * w[j];
+    sum += static_cast<float>(acc) * (sx[b / per_x] * sw[b / per_w]);
+  }
+  return sum;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) inline int32_t hsum_avx2(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+  return _mm_cvtsi128_si32(s);
+}
+
+// 32 products at a time as ggml does: |x| (unsigned) times w with x's sign, pairs summed to int16
+// (|pair| <= 2 * 127 * 127 < 2^15: no saturation), then to int32.
+__attribute__((target("avx2"))) inline __m256i dot32_avx2(__m256i acc, const int8_t* x, const int8_t* w) {
+  const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
+  const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+  const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(xv, xv), _mm256_sign_epi8(wv, xv));
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+}
+
+__attribute__((target("avx2"))) float blocks_avx2(const int8_t* x, const float* sx, const int8_t* w, const float* sw,
+                                                  int64_t k, int64_t block, int64_t per_x, int64_t per_w) {
+  float sum = 0.0f;
+  for (int64_t b = 0, b0 = 0; b0 < k; ++b, b0 += block) {
+    __m256i acc = _mm256_setzero_si256();
+    int64_t j = b0;
+    for (; j + 32 <= b0 + block; j += 32) acc = dot32_avx2(acc, x + j, w + j);
+    int32_t a = hsum_avx2(acc);
+    for (; j < b0 + block; ++j) a += static_cast<int32_t>(x[j]) * w[j];
+    sum += static_cast<float>(a) * (sx[b / per_x] * sw[b / per_w]);
+  }
+  return sum;
+}
+
+// AVX-512 VNNI (256-bit form): vpdpbusd sums four u8 x s8 products into each int32 lane at once.
+__attribute__((target("avx2,avx512vl,avx512vnni"))) float blocks_vnni(const int8_t* x, const float* sx, const int8_t* w,
+                                                                     const float* sw, int64_t k, int64_t block,
+                                                                     int64_t per_x, int64_t per_w) {
+  float sum = 0.0f;
+  for (int64_t b = 0, b0 = 0; b0 < k; ++b, b0 += block) {
+    __m256i acc = _mm256_setzero_si256();
+    int64_t j = b0;
+    for (; j + 32 <= b0 + block; j += 32) {
+      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + j));
+      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j));
+      acc = _mm256_dpbusd_epi32(acc, _mm256_sign_epi8(xv, xv), _mm256_sign_epi8(wv, xv));
+    }
+    int32_t a = hsum_avx2(acc);
+    for (; j < b0 + block; ++j) a += static_cast<int32_t>(x[j]) * w[j];
+    sum += static_cast<float>(a) * (sx[b / per_x] * sw[b / per_w]);
+  }
+  return sum;
+}
+#endif
+
+BlockDot block_dot() {
+#if defined(__x86_64__)
+  switch (active_isa()) {
+    case Isa::kAvx512Vnni:
+      return blocks_vnni;
+    case Isa::kAvx2:
+      return blocks_avx2;
+    case Isa::kGeneric:
+      break;
+  }
+#endif
+  return blocks_generic;
+}
+
+}  // namespace
+
 void linear_forward(const float* x, int64_t tokens, const QuantWeight& w, const float* bias, ActQuant q, float* y,
                     LinearScratch& s) {
   const int64_t k = w.cols, n = w.rows;
@@ -70,18 +162,14 @@ void linear_forward(const float* x, int64_t tokens, const QuantWeight& w, const 
   s.q.resize(static_cast<size_t>(tokens * k));
   s.scales.resize(static_cast<size_t>(tokens * x_blocks));
   for (int64_t t = 0; t < tokens; ++t) quantize_row(x + t * k, k, q, s.q.data() + t * k, s.scales.data() + t * x_blocks);
-  for (int64_t t = 0; t < tokens; ++t) {
-    const int8_t* xq = s.q.data() + t * k;
-    const float* sx = s.scales.data() + t * x_blocks;
-    for (int64_t o = 0; o < n; ++o) {
-      const int8_t* wq = w.i8 + o * k;
-      const float* sw = w.scale + o * w_groups;
-      float sum = 0.0f;
-      for (int64_t b0 = 0; b0 < k; b0 += block) {
-        int32_t acc = 0;
-        for (int64_t j = b0; j < b0 + block; ++j) acc += static_cast<int32_t>(xq[j]) * wq[j];
-        sum += static_cast<float>(acc) * (sx[b0 / xb] * sw[b0 / wg]);
-      }
+  const BlockDot dot = block_dot();
+  // A weight row is read once for all the tokens (prompt processing); each output is the same sum
+  // in the same order whatever the loop order.
+  for (int64_t o = 0; o < n; ++o) {
+    const int8_t* wq = w.i8 + o * k;
+    const float* sw = w.scale + o * w_groups;
+    for (int64_t t = 0; t < tokens; ++t) {
+      const float sum = dot(s.q.data() + t * k, s.scales.data() + t * x_blocks, wq, sw, k, block, xb / block, wg / block);
       y[t * n + o] = bias ? sum + bias[o] : sum;
     }
   }

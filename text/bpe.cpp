@@ -106,52 +106,140 @@ void split_gpt2(const std::u32string& s, size_t begin, size_t end, std::vector<s
 
 }  // namespace
 
-BpeTokenizer BpeTokenizer::from_gguf(const fmt::GgufFile& f) {
-  const std::string& path = f.path();
-  const std::string model = f.get_string("tokenizer.ggml.model");
-  if (model != "gpt2")
-    throw FormatError(path + ": tokenizer.ggml.model is \"" + model + "\"; only byte-level BPE (\"gpt2\") is supported");
+struct BpeTokenizer::Parts {
+  std::string path, prefix;  // messages: "<path>: <prefix><key> ..."
+  std::string model, pre = "default";
+  std::vector<std::string> tokens, merges;
+  std::vector<int64_t> token_types;  // empty: not given
+  int64_t bos = -1, eos = -1;        // -1: not given
+  bool add_bos = false;
+};
+
+BpeTokenizer BpeTokenizer::from_parts(const Parts& p) {
+  const std::string at = p.path + ": " + p.prefix;
+  if (p.model != "gpt2") throw FormatError(at + "model is \"" + p.model + "\"; only byte-level BPE (\"gpt2\") is supported");
   BpeTokenizer t;
-  t.pre_ = f.find_meta("tokenizer.ggml.pre") ? f.get_string("tokenizer.ggml.pre") : std::string("default");
+  t.pre_ = p.pre;
   static const char* const kDigitsFirst[] = {"smollm", "starcoder", "refact", "command-r", "codeshell", "exaone"};
   static const char* const kGpt2[] = {"gpt2", "mpt", "olmo", "jais", "default"};
   if (std::find(std::begin(kDigitsFirst), std::end(kDigitsFirst), t.pre_) != std::end(kDigitsFirst)) t.split_digits_ = true;
   else if (std::find(std::begin(kGpt2), std::end(kGpt2), t.pre_) != std::end(kGpt2)) t.split_digits_ = false;
   else
-    throw FormatError(path + ": tokenizer.ggml.pre \"" + t.pre_ +
+    throw FormatError(at + "pre \"" + t.pre_ +
                       "\" is not supported (smollm, starcoder, refact, command-r, codeshell, exaone, gpt2, mpt, olmo, jais)");
-  t.tokens_ = f.get_strings("tokenizer.ggml.tokens");
-  if (t.tokens_.empty() || t.tokens_.size() > INT32_MAX) throw FormatError(path + ": tokenizer.ggml.tokens is empty");
+  t.tokens_ = p.tokens;
+  if (t.tokens_.empty() || t.tokens_.size() > INT32_MAX) throw FormatError(at + "tokens is empty");
   for (size_t i = 0; i < t.tokens_.size(); ++i)
     if (!t.ids_.emplace(t.tokens_[i], static_cast<int32_t>(i)).second)
-      throw FormatError(path + ": tokenizer.ggml.tokens: token " + std::to_string(i) + " repeats an earlier token");
-  const fmt::GgufValue* types = f.find_meta("tokenizer.ggml.token_type");
-  if (types && types->ints.size() != t.tokens_.size())
-    throw FormatError(path + ": tokenizer.ggml.token_type has " + std::to_string(types->array_size()) + " entries for " +
+      throw FormatError(at + "tokens: token " + std::to_string(i) + " repeats an earlier token");
+  if (!p.token_types.empty() && p.token_types.size() != t.tokens_.size())
+    throw FormatError(at + "token_type has " + std::to_string(p.token_types.size()) + " entries for " +
                       std::to_string(t.tokens_.size()) + " tokens");
-  if (types)
-    for (size_t i = 0; i < t.tokens_.size(); ++i)
-      if ((types->ints[i] == 3 || types->ints[i] == 4) && !t.tokens_[i].empty())  // CONTROL, USER_DEFINED
-        t.specials_.emplace_back(t.tokens_[i], static_cast<int32_t>(i));
-  sort_longest_first(t.specials_);
-  const std::vector<std::string>& merges = f.get_strings("tokenizer.ggml.merges");
-  for (size_t r = 0; r < merges.size(); ++r) {
-    const size_t sp = merges[r].find(' ', 1);
-    if (sp == std::string::npos || sp + 1 >= merges[r].size())
-      throw FormatError(path + ": tokenizer.ggml.merges[" + std::to_string(r) + "] \"" + merges[r] + "\" is not \"A B\"");
-    t.ranks_.emplace(std::make_pair(merges[r].substr(0, sp), merges[r].substr(sp + 1)), static_cast<int32_t>(r));
+  for (size_t i = 0; i < p.token_types.size(); ++i) {
+    if (p.token_types[i] < 0 || p.token_types[i] > 6)
+      throw FormatError(at + "token_type[" + std::to_string(i) + "] = " + std::to_string(p.token_types[i]) + " is not a token type (0-6)");
+    t.token_types_.push_back(static_cast<int32_t>(p.token_types[i]));
+    if ((p.token_types[i] == 3 || p.token_types[i] == 4) && !t.tokens_[i].empty())  // CONTROL, USER_DEFINED
+      t.specials_.emplace_back(t.tokens_[i], static_cast<int32_t>(i));
   }
-  const auto id = [&](const char* key) -> int32_t {
-    if (!f.find_meta(key)) return -1;
-    const int64_t v = f.get_int(key);
+  sort_longest_first(t.specials_);
+  t.merges_ = p.merges;
+  for (size_t r = 0; r < p.merges.size(); ++r) {
+    const std::string& m = p.merges[r];
+    const size_t sp = m.find(' ', 1);
+    if (sp == std::string::npos || sp + 1 >= m.size())
+      throw FormatError(at + "merges[" + std::to_string(r) + "] \"" + m + "\" is not \"A B\"");
+    t.ranks_.emplace(std::make_pair(m.substr(0, sp), m.substr(sp + 1)), static_cast<int32_t>(r));
+  }
+  const auto id = [&](const char* key, int64_t v) -> int32_t {
+    if (v == -1) return -1;
     if (v < 0 || v >= static_cast<int64_t>(t.tokens_.size()))
-      throw FormatError(path + ": " + key + " = " + std::to_string(v) + " is not a token id");
+      throw FormatError(at + key + " = " + std::to_string(v) + " is not a token id");
     return static_cast<int32_t>(v);
   };
-  t.bos_ = id("tokenizer.ggml.bos_token_id");
-  t.eos_ = id("tokenizer.ggml.eos_token_id");
-  t.add_bos_ = f.find_meta("tokenizer.ggml.add_bos_token") ? f.get_int("tokenizer.ggml.add_bos_token") != 0 : false;
+  t.bos_ = id("bos_token_id", p.bos);
+  t.eos_ = id("eos_token_id", p.eos);
+  t.add_bos_ = p.add_bos;
   return t;
+}
+
+BpeTokenizer BpeTokenizer::from_gguf(const fmt::GgufFile& f) {
+  Parts p;
+  p.path = f.path();
+  p.prefix = "tokenizer.ggml.";
+  p.model = f.get_string("tokenizer.ggml.model");
+  if (f.find_meta("tokenizer.ggml.pre")) p.pre = f.get_string("tokenizer.ggml.pre");
+  p.tokens = f.get_strings("tokenizer.ggml.tokens");
+  if (const fmt::GgufValue* types = f.find_meta("tokenizer.ggml.token_type")) {
+    if (types->ints.size() != types->array_size())
+      throw FormatError(p.path + ": tokenizer.ggml.token_type must be an array of integers");
+    p.token_types.assign(types->ints.begin(), types->ints.end());
+    if (p.token_types.empty() && types->array_size() != 0)
+      throw FormatError(p.path + ": tokenizer.ggml.token_type must be an array of integers");
+  }
+  p.merges = f.get_strings("tokenizer.ggml.merges");
+  // A negative id in the file is as wrong as one past the vocabulary (-1 means "not given" here).
+  const auto id = [&](const char* key) -> int64_t {
+    if (!f.find_meta(key)) return -1;
+    const int64_t v = f.get_int(key);
+    if (v < 0) throw FormatError(p.path + ": " + key + " = " + std::to_string(v) + " is not a token id");
+    return v;
+  };
+  p.bos = id("tokenizer.ggml.bos_token_id");
+  p.eos = id("tokenizer.ggml.eos_token_id");
+  p.add_bos = f.find_meta("tokenizer.ggml.add_bos_token") ? f.get_int("tokenizer.ggml.add_bos_token") != 0 : false;
+  return from_parts(p);
+}
+
+nlohmann::json BpeTokenizer::to_json() const {
+  nlohmann::json j = {{"model", "gpt2"}, {"pre", pre_}, {"tokens", tokens_}, {"merges", merges_}, {"add_bos_token", add_bos_}};
+  if (!token_types_.empty()) j["token_type"] = token_types_;
+  if (bos_ >= 0) j["bos_token_id"] = bos_;
+  if (eos_ >= 0) j["eos_token_id"] = eos_;
+  return j;
+}
+
+BpeTokenizer BpeTokenizer::from_json(const nlohmann::json& j, const std::string& path) {
+  if (!j.is_object()) throw FormatError(path + ": the BPE tokenizer must be a JSON object");
+  Parts p;
+  p.path = path;
+  const auto str = [&](const char* key) -> std::string {
+    if (!j.contains(key) || !j[key].is_string()) throw FormatError(path + ": " + key + " must be a string");
+    return j[key].get<std::string>();
+  };
+  const auto strings = [&](const char* key) {
+    if (!j.contains(key) || !j[key].is_array()) throw FormatError(path + ": " + key + " must be an array of strings");
+    std::vector<std::string> v;
+    v.reserve(j[key].size());
+    for (const auto& e : j[key]) {
+      if (!e.is_string()) throw FormatError(path + ": " + key + "[" + std::to_string(v.size()) + "] must be a string");
+      v.push_back(e.get<std::string>());
+    }
+    return v;
+  };
+  const auto integer = [&](const char* key, int64_t absent) -> int64_t {
+    if (!j.contains(key)) return absent;
+    if (!j[key].is_number_integer() || j[key].get<int64_t>() < 0) throw FormatError(path + ": " + key + " must be an integer >= 0");
+    return j[key].get<int64_t>();
+  };
+  p.model = str("model");
+  if (j.contains("pre")) p.pre = str("pre");
+  p.tokens = strings("tokens");
+  p.merges = strings("merges");
+  if (j.contains("token_type")) {
+    if (!j["token_type"].is_array()) throw FormatError(path + ": token_type must be an array of integers");
+    for (const auto& e : j["token_type"]) {
+      if (!e.is_number_integer()) throw FormatError(path + ": token_type[" + std::to_string(p.token_types.size()) + "] must be an integer");
+      p.token_types.push_back(e.get<int64_t>());
+    }
+  }
+  p.bos = integer("bos_token_id", -1);
+  p.eos = integer("eos_token_id", -1);
+  if (j.contains("add_bos_token")) {
+    if (!j["add_bos_token"].is_boolean()) throw FormatError(path + ": add_bos_token must be true or false");
+    p.add_bos = j["add_bos_token"].get<bool>();
+  }
+  return from_parts(p);
 }
 
 std::vector<std::string> BpeTokenizer::pre_tokenize(std::string_view text) const {

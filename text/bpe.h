@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -31,6 +32,12 @@ class BpeTokenizer {
   // missing, inconsistent (a merge of unknown tokens, ids out of range) or a pre-tokenizer this
   // implementation does not have.
   static BpeTokenizer from_gguf(const fmt::GgufFile& f);
+  // The same tokenizer as JSON: GGUF's keys without their "tokenizer.ggml." prefix ("model",
+  // "pre", "tokens", "token_type", "merges", "bos_token_id", "eos_token_id", "add_bos_token"). How
+  // a `.qdm` carries it (runtime/qdm.h metadata "tokenizer.bpe"); from_json validates as from_gguf
+  // does, messages naming `path` and the key.
+  nlohmann::json to_json() const;
+  static BpeTokenizer from_json(const nlohmann::json& j, const std::string& path);
 
   // Token ids; `parse_special`: control tokens written in the text (e.g. "<|im_start|>") become
   // their ids, as in chat prompts; `add_bos`: prepend bos when the model asks for it
@@ -51,7 +58,12 @@ class BpeTokenizer {
   void encode_piece(std::string_view piece, std::vector<int32_t>& out) const;
   void encode_text(std::string_view text, std::vector<int32_t>& out) const;
 
+  struct Parts;  // what from_gguf and from_json read, validated once (bpe.cpp)
+  static BpeTokenizer from_parts(const Parts& p);
+
   std::vector<std::string> tokens_;
+  std::vector<int32_t> token_types_;  // empty: not given
+  std::vector<std::string> merges_;
   std::unordered_map<std::string, int32_t> ids_;
   std::map<std::pair<std::string, std::string>, int32_t> ranks_;
   SpecialTokens specials_;  // control and user-defined tokens, longest first

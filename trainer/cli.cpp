@@ -195,6 +195,10 @@ int run_cli(int argc, char** argv) {
   export_cmd->add_option("--simulation-logits", exp.simulation_logits,
                          "write the simulation's test-set logits here (raw float32 [N, classes]), to compare other "
                          "runtimes with");
+  export_cmd->add_option("--verify-samples", exp.verify_samples,
+                         "transformers: held-out sentences (bert, default 1000) or sequences of data.seq_len tokens "
+                         "(llama, default 16) to verify the runtime on")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
 
   CLI::App* keys_cmd = app.add_subcommand("keys", "list every config key with its default and meaning");
 

@@ -824,18 +824,12 @@ int run_train(const TrainCommand& cmd) {
 }
 
 namespace {
-// A text model to evaluate or embed with: a run directory's checkpoint, or a config whose model
-// is pretrained (nothing to train).
-struct LoadedText {
-  ExperimentConfig cfg;
-  std::shared_ptr<TextModel> model;
-  std::string source;  // the checkpoint, or the pretrained files
-  int64_t epoch = 0;
-};
-
 bool is_config_file(const fs::path& p) { return fs::is_regular_file(p) && (p.extension() == ".yaml" || p.extension() == ".yml"); }
 
-LoadedText load_text_model(const ExperimentConfig& cfg, const fs::path& where, const std::string& checkpoint) {
+}  // namespace
+
+LoadedText load_text_model(const ExperimentConfig& cfg, const std::string& where_text, const std::string& checkpoint) {
+  const fs::path where = where_text;
   LoadedText t;
   t.cfg = cfg;
   t.model = build_text_model(cfg, /*initial_weights=*/is_config_file(where));
@@ -849,6 +843,8 @@ LoadedText load_text_model(const ExperimentConfig& cfg, const fs::path& where, c
   t.model->eval();
   return t;
 }
+
+namespace {
 
 // The config of a run directory, or a config file whose model needs no training.
 ExperimentConfig config_of(const fs::path& where, const char* command, const std::vector<std::string>& overrides = {}) {

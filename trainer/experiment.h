@@ -78,4 +78,15 @@ std::shared_ptr<class LmDistillHook> make_lm_distill_hook(const ExperimentConfig
                                                           const class TextModel& student);
 void set_threads(int threads);
 
+class TextModel;
+// A text model to evaluate, embed with or export (eval mode, CPU): a run directory's checkpoint
+// (`where` a run directory, `checkpoint` best | last), or a config whose model is pretrained.
+struct LoadedText {
+  ExperimentConfig cfg;
+  std::shared_ptr<TextModel> model;
+  std::string source;  // the checkpoint, or the pretrained files
+  int64_t epoch = 0;
+};
+LoadedText load_text_model(const ExperimentConfig& cfg, const std::string& where, const std::string& checkpoint);
+
 }  // namespace qd

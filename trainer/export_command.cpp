@@ -11,9 +11,13 @@
 #include "common/checkpoint.h"
 #include "common/error.h"
 #include "common/log.h"
+#include "data/text_corpus.h"
 #include "export/deploy_targets.h"
 #include "export/exporter.h"
+#include "export/gguf_export.h"
 #include "export/onnx_writer.h"
+#include "export/text_export.h"
+#include "models/text_model.h"
 #include "qat/qat_hook.h"
 #include "runtime/interpreter.h"
 #include "runtime/qdm.h"
@@ -112,6 +116,91 @@ nlohmann::json emulate_clipping_kernels(const rt::Model& m, const torch::Tensor&
           {"clipped_pair_sums", clipped}, {"pair_sums", pairs}};
 }
 
+// The held-out examples of a transformer run, as token ids: bert, the test split's sentences
+// (WordNet definitions and lemma lists, in turn); llama, the test split's fortunes packed and cut
+// into sequences of data.seq_len tokens.
+std::vector<std::vector<int32_t>> held_out_inputs(const ExperimentConfig& cfg, const TextModel& m, int64_t samples) {
+  std::vector<std::vector<int32_t>> out;
+  const size_t max_tokens = static_cast<size_t>(std::min<int64_t>(cfg.data.seq_len, m.max_positions()));
+  if (!m.causal()) {
+    const int64_t n = samples > 0 ? samples : 1000;
+    for (const Synset& s : load_wordnet(cfg.data.text_folder(), TextSplit::kTest)) {
+      for (const std::string* text : {&s.query, &s.document}) {
+        if (static_cast<int64_t>(out.size()) >= n) return out;
+        std::vector<int32_t> ids = m.tokenizer().encode(*text);
+        if (ids.size() > max_tokens) ids.resize(max_tokens);  // as training embeds them
+        out.push_back(std::move(ids));
+      }
+    }
+    return out;
+  }
+  const int64_t n = samples > 0 ? samples : 16;
+  const TokenStream s = pack_documents(load_fortunes(cfg.data.text_folder(), TextSplit::kTest),
+                                       [&](std::string_view t) { return m.tokenizer().encode(t); }, m.tokenizer().eos_id());
+  for (size_t at = 0; at + max_tokens <= s.ids.size() && static_cast<int64_t>(out.size()) < n; at += max_tokens)
+    out.emplace_back(s.ids.begin() + static_cast<std::ptrdiff_t>(at), s.ids.begin() + static_cast<std::ptrdiff_t>(at + max_tokens));
+  return out;
+}
+
+// `src`: the run directory, or its pruned/ model.
+int run_text_export(const ExportCommand& cmd, const ExperimentConfig& cfg, const fs::path& src) {
+  const fs::path run = cmd.run_dir;
+  QD_CHECK(cmd.format != "onnx", UserError, "--format onnx: the ONNX export of transformer students is not written yet; "
+           "use --format qdm (student.qdm for qdistill-run)");
+  set_threads(cfg.trainer.threads);
+  const LoadedText t = load_text_model(cfg, src.string(), cmd.checkpoint);
+  QD_CHECK(load_qat_flags(*t.model), UserError, "export: ", t.source, " was saved before QAT started (its quantizers "
+           "never ran); export a checkpoint from a QAT step (qat.start_step)");
+  t.model->to(torch::kCPU);
+  t.model->eval();
+  const rt::Graph graph = build_text_graph(*t.model);
+  const fs::path out = run / "export";
+  fs::create_directories(out);
+  rt::save_graph(graph, (out / "student.qdm").string());
+  int64_t weights = 0;
+  for (const rt::Node& n : graph.nodes)
+    if (const rt::Attr* w = n.find("weight")) weights += w->numel();
+  nlohmann::json files = {{"student.qdm", file_bytes(out / "student.qdm")}};
+  std::printf("exported %s (epoch %lld): %zu nodes, %lld weights\n", t.source.c_str(), static_cast<long long>(t.epoch),
+              graph.nodes.size(), static_cast<long long>(weights));
+  nlohmann::json report = {{"run_dir", run.string()}, {"checkpoint", t.source}, {"model", t.model->kind()},
+                           {"task", graph.metadata.at("task")}, {"nodes", graph.nodes.size()}, {"weights", weights}};
+  if (t.model->causal()) {
+    // llama.cpp's file, from the same graph: written when the grid is llama.cpp's, else said why not.
+    try {
+      gguf_from_graph(graph, cfg.experiment.name).write((out / "student.gguf").string());
+      files["student.gguf"] = file_bytes(out / "student.gguf");
+    } catch (const UserError& e) {
+      fs::remove(out / "student.gguf");
+      report["gguf_skipped"] = e.what();
+      std::printf("no student.gguf: %s\n", e.what());
+    }
+  }
+  for (const auto& [name, bytes] : files.items())
+    std::printf("  %-50s %10lld bytes\n", (out / name).string().c_str(), static_cast<long long>(bytes.get<int64_t>()));
+  report["files"] = files;
+  if (cmd.verify) {
+    const std::vector<std::vector<int32_t>> inputs = held_out_inputs(cfg, *t.model, cmd.verify_samples);
+    nlohmann::json v = verify_text_graph(*t.model, graph, inputs, stderr_is_tty());
+    v["split"] = "test";
+    if (t.model->causal())
+      std::printf("verified on %lld held-out sequences (%lld tokens): next-token argmax agreement %.2f%%, perplexity "
+                  "%.4f (runtime) vs %.4f (simulation), ratio %.5f; KV cache vs whole sequence: max |logit diff| %.3g\n",
+                  static_cast<long long>(v["samples"].get<int64_t>()), static_cast<long long>(v["tokens"].get<int64_t>()),
+                  100.0 * v["argmax_agreement"].get<double>(), v["runtime_perplexity"].get<double>(),
+                  v["simulation_perplexity"].get<double>(), v["perplexity_ratio"].get<double>(),
+                  v["kv_cache_max_logit_diff"].get<double>());
+    else
+      std::printf("verified on %lld held-out sentences (%lld tokens): embedding cosine min %.6f, mean %.6f; %lld below 0.999\n",
+                  static_cast<long long>(v["samples"].get<int64_t>()), static_cast<long long>(v["tokens"].get<int64_t>()),
+                  v["min_cosine"].get<double>(), v["mean_cosine"].get<double>(),
+                  static_cast<long long>(v["sentences_below_0_999"].get<int64_t>()));
+    report["verify"] = v;
+  }
+  write_file_atomic((out / "report.json").string(), report.dump(2) + "\n");
+  return 0;
+}
+
 }  // namespace
 
 int run_export(const ExportCommand& cmd) {
@@ -126,6 +215,12 @@ int run_export(const ExportCommand& cmd) {
   QD_CHECK(!pruned || cmd.checkpoint == "best", UserError, "--checkpoint ", cmd.checkpoint, ": ", run.string(),
            " is channel-pruned and its pruned model exists for the best checkpoint only; use --checkpoint best");
   ExperimentConfig cfg = load_run_config((src / "config.resolved.yaml").string());
+  if (cfg.model.is_text()) {
+    QD_CHECK(cfg.qat.enabled, UserError, "export: ", run.string(), " was trained without quantization-aware training "
+             "(qat.enabled is false): there are no trained grids to export. Train with a qat section, e.g. "
+             "configs/minilm_student_kd_qat.yaml or configs/smollm2_student_kd_qat.yaml");
+    return run_text_export(cmd, cfg, src);
+  }
   QD_CHECK(cfg.qat.enabled, UserError, "export: ", run.string(), " was trained without quantization-aware training "
            "(qat.enabled is false): there are no trained int8 scales to export. Train with a qat section, e.g. "
            "configs/fmnist_student_kd_qat.yaml");

@@ -131,9 +131,9 @@ inline Model every_op_model() {
 
 
 // A small text graph with every transformer op (weights from the same LCG): ids -> embedding
-// (int8 rows) -> rms_norm -> q, k, v (Q8_0 inputs, groups of 32) -> rotary causal attention with a
+// (int8 rows) -> add_positions -> rms_norm -> q, k, v (Q8_0 inputs, groups of 32) -> rotary causal attention with a
 // KV cache -> add -> layer_norm -> linear (per-token int8) -> gelu, and silu_mul -> add ->
-// mean_pool -> l2_normalize. For the fuzzer's seed corpus: not a model anyone trains.
+// mean_pool -> linear on the pooled vector -> l2_normalize. For the fuzzer's seed corpus: not a model anyone trains.
 inline Graph every_text_op_graph() {
   const int64_t vocab = 40, d = 64, heads = 2, kv = 1, hd = 32;
   Graph g;
@@ -154,13 +154,17 @@ inline Graph every_text_op_graph() {
     n.attrs["weight"] = Attr::of_tensor(DType::kI8, {out, in}, i8(out * in));
     n.attrs["weight_scale"] = Attr::of_tensor(DType::kF32, {out, groups}, f32(out * groups, 0.001f, 0.01f));
   };
-  const int32_t e = rows("embed", d), n1 = rows("norm1", d), q = rows("q", heads * hd), k = rows("k", kv * hd),
+  const int32_t e0 = rows("word", d), e = rows("embed", d), n1 = rows("norm1", d), q = rows("q", heads * hd), k = rows("k", kv * hd),
                 v = rows("v", kv * hd), a = rows("attn", d), r1 = rows("res1", d), n2 = rows("norm2", d), f1 = rows("ffn_in", d),
                 f2 = rows("act", d), f3 = rows("gated", d), r2 = rows("res2", d);
-  const int32_t pooled = g.add_value({"pooled", DType::kF32, {d}}), out = g.add_value({"embedding", DType::kF32, {d}});
+  const int32_t pooled = g.add_value({"pooled", DType::kF32, {d}}), dense = g.add_value({"dense", DType::kF32, {d}}),
+                out = g.add_value({"embedding", DType::kF32, {d}});
   g.inputs = {ids};
   g.outputs = {out};
-  weight(g.add_node("embedding", "embed", {ids}, {e}), vocab, d, 1);
+  weight(g.add_node("embedding", "word", {ids}, {e0}), vocab, d, 1);
+  Node& pos = g.add_node("add_positions", "position", {e0}, {e});
+  weight(pos, 64, d, d / 32);
+  pos.attrs["bias"] = Attr::of_tensor(DType::kF32, {d}, f32(d, -0.1f, 0.1f));
   Node& rn = g.add_node("rms_norm", "norm1", {e}, {n1});
   rn.attrs["weight"] = Attr::of_tensor(DType::kF32, {d}, f32(d, 0.5f, 1.5f));
   rn.attrs["eps"] = Attr::of_float(1e-5f);
@@ -186,7 +190,10 @@ inline Graph every_text_op_graph() {
   g.add_node("silu_mul", "gated", {f1, f2}, {f3});
   g.add_node("add", "res2", {r1, f3}, {r2});
   g.add_node("mean_pool", "pool", {r2}, {pooled});
-  g.add_node("l2_normalize", "normalize", {pooled}, {out});
+  Node& dn = g.add_node("linear", "dense", {pooled}, {dense});
+  weight(dn, d, d, 1);
+  dn.attrs["input_quant"] = Attr::of_string("per_token");
+  g.add_node("l2_normalize", "normalize", {dense}, {out});
   return g;
 }
 

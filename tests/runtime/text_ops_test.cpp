@@ -5,11 +5,13 @@
 // its KV cache, and a small encoder graph end to end with a dynamic token count. No LibTorch.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 
 #include "formats/half.h"
 #include "runtime/executor.h"
+#include "runtime/kernels.h"
 #include "runtime/qdm.h"
 #include "runtime/text_kernels.h"
 #include "tests/runtime/model_builders.h"
@@ -182,6 +184,41 @@ TEST(TextOps, LinearMatchesTheDequantizedProductInEveryMode) {
   }
 }
 
+// The int8 dot products picked at run time (AVX2, AVX-512 VNNI) against the portable one: the
+// same outputs bit for bit (exact int32 block sums, the same float operations after them), on
+// extreme values too, widths with tails past the last 32, every block arrangement.
+TEST(TextOps, EveryInstructionSetComputesTheSameLinearBitForBit) {
+  std::mt19937 g(12);
+  struct Case {
+    ActQuant q;
+    int64_t k, group;
+  };
+  for (const Case c : {Case{ActQuant::kPerToken, 384, 384}, Case{ActQuant::kPerToken, 100, 100}, Case{ActQuant::kPerToken, 96, 32},
+                       Case{ActQuant::kQ8_0, 96, 32}, Case{ActQuant::kQ8_0, 256, 256}, Case{ActQuant::kQ8_0, 128, 64}}) {
+    const int64_t t = 7, n = 9;
+    std::vector<float> x = randn(static_cast<size_t>(t * c.k), g);
+    for (int64_t j = 0; j < c.k; j += 3) x[static_cast<size_t>(j)] = (j % 2 ? 1 : -1) * 1e3f;  // saturate the row at +-127
+    TestWeight w = make_weight(n, c.k, c.group, g);
+    for (size_t i = 0; i < w.q.size(); i += 5) w.q[i] = static_cast<int8_t>(i % 2 ? 127 : -127);
+    const std::vector<float> bias = randn(static_cast<size_t>(n), g);
+    std::vector<float> want(static_cast<size_t>(t * n)), got(want.size());
+    LinearScratch scratch;
+    force_isa(Isa::kGeneric);
+    linear_forward(x.data(), t, w.view(n, c.k, c.group, false), bias.data(), c.q, want.data(), scratch);
+    for (const Isa isa : {Isa::kAvx2, Isa::kAvx512Vnni}) {
+      if (isa > best_isa()) {
+        std::printf("[   INFO   ] instruction set %d not on this CPU: its int8 dot product is not checked here\n", static_cast<int>(isa));
+        continue;
+      }
+      force_isa(isa);
+      linear_forward(x.data(), t, w.view(n, c.k, c.group, false), bias.data(), c.q, got.data(), scratch);
+      for (size_t i = 0; i < want.size(); ++i)
+        ASSERT_EQ(got[i], want[i]) << "isa " << static_cast<int>(isa) << " k " << c.k << " group " << c.group << " at " << i;
+    }
+    force_isa(best_isa());
+  }
+}
+
 TEST(TextOps, NormsAndActivationsMatchTheirDefinitions) {
   std::mt19937 g(4);
   const int64_t d = 96;
@@ -347,6 +384,67 @@ TEST(TextOps, EncoderGraphRunsAnyTokenCountAndRoundTripsItsFile) {
   }
 }
 
+// A BERT's embedding end: word rows + position rows (int8) + the token-type row as bias, and a
+// pooled sentence projected by a linear layer that reads a vector (sentence-transformers' Dense),
+// against a double-precision reference.
+TEST(TextOps, PositionsAndAProjectedSentenceMatchTheReference) {
+  std::mt19937 g(9);
+  const int64_t vocab = 20, positions = 8, d = 32, out_d = 16;
+  Graph gr;
+  const int32_t ids = gr.add_value({"input_ids", DType::kI32, {-1}});
+  const int32_t e = gr.add_value({"word", DType::kF32, {-1, d}}), p = gr.add_value({"positions", DType::kF32, {-1, d}});
+  const int32_t pooled = gr.add_value({"pooled", DType::kF32, {d}}), dense = gr.add_value({"dense", DType::kF32, {out_d}});
+  gr.inputs = {ids};
+  gr.outputs = {dense};
+  const TestWeight word = make_weight(vocab, d, d, g), pos = make_weight(positions, d, d, g), proj = make_weight(out_d, d, d, g);
+  const std::vector<float> type_row = randn(static_cast<size_t>(d), g), proj_bias = randn(static_cast<size_t>(out_d), g);
+  Node& en = gr.add_node("embedding", "word", {ids}, {e});
+  en.attrs["weight"] = Attr::of_tensor(DType::kI8, {vocab, d}, word.q);
+  en.attrs["weight_scale"] = Attr::of_tensor(DType::kF32, {vocab, 1}, word.s);
+  Node& pn = gr.add_node("add_positions", "position", {e}, {p});
+  pn.attrs["weight"] = Attr::of_tensor(DType::kI8, {positions, d}, pos.q);
+  pn.attrs["weight_scale"] = Attr::of_tensor(DType::kF32, {positions, 1}, pos.s);
+  pn.attrs["bias"] = Attr::of_tensor(DType::kF32, {d}, type_row);
+  gr.add_node("mean_pool", "pool", {p}, {pooled});
+  Node& ln = gr.add_node("linear", "dense", {pooled}, {dense});
+  ln.attrs["weight"] = Attr::of_tensor(DType::kI8, {out_d, d}, proj.q);
+  ln.attrs["weight_scale"] = Attr::of_tensor(DType::kF32, {out_d, 1}, proj.s);
+  ln.attrs["bias"] = Attr::of_tensor(DType::kF32, {out_d}, proj_bias);
+  ASSERT_EQ(validate(gr), "");
+  Executor ex(gr);
+  const std::vector<int32_t> tokens = {3, 19, 0, 7, 7};
+  const int64_t t = static_cast<int64_t>(tokens.size());
+  ex.input(0).resize({t});
+  std::copy(tokens.begin(), tokens.end(), ex.input(0).data<int32_t>());
+  ex.run();
+  // The reference in double: the table rows are q * s; the pooled mean; then the float product.
+  std::vector<double> mean(static_cast<size_t>(d), 0.0);
+  for (int64_t r = 0; r < t; ++r)
+    for (int64_t j = 0; j < d; ++j) {
+      const size_t id = static_cast<size_t>(tokens[static_cast<size_t>(r)]);
+      const double x = static_cast<double>(word.q[id * static_cast<size_t>(d) + static_cast<size_t>(j)]) * word.s[id] +
+                       static_cast<double>(pos.q[static_cast<size_t>(r * d + j)]) * pos.s[static_cast<size_t>(r)] +
+                       type_row[static_cast<size_t>(j)];
+      EXPECT_NEAR(ex.value(p).data<float>()[r * d + j], x, 1e-5 * (1 + std::fabs(x)));
+      mean[static_cast<size_t>(j)] += x / static_cast<double>(t);
+    }
+  ASSERT_EQ(ex.output(0).shape, Shape{out_d});
+  for (int64_t o = 0; o < out_d; ++o) {
+    double y = proj_bias[static_cast<size_t>(o)];
+    for (int64_t j = 0; j < d; ++j) y += static_cast<double>(proj.q[static_cast<size_t>(o * d + j)]) * proj.s[static_cast<size_t>(o)] * mean[static_cast<size_t>(j)];
+    EXPECT_NEAR(ex.output(0).data<float>()[o], y, 1e-4 * (1 + std::fabs(y))) << o;
+  }
+  // More tokens than the table has positions: a clear error, not a read past the table.
+  ex.input(0).resize({positions + 1});
+  std::fill_n(ex.input(0).data<int32_t>(), positions + 1, 1);
+  try {
+    ex.run();
+    FAIL() << "ran 9 tokens with 8 positions";
+  } catch (const QdmError& err) {
+    EXPECT_TRUE(contains(err.what(), "9 tokens, but the model has 8 positions")) << err.what();
+  }
+}
+
 TEST(TextOps, ValidationOfTextNodesNamesTheProblem) {
   std::mt19937 g(7);
   const Graph good = tiny_encoder(g);
@@ -394,6 +492,9 @@ TEST(TextOps, DynamicTokenCountsMustAgreeAtRunTime) {
 TEST(TextOps, EveryTextOpGraphOfTheFuzzSeedsIsValidAndRuns) {
   const Graph g = test_models::every_text_op_graph();
   ASSERT_EQ(validate(g), "");
+  for (const OpSpec& op : text_ops())
+    EXPECT_TRUE(std::any_of(g.nodes.begin(), g.nodes.end(), [&](const Node& n) { return n.op == op.name; }))
+        << op.name << " is missing from the fuzzer's seed graph";
   Executor ex(g);
   for (const int64_t t : {1, 4}) {
     ex.reset();

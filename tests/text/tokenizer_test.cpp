@@ -166,6 +166,37 @@ TEST(Bpe, MergesByRankAndMatchesControlTokens) {
   EXPECT_EQ(t.bos_id(), 260);
 }
 
+// The JSON form a .qdm carries: the same tokenizer back, and its own clear errors.
+TEST(Bpe, JsonRoundTripIsTheSameTokenizer) {
+  test::TempDir dir;
+  const BpeTokenizer t = small_bpe(dir);
+  const nlohmann::json j = t.to_json();
+  const BpeTokenizer back = BpeTokenizer::from_json(j, "student.qdm");
+  EXPECT_EQ(back.to_json(), j);
+  for (const char* text : {"hello world", "<|im_start|>hel 2024", "h\xC3\xA9llo"}) {
+    EXPECT_EQ(back.encode(text), t.encode(text)) << text;
+    EXPECT_EQ(back.encode(text, false, false), t.encode(text, false, false)) << text;
+  }
+  EXPECT_EQ(back.bos_id(), 260);
+  auto error = [&](const std::function<void(nlohmann::json&)>& edit) {
+    nlohmann::json bad = j;
+    edit(bad);
+    try {
+      BpeTokenizer::from_json(bad, "student.qdm");
+    } catch (const fmt::FormatError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_EQ(error([](nlohmann::json&) {}), "no error");
+  EXPECT_EQ(error([](nlohmann::json& b) { b.erase("tokens"); }), "student.qdm: tokens must be an array of strings");
+  EXPECT_EQ(error([](nlohmann::json& b) { b["merges"][1] = 7; }), "student.qdm: merges[1] must be a string");
+  EXPECT_EQ(error([](nlohmann::json& b) { b["bos_token_id"] = 100000; }), "student.qdm: bos_token_id = 100000 is not a token id");
+  EXPECT_EQ(error([](nlohmann::json& b) { b["token_type"][0] = 9; }), "student.qdm: token_type[0] = 9 is not a token type (0-6)");
+  EXPECT_EQ(error([](nlohmann::json& b) { b["pre"] = "qwen2"; }).find("student.qdm: pre \"qwen2\" is not supported"), 0u);
+  EXPECT_EQ(error([](nlohmann::json& b) { b = nlohmann::json::array(); }), "student.qdm: the BPE tokenizer must be a JSON object");
+}
+
 TEST(Bpe, BadTokenizerMetadataIsAClearError) {
   test::TempDir dir;
   using fmt::test_files::GgufBuilder;
