@@ -102,28 +102,27 @@ class GraphBuilder {
     n.attrs["input_quant"] = Attr::of_string(input_mode(twin, name));
     return out;
   }
-  int32_t layer_norm(const BertNormImpl& norm, int32_t in, const std::string& name, int64_t width) {
-    QD_CHECK(!norm.restricted(), UserError, "export: ", name, " normalizes over a masked hidden size; export the "
-             "physically pruned model (the run's pruned/ directory)");
-    const int32_t out = rows(name, width);
-    rt::Node& n = g.add_node("layer_norm", name, {in}, {out});
-    n.attrs["weight"] = Attr::of_tensor(DType::kF32, {width}, floats(norm.weight));
-    n.attrs["bias"] = Attr::of_tensor(DType::kF32, {width}, floats(norm.bias));
-    n.attrs["eps"] = Attr::of_float(static_cast<float>(norm.eps()));
-    return out;
+  int32_t layer_norm(const BertNormImpl& n, int32_t in, const std::string& name, int64_t width) {
+    return norm("layer_norm", n.restricted(), n.weight, n.bias, n.eps(), in, name, width);
   }
-  int32_t rms_norm(const RmsNormImpl& norm, int32_t in, const std::string& name, int64_t width) {
-    QD_CHECK(!norm.restricted(), UserError, "export: ", name, " normalizes over a masked hidden size; export the "
-             "physically pruned model (the run's pruned/ directory)");
-    const int32_t out = rows(name, width);
-    rt::Node& n = g.add_node("rms_norm", name, {in}, {out});
-    n.attrs["weight"] = Attr::of_tensor(DType::kF32, {width}, floats(norm.weight));
-    n.attrs["eps"] = Attr::of_float(static_cast<float>(norm.eps()));
-    return out;
+  int32_t rms_norm(const RmsNormImpl& n, int32_t in, const std::string& name, int64_t width) {
+    return norm("rms_norm", n.restricted(), n.weight, torch::Tensor(), n.eps(), in, name, width);
   }
   int32_t binary(const char* op, int32_t a, int32_t b, const std::string& name, int64_t width) {
     const int32_t out = rows(name, width);
     g.add_node(op, name, {a, b}, {out});
+    return out;
+  }
+  // A norm over `width` features (bias: LayerNorm's, undefined for RMSNorm).
+  int32_t norm(const char* op, bool restricted, const torch::Tensor& weight, const torch::Tensor& bias, double eps, int32_t in,
+               const std::string& name, int64_t width) {
+    QD_CHECK(!restricted, UserError, "export: ", name, " normalizes over a masked hidden size; export the "
+             "physically pruned model (the run's pruned/ directory)");
+    const int32_t out = rows(name, width);
+    rt::Node& n = g.add_node(op, name, {in}, {out});
+    n.attrs["weight"] = Attr::of_tensor(DType::kF32, {width}, floats(weight));
+    if (bias.defined()) n.attrs["bias"] = Attr::of_tensor(DType::kF32, {width}, floats(bias));
+    n.attrs["eps"] = Attr::of_float(static_cast<float>(eps));
     return out;
   }
   int32_t attention(int32_t q, int32_t k, int32_t v, const std::string& name, int64_t heads, int64_t kv_heads, int64_t head_dim,

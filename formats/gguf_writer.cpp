@@ -46,26 +46,16 @@ void GgufWriter::add_string(const std::string& key, const std::string& v) {
   put_string(p, v);
   add(key, GgufValueType::kString, std::move(p));
 }
-void GgufWriter::add_u32(const std::string& key, uint32_t v) {
+template <class T>
+void GgufWriter::add_scalar(const std::string& key, GgufValueType type, T v) {
   std::vector<uint8_t> p;
   put(p, v);
-  add(key, GgufValueType::kUint32, std::move(p));
+  add(key, type, std::move(p));
 }
-void GgufWriter::add_i32(const std::string& key, int32_t v) {
-  std::vector<uint8_t> p;
-  put(p, v);
-  add(key, GgufValueType::kInt32, std::move(p));
-}
-void GgufWriter::add_f32(const std::string& key, float v) {
-  std::vector<uint8_t> p;
-  put(p, v);
-  add(key, GgufValueType::kFloat32, std::move(p));
-}
-void GgufWriter::add_bool(const std::string& key, bool v) {
-  std::vector<uint8_t> p;
-  put<uint8_t>(p, v ? 1 : 0);
-  add(key, GgufValueType::kBool, std::move(p));
-}
+void GgufWriter::add_u32(const std::string& key, uint32_t v) { add_scalar(key, GgufValueType::kUint32, v); }
+void GgufWriter::add_i32(const std::string& key, int32_t v) { add_scalar(key, GgufValueType::kInt32, v); }
+void GgufWriter::add_f32(const std::string& key, float v) { add_scalar(key, GgufValueType::kFloat32, v); }
+void GgufWriter::add_bool(const std::string& key, bool v) { add_scalar<uint8_t>(key, GgufValueType::kBool, v ? 1 : 0); }
 void GgufWriter::add_strings(const std::string& key, const std::vector<std::string>& v) {
   std::vector<uint8_t> p;
   put(p, static_cast<uint32_t>(GgufValueType::kString));

@@ -46,6 +46,8 @@ class GgufWriter {
     std::vector<uint8_t> data;
   };
   void add(const std::string& key, GgufValueType type, std::vector<uint8_t> payload);
+  template <class T>
+  void add_scalar(const std::string& key, GgufValueType type, T v);
   std::vector<Kv> kv_;
   std::vector<Tensor> tensors_;
 };
