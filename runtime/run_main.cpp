@@ -7,6 +7,7 @@
 // Links the runtime, the tokenizers (qd_text: utf8proc, nlohmann-json), zlib (for .gz files) and
 // the header-only CLI11.
 #include <CLI/CLI.hpp>
+#include <sys/resource.h>
 #include <zlib.h>
 
 #include <algorithm>
@@ -93,6 +94,14 @@ double percentile(std::vector<double> v, double p) {
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
+// Peak resident memory of this process so far, in MiB.
+double peak_rss_mb() {
+  struct rusage u {};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_maxrss) / 1024.0;
+}
+
+
 const std::string& metadata(const qd::rt::Graph& g, const std::string& key, const std::string& path, const char* mode) {
   const auto it = g.metadata.find(key);
   if (it == g.metadata.end())
@@ -172,8 +181,8 @@ int run_embed(const std::string& model_path, const std::string& input, bool benc
     const double mean_tokens = lines.empty() ? 0.0 : static_cast<double>(tokens) / static_cast<double>(lines.size());
     if (json)
       std::printf("{\"model\": \"%s\", \"sentences\": %zu, \"mean_tokens\": %.2f, \"latency_us_median\": %.3f, "
-                  "\"latency_us_p90\": %.3f, \"runs\": %zu}\n",
-                  model_path.c_str(), lines.size(), mean_tokens, median, p90, us.size());
+                  "\"latency_us_p90\": %.3f, \"runs\": %zu, \"peak_rss_mb\": %.1f}\n",
+                  model_path.c_str(), lines.size(), mean_tokens, median, p90, us.size(), peak_rss_mb());
     else
       std::printf("%s: %zu sentences (%.1f tokens on average), batch-1 latency median %.1f us, p90 %.1f us (%zu runs, 1 thread)\n",
                   model_path.c_str(), lines.size(), mean_tokens, median, p90, us.size());
@@ -204,14 +213,15 @@ int32_t pick(const float* logits, int64_t vocab, int top_k, double top_p, double
   return order[n - 1];
 }
 
-int run_generate(const std::string& model_path, const std::string& prompt, int64_t max_tokens, int top_k, double top_p,
-                 double temperature, uint64_t seed, bool json) {
+int run_generate(const std::string& model_path, const std::string& prompt, int64_t max_tokens, int64_t max_prompt_tokens,
+                 bool ignore_eos, int top_k, double top_p, double temperature, uint64_t seed, bool json) {
   qd::rt::Graph g = qd::rt::load_graph(model_path);
   expect_task(g, model_path, "causal_lm", "--prompt");
   const qd::text::BpeTokenizer tok = qd::text::BpeTokenizer::from_json(
       nlohmann::json::parse(metadata(g, "tokenizer.bpe", model_path, "--prompt"), nullptr, false), model_path + " (tokenizer.bpe)");
   const int64_t positions = positions_of(g);
-  const std::vector<int32_t> ids = tok.encode(prompt, /*parse_special=*/true, /*add_bos=*/true);
+  std::vector<int32_t> ids = tok.encode(prompt, /*parse_special=*/true, /*add_bos=*/true);
+  if (max_prompt_tokens > 0 && static_cast<int64_t>(ids.size()) > max_prompt_tokens) ids.resize(static_cast<size_t>(max_prompt_tokens));
   if (ids.empty()) throw InputError("--prompt: the prompt is empty; give some text to continue");
   if (static_cast<int64_t>(ids.size()) >= positions)
     throw InputError("--prompt: " + std::to_string(ids.size()) + " tokens, but the model has " + std::to_string(positions) +
@@ -229,7 +239,7 @@ int run_generate(const std::string& model_path, const std::string& prompt, int64
     const int64_t vocab = logits.shape[1];
     const int32_t next = pick(logits.data<float>() + (logits.shape[0] - 1) * vocab, vocab, top_k, top_p, temperature, rng);
     out.push_back(next);
-    if (next == tok.eos_id() || i + 1 == max_tokens) break;
+    if ((next == tok.eos_id() && !ignore_eos) || i + 1 == max_tokens) break;
     run_ids(ex, &next, 1);
   }
   const double gen_s = seconds_since(t1);
@@ -243,7 +253,8 @@ int run_generate(const std::string& model_path, const std::string& prompt, int64
                               {"generated_tokens", out.size()}, {"prompt_ids", ids},
                               {"generated_ids", out},           {"text", text},
                               {"prompt_tokens_per_s", prompt_tps}, {"generation_tokens_per_s", gen_tps},
-                              {"prompt_seconds", prompt_s},     {"generation_seconds", gen_s}};
+                              {"prompt_seconds", prompt_s},     {"generation_seconds", gen_s},
+                              {"peak_rss_mb", peak_rss_mb()}};
     std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   } else {
     std::printf("%s\n", text.c_str());
@@ -271,11 +282,11 @@ int run(int argc, char** argv) {
       "Text: the tokenizer is inside the .qdm; --embed - reads standard input.\n"
       "Exit codes: 0 success, 2 bad input (model file, images, arguments), 1 anything else."};
   std::string model_path, images_path, labels_path, logits_path, embed_path, prompt;
-  int64_t limit = 0, max_tokens = 64;
+  int64_t limit = 0, max_tokens = 64, max_prompt_tokens = 0;
   int repeat = 1, top_k = 1;
   double top_p = 1.0, temperature = 1.0;
   uint64_t seed = 0;
-  bool json = false, bench = false;
+  bool json = false, bench = false, ignore_eos = false;
   app.add_option("model", model_path, "the .qdm file written by `qdistill export`")->required();
   app.add_option("--idx", images_path, "IDX images (uint8 [N, H, W] or [N, C, H, W]), .gz or raw");
   app.add_option("--embed", embed_path, "sentence embeddings of a bert student: a text file, one sentence per line (- : stdin)");
@@ -284,6 +295,9 @@ int run(int argc, char** argv) {
                  "<|im_start|> are parsed)");
   app.add_option("--max-tokens", max_tokens, "with --prompt: tokens to generate at most (stops at end-of-text)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  app.add_option("--max-prompt-tokens", max_prompt_tokens, "with --prompt: keep only the first N tokens of the prompt (0: all)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_flag("--ignore-eos", ignore_eos, "with --prompt: keep generating past end-of-text (benchmarks)");
   app.add_option("--top-k", top_k, "with --prompt: sample among the k likeliest tokens (1: greedy, 0: all)")
       ->check(CLI::Range(0, 1 << 24));
   app.add_option("--top-p", top_p, "with --prompt: keep the likeliest tokens up to this probability mass")->check(CLI::Range(1e-6, 1.0));
@@ -308,7 +322,8 @@ int run(int argc, char** argv) {
     return 2;
   }
   if (!embed_path.empty()) return run_embed(model_path, embed_path, bench, repeat, json);
-  if (!prompt.empty()) return run_generate(model_path, prompt, max_tokens, top_k, top_p, temperature, seed, json);
+  if (!prompt.empty())
+    return run_generate(model_path, prompt, max_tokens, max_prompt_tokens, ignore_eos, top_k, top_p, temperature, seed, json);
 
   qd::rt::Interpreter interp(qd::rt::load_qdm(model_path));
   const qd::rt::Model& m = interp.model();

@@ -239,6 +239,14 @@ TEST(TextExport, QdistillRunEmbedsAndGeneratesFromTheFile) {
     return nlohmann::json::parse(p.output)["generated_ids"].get<std::vector<int32_t>>();
   };
   EXPECT_EQ(sampled(3), sampled(3));
+  // Benchmark controls: the prompt cut to N tokens, generation past end-of-text.
+  r = run_tool(dir.file("llama.qdm") + " --prompt " + test::quoted(kTexts[2]) +
+               " --max-prompt-tokens 3 --max-tokens 7 --ignore-eos --json 2>/dev/null");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const nlohmann::json cut = nlohmann::json::parse(r.output);
+  EXPECT_EQ(cut["prompt_tokens"].get<int64_t>(), 3);
+  EXPECT_EQ(cut["generated_tokens"].get<int64_t>(), 7);
+  EXPECT_GT(cut["peak_rss_mb"].get<double>(), 0.0);
 
   // Wrong mode for the model, no mode, a missing file: one line, exit 2.
   r = run_tool(dir.file("llama.qdm") + " --embed " + dir.file("s.txt") + " 2>&1");
