@@ -84,6 +84,16 @@ std::string input_mode(LayerQatImpl* twin, const std::string& where) {
                          "quantized on the fly (qat.activation.dynamic: per_token, or per_block for llama.cpp)"));
 }
 
+// How the runtime keeps a cache that `twin` quantizes (runtime attention's kv_store).
+std::string kv_store(LayerQatImpl* twin, const std::string& where) {
+  if (!twin) return "f32";
+  const QuantSpec& s = twin->input_spec();
+  if (s.dynamic == DynamicQuant::kPerBlock) return "q8_0";
+  QD_CHECK(s.dynamic == DynamicQuant::kPerToken && s.bits == 8, UserError, "export: ", where,
+           ": the runtime keeps a KV cache in int8 per row (qat.kv_cache: per_token, 8 bits) or in Q8_0 blocks (per_block)");
+  return "per_token";
+}
+
 class GraphBuilder {
  public:
   rt::Graph g;
@@ -200,12 +210,14 @@ rt::Graph llama_graph(LlamaModel& m) {
   for (size_t i = 0; i < lm.layers.size(); ++i) {
     LlamaLayerImpl& l = *lm.layers[i];
     const std::string p = "layer" + std::to_string(i) + ".";
-    for (const QuantPoint& c : {l.k_cache, l.v_cache})
-      QD_CHECK(!active_twin(c->quant), UserError, "export: ", p, "k_cache / v_cache: a quantized KV cache (qat.kv_cache) "
-               "is not exported yet; the runtime keeps it in float32. Train without qat.kv_cache to export");
+    // The KV cache as QAT simulates it (qat.kv_cache): keys and values stored quantized.
+    const std::string kv = kv_store(active_twin(l.k_cache->quant), p + "k_cache");
+    QD_CHECK(kv == kv_store(active_twin(l.v_cache->quant), p + "v_cache"), UserError, "export: ", p,
+             "k_cache and v_cache are quantized differently; the runtime keeps both one way (set qat.kv_cache for both)");
     const int32_t n1 = b.rms_norm(*l.attn_norm, x, p + "attn_norm", h);
     const int32_t q = b.linear(*l.q, n1, p + "q"), k = b.linear(*l.k, n1, p + "k"), v = b.linear(*l.v, n1, p + "v");
     const int32_t a = b.attention(q, k, v, p + "attention", o.heads, o.kv_heads, hd, true, o.max_positions, o.rope_theta);
+    if (kv != "f32") b.g.nodes.back().attrs["kv_store"] = Attr::of_string(kv);
     const int32_t y = b.binary("add", x, b.linear(*l.out, a, p + "out"), p + "attn_residual", h);
     const int32_t n2 = b.rms_norm(*l.ffn_norm, y, p + "ffn_norm", h);
     const int32_t gated = b.binary("silu_mul", b.linear(*l.gate, n2, p + "gate"), b.linear(*l.up, n2, p + "up"), p + "silu_mul", o.ffn);

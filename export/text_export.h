@@ -27,9 +27,10 @@ class TextModel;
 //   llama: input_ids i32 [T] -> next-token logits f32 [T, vocab], attention with a KV cache, so
 //          that successive runs continue the sequence (Executor::reset starts a new one)
 //          (metadata task "causal_lm", "tokenizer.bpe": text::BpeTokenizer::to_json).
-// A layer that QAT left float keeps float weights. UserError for what the runtime cannot express:
-// a static (per-tensor) input scale or per-token inputs of other than 8 bits, asymmetric weights, a
-// quantized KV cache, a masked (not physically pruned) hidden size.
+// A layer that QAT left float keeps float weights; a KV cache that QAT quantizes (qat.kv_cache) is
+// kept quantized the same way (attention's kv_store). UserError for what the runtime cannot
+// express: a static (per-tensor) input scale or per-token inputs of other than 8 bits, asymmetric
+// weights, a masked (not physically pruned) hidden size.
 rt::Graph build_text_graph(TextModel& model);
 
 // The runtime next to the simulation on `inputs` (token id sequences, each one example):

@@ -340,6 +340,12 @@ OpSpec elementwise_op(Elementwise k) {
 
 // ---- attention ---------------------------------------------------------------------------------
 
+KvStore kv_store(const Node& n) {
+  const Attr* a = n.find("kv_store");
+  if (!a || a->s == "f32") return KvStore::kF32;
+  return a->s == "f16" ? KvStore::kF16 : a->s == "per_token" ? KvStore::kPerToken : KvStore::kQ8_0;
+}
+
 class Attention : public OpKernel {
  public:
   explicit Attention(const Node& n) {
@@ -349,6 +355,7 @@ class Attention : public OpKernel {
     cfg_.causal = n.at("causal").i != 0;
     cfg_.rope_theta = n.find("rope_theta") ? n.at("rope_theta").f : 0.0f;
     cfg_.max_positions = n.at("max_positions").i;
+    cfg_.kv = kv_store(n);
     cache_ = n.find("kv_cache") && n.at("kv_cache").i != 0;
   }
   void run(const std::vector<const Buffer*>& in, const std::vector<Buffer*>& out) override {
@@ -370,10 +377,12 @@ OpSpec attention_op() {
   OpSpec op;
   op.name = "attention";
   op.doc = "softmax(q k^T / sqrt(head_dim) [+ causal mask]) v per head; grouped-query (kv head j serves query heads "
-           "j*r .. j*r+r-1); rotary positions on q and k (rope_theta > 0); kv_cache: keys and values of earlier runs kept";
+           "j*r .. j*r+r-1); rotary positions on q and k (rope_theta > 0); kv_cache: keys and values of earlier runs kept; "
+           "kv_store: how they are kept (f32, f16, per_token int8, q8_0 int8 blocks)";
   op.min_inputs = op.max_inputs = 3;
   op.attrs = {{"heads", A::kInt},         {"kv_heads", A::kInt},       {"head_dim", A::kInt},     {"causal", A::kInt},
-              {"max_positions", A::kInt}, {"rope_theta", A::kFloat, false}, {"kv_cache", A::kInt, false}};
+              {"max_positions", A::kInt}, {"rope_theta", A::kFloat, false}, {"kv_cache", A::kInt, false},
+              {"kv_store", A::kString, false}};
   op.check = [](const Node& n, const std::vector<const ValueInfo*>& in) -> std::string {
     const int64_t h = n.at("heads").i, kv = n.at("kv_heads").i, hd = n.at("head_dim").i, maxp = n.at("max_positions").i;
     if (h < 1 || h > 4096 || kv < 1 || h % kv != 0) return cat("heads ", h, " must be a multiple of kv_heads ", kv, " (both >= 1)");
@@ -381,6 +390,11 @@ OpSpec attention_op() {
     if (maxp < 1 || maxp > (int64_t{1} << 20)) return cat("max_positions ", maxp, " must be in [1, 2^20]");
     if (n.find("rope_theta") && !(n.at("rope_theta").f > 0.0f)) return "rope_theta must be > 0";
     if (n.find("kv_cache") && n.at("kv_cache").i != 0 && n.at("causal").i == 0) return "a KV cache needs causal attention";
+    if (const Attr* kv = n.find("kv_store")) {
+      if (kv->s != "f32" && kv->s != "f16" && kv->s != "per_token" && kv->s != "q8_0")
+        return cat("kv_store '", kv->s, "': expected f32, f16, per_token or q8_0");
+      if (kv->s == "q8_0" && hd % 32 != 0) return cat("a q8_0 KV cache needs head_dim a multiple of 32, not ", hd);
+    }
     if (std::string e = expect_rows(in[0], "q", h * hd); !e.empty()) return e;
     if (std::string e = expect_rows(in[1], "k", kv * hd); !e.empty()) return e;
     if (std::string e = expect_rows(in[2], "v", kv * hd); !e.empty()) return e;

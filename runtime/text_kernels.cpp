@@ -196,9 +196,62 @@ void rms_norm_row(const float* x, int64_t d, const float* weight, float eps, flo
 float gelu(float x) { return x * 0.5f * (1.0f + std::erf(x * 0.70710678118654752440f)); }
 float silu(float x) { return x / (1.0f + std::exp(-x)); }
 
+namespace {
+
+// One side (keys or values) of the cache in its storage form.
+struct KvSide {
+  std::vector<float>& f32;
+  std::vector<uint16_t>& f16;
+  std::vector<int8_t>& q;
+  std::vector<float>& scale;
+};
+
+void kv_resize(KvSide s, KvStore type, int64_t rows, int64_t hd) {
+  const size_t n = static_cast<size_t>(rows * hd);
+  switch (type) {
+    case KvStore::kF32: s.f32.resize(n); break;
+    case KvStore::kF16: s.f16.resize(n); break;
+    case KvStore::kPerToken: s.q.resize(n), s.scale.resize(static_cast<size_t>(rows)); break;
+    case KvStore::kQ8_0: s.q.resize(n), s.scale.resize(n / 32); break;
+  }
+}
+
+void kv_store(KvSide s, KvStore type, int64_t row, int64_t hd, const float* x) {
+  const size_t at = static_cast<size_t>(row * hd);
+  switch (type) {
+    case KvStore::kF32: std::memcpy(s.f32.data() + at, x, static_cast<size_t>(hd) * sizeof(float)); break;
+    case KvStore::kF16:
+      for (int64_t i = 0; i < hd; ++i) s.f16[at + static_cast<size_t>(i)] = fmt::float_to_half(x[i]);
+      break;
+    case KvStore::kPerToken: quantize_row(x, hd, ActQuant::kPerToken, s.q.data() + at, s.scale.data() + row); break;
+    case KvStore::kQ8_0: quantize_row(x, hd, ActQuant::kQ8_0, s.q.data() + at, s.scale.data() + at / 32); break;
+  }
+}
+
+// Row `row` as floats: a pointer into the cache (f32) or into `buf`.
+const float* kv_load(const KvSide& s, KvStore type, int64_t row, int64_t hd, float* buf) {
+  const size_t at = static_cast<size_t>(row * hd);
+  switch (type) {
+    case KvStore::kF32: return s.f32.data() + at;
+    case KvStore::kF16:
+      for (int64_t i = 0; i < hd; ++i) buf[i] = fmt::half_to_float(s.f16[at + static_cast<size_t>(i)]);
+      return buf;
+    case KvStore::kPerToken:
+      for (int64_t i = 0; i < hd; ++i) buf[i] = static_cast<float>(s.q[at + static_cast<size_t>(i)]) * s.scale[static_cast<size_t>(row)];
+      return buf;
+    case KvStore::kQ8_0:
+      for (int64_t i = 0; i < hd; ++i)
+        buf[i] = static_cast<float>(s.q[at + static_cast<size_t>(i)]) * s.scale[(at + static_cast<size_t>(i)) / 32];
+      return buf;
+  }
+  return buf;
+}
+
+}  // namespace
+
 void attention_forward(const AttentionConfig& c, const float* q, const float* k, const float* v, int64_t tokens,
                        KvCache& cache, float* out) {
-  const int64_t hd = c.head_dim, half = hd / 2, kvw = c.kv_heads * hd, qw = c.heads * hd, past = cache.positions;
+  const int64_t hd = c.head_dim, half = hd / 2, qw = c.heads * hd, past = cache.positions;
   if (past + tokens > c.max_positions)
     throw QdmError("attention: " + std::to_string(past + tokens) + " positions exceed the model's " +
                    std::to_string(c.max_positions) + " (start a new sequence)");
@@ -222,22 +275,27 @@ void attention_forward(const AttentionConfig& c, const float* q, const float* k,
       x[i + half] = x2 * c1 + x1 * s1;
     }
   };
-  cache.k.resize(static_cast<size_t>((past + tokens) * kvw));
-  cache.v.resize(static_cast<size_t>((past + tokens) * kvw));
+  const KvSide ks{cache.k, cache.k16, cache.kq, cache.ks}, vs{cache.v, cache.v16, cache.vq, cache.vs};
+  kv_resize(ks, c.kv, (past + tokens) * c.kv_heads, hd);
+  kv_resize(vs, c.kv, (past + tokens) * c.kv_heads, hd);
   std::vector<float> qrot(q, q + tokens * qw);  // q with its rotary positions
+  std::vector<float> krow(static_cast<size_t>(hd));
   for (int64_t t = 0; t < tokens; ++t) {
-    float* kr = cache.k.data() + (past + t) * kvw;
-    std::memcpy(kr, k + t * kvw, static_cast<size_t>(kvw) * sizeof(float));
-    std::memcpy(cache.v.data() + (past + t) * kvw, v + t * kvw, static_cast<size_t>(kvw) * sizeof(float));
-    if (!rope) continue;
-    angles(past + t);
-    for (int64_t h = 0; h < c.kv_heads; ++h) rotate(kr + h * hd);
-    for (int64_t h = 0; h < c.heads; ++h) rotate(qrot.data() + t * qw + h * hd);
+    if (rope) angles(past + t);
+    for (int64_t h = 0; h < c.kv_heads; ++h) {
+      const float* src = k + (t * c.kv_heads + h) * hd;
+      std::copy(src, src + hd, krow.begin());
+      if (rope) rotate(krow.data());
+      const int64_t row = (past + t) * c.kv_heads + h;
+      kv_store(ks, c.kv, row, hd, krow.data());
+      kv_store(vs, c.kv, row, hd, v + (t * c.kv_heads + h) * hd);
+    }
+    for (int64_t h = 0; rope && h < c.heads; ++h) rotate(qrot.data() + t * qw + h * hd);
   }
   cache.positions = past + tokens;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   const int64_t group = c.heads / c.kv_heads;
-  std::vector<float> p(static_cast<size_t>(past + tokens));
+  std::vector<float> p(static_cast<size_t>(past + tokens)), buf(static_cast<size_t>(hd));
   for (int64_t t = 0; t < tokens; ++t) {
     const int64_t keys = c.causal ? past + t + 1 : past + tokens;
     for (int64_t h = 0; h < c.heads; ++h) {
@@ -245,7 +303,7 @@ void attention_forward(const AttentionConfig& c, const float* q, const float* k,
       const int64_t kvh = h / group;
       float mx = -std::numeric_limits<float>::infinity();
       for (int64_t j = 0; j < keys; ++j) {
-        const float* kr = cache.k.data() + j * kvw + kvh * hd;
+        const float* kr = kv_load(ks, c.kv, j * c.kv_heads + kvh, hd, buf.data());
         float dot = 0.0f;
         for (int64_t i = 0; i < hd; ++i) dot += qr[i] * kr[i];
         p[static_cast<size_t>(j)] = dot * scale;
@@ -257,7 +315,7 @@ void attention_forward(const AttentionConfig& c, const float* q, const float* k,
       std::fill(o, o + hd, 0.0f);
       for (int64_t j = 0; j < keys; ++j) {
         const float w = p[static_cast<size_t>(j)] / sum;
-        const float* vr = cache.v.data() + j * kvw + kvh * hd;
+        const float* vr = kv_load(vs, c.kv, j * c.kv_heads + kvh, hd, buf.data());
         for (int64_t i = 0; i < hd; ++i) o[i] += w * vr[i];
       }
     }

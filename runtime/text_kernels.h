@@ -45,16 +45,29 @@ void rms_norm_row(const float* x, int64_t d, const float* weight, float eps, flo
 float gelu(float x);  // erf form
 float silu(float x);
 
+// How the KV cache keeps keys and values, each row of head_dim values (one position, one kv head):
+//   f32; f16 (IEEE half, round to nearest even: llama.cpp's default cache); per_token (int8, one
+//   scale per row, as quantize_row's per_token); q8_0 (int8 in blocks of 32 with fp16 scales, as
+//   quantize_row's q8_0). The quantized forms are what QAT's qat.kv_cache simulates.
+enum class KvStore { kF32, kF16, kPerToken, kQ8_0 };
+
 struct AttentionConfig {
   int64_t heads = 1, kv_heads = 1, head_dim = 2, max_positions = 1;
   bool causal = false;
   float rope_theta = 0.0f;  // 0: no rotary positions
+  KvStore kv = KvStore::kF32;
 };
-// Keys and values of earlier tokens (rotary positions applied), [positions, kv_heads * head_dim].
+// Keys and values of earlier tokens (rotary positions applied), row r = position * kv_heads + head.
 struct KvCache {
-  std::vector<float> k, v;
+  std::vector<float> k, v;          // kF32: [rows, head_dim]
+  std::vector<uint16_t> k16, v16;   // kF16
+  std::vector<int8_t> kq, vq;       // kPerToken, kQ8_0
+  std::vector<float> ks, vs;        // their scales: per row (per_token) or per 32 values (q8_0)
   int64_t positions = 0;
-  void clear() { k.clear(), v.clear(), positions = 0; }
+  void clear() { *this = KvCache(); }
+  size_t bytes() const {
+    return (k.size() + v.size() + ks.size() + vs.size()) * sizeof(float) + (k16.size() + v16.size()) * 2 + kq.size() + vq.size();
+  }
 };
 // q [T, heads * hd], k and v [T, kv_heads * hd] for positions cache.positions .. + T - 1; appends
 // k and v to the cache; out [T, heads * hd]. Throws QdmError past max_positions.

@@ -166,6 +166,32 @@ TEST(TextExport, LlamaGraphComputesTheSimulationsLogitsAndItsKvCacheAgrees) {
   EXPECT_EQ(rt::load_graph(dir.file("s.qdm")).metadata, g.metadata);
 }
 
+// qat.kv_cache: the runtime keeps keys and values as the simulation rounds them (Q8_0 blocks of a
+// head's row, or int8 per row), and the cached path still equals the whole sequence.
+TEST(TextExport, QuantizedKvCacheIsKeptAsTheSimulationRoundsIt) {
+  for (const char* mode : {"per_block", "per_token"}) {
+    const ExperimentConfig c = parse_experiment_config(
+        std::string("experiment: {name: t}\ntask: {name: causal_lm}\ndata: {dataset: fortunes}\n"
+                    "model: {name: llama, tokenizer: smollm2-135m, hidden: 64, layers: 2, heads: 2, kv_heads: 1, ffn: 96, "
+                    "max_positions: 64}\nqat:\n  enabled: true\n  weight: {bits: 8, group_size: 32, format: ggml}\n"
+                    "  activation: {dynamic: per_block}\n  kv_cache: ") + mode + "\n",
+        "kv.yaml");
+    auto m = quantized<LlamaModel>(c);
+    const rt::Graph g = build_text_graph(*m);
+    int64_t stores = 0;
+    for (const rt::Node& n : g.nodes)
+      if (n.op == "attention") stores += n.at("kv_store").s == (std::string(mode) == "per_block" ? "q8_0" : "per_token");
+    EXPECT_EQ(stores, 2) << mode;
+    std::vector<std::vector<int32_t>> inputs;
+    for (const char* t : kTexts)
+      if (ids_of(*m, t).size() >= 2) inputs.push_back(ids_of(*m, t));
+    const nlohmann::json v = verify_text_graph(*m, g, inputs, false);
+    EXPECT_GE(v["argmax_agreement"].get<double>(), 0.97) << mode << " " << v.dump();
+    EXPECT_NEAR(v["perplexity_ratio"].get<double>(), 1.0, 0.005) << mode << " " << v.dump();
+    EXPECT_LT(v["kv_cache_max_logit_diff"].get<double>(), 1e-4) << mode << " " << v.dump();
+  }
+}
+
 test::ProcResult run_tool(const std::string& args) {
   return test::run_command(std::string(QD_BINARY_DIR) + "/qdistill-run " + args);
 }
@@ -442,9 +468,6 @@ TEST(TextExport, WhatTheRuntimeCannotRunIsAClearError) {
   };
   auto static_inputs = quantized<BertModel>(bert_config("  enabled: true\n  activation: {bits: 8, per_channel: false}\n"));
   EXPECT_TRUE(contains(error([&] { build_text_graph(*static_inputs); }), "static per-tensor scale"));
-  auto kv = quantized<LlamaModel>(llama_config("  enabled: true\n  weight: {bits: 8, group_size: 32, format: ggml}\n"
-                                               "  activation: {dynamic: per_block}\n  kv_cache: per_block\n"));
-  EXPECT_TRUE(contains(error([&] { build_text_graph(*kv); }), "quantized KV cache"));
   // QAT left off for some layers: they export in float and still match.
   auto partial = quantized<LlamaModel>(llama_config("  enabled: true\n  weight: {bits: 8, group_size: 32, format: ggml}\n"
                                                     "  activation: {dynamic: per_block}\n  layers:\n    \"*.down\": {enabled: false}\n"));

@@ -313,6 +313,60 @@ TEST(TextOps, GroupedQueryRotaryAttentionAndItsKvCache) {
   EXPECT_THROW(attention_forward(c, q.data(), k.data(), v.data(), t, full, once.data()), QdmError);
 }
 
+// The cache's storage forms: attention over keys and values kept in f16, per-row int8 or Q8_0
+// blocks equals the reference over the same rows rounded that way (quantize_row, the simulation's
+// qat.kv_cache); token-by-token through the cache equals the whole sequence; the quantized forms
+// take a quarter of the memory (plus scales).
+TEST(TextOps, KvCacheStoresKeepTheirRowsAsTheSimulationRoundsThem) {
+  std::mt19937 g(15);
+  AttentionConfig c;
+  c.heads = 4, c.kv_heads = 2, c.head_dim = 32, c.causal = true, c.max_positions = 32;
+  const int64_t t = 6, kvw = 64, qw = 128;
+  const std::vector<float> q = randn(static_cast<size_t>(t * qw), g), k = randn(static_cast<size_t>(t * kvw), g),
+                           v = randn(static_cast<size_t>(t * kvw), g);
+  // Each row of head_dim values as the store keeps it.
+  auto stored = [&](const std::vector<float>& x, KvStore s) {
+    std::vector<float> out(x.size());
+    for (size_t r = 0; r < x.size() / 32; ++r) {
+      const float* row = x.data() + r * 32;
+      if (s == KvStore::kF16) {
+        for (int i = 0; i < 32; ++i) out[r * 32 + static_cast<size_t>(i)] = fp16_round(row[i]);
+        continue;
+      }
+      std::vector<int8_t> qv(32);
+      float scale = 0.0f;
+      quantize_row(row, 32, s == KvStore::kQ8_0 ? ActQuant::kQ8_0 : ActQuant::kPerToken, qv.data(), &scale);
+      for (int i = 0; i < 32; ++i) out[r * 32 + static_cast<size_t>(i)] = static_cast<float>(qv[static_cast<size_t>(i)]) * scale;
+    }
+    return out;
+  };
+  size_t f32_bytes = 0;
+  for (const KvStore s : {KvStore::kF32, KvStore::kF16, KvStore::kPerToken, KvStore::kQ8_0}) {
+    c.kv = s;
+    c.rope_theta = 0.0f;  // the reference rounds the rows it is given: no rotation in between
+    KvCache cache;
+    std::vector<float> out(static_cast<size_t>(t * qw));
+    attention_forward(c, q.data(), k.data(), v.data(), t, cache, out.data());
+    AttentionConfig plain = c;
+    plain.kv = KvStore::kF32;
+    const std::vector<double> want = reference_attention(plain, q, s == KvStore::kF32 ? k : stored(k, s), s == KvStore::kF32 ? v : stored(v, s), t);
+    for (size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(out[i], want[i], 2e-5) << "store " << static_cast<int>(s) << " element " << i;
+    if (s == KvStore::kF32) f32_bytes = cache.bytes();
+    if (s == KvStore::kQ8_0) {
+      EXPECT_LT(cache.bytes() * 3, f32_bytes) << "int8 rows and a scale per 32";
+    }
+    // With rotary positions: one token at a time through the cache = all at once.
+    c.rope_theta = 10000.0f;
+    KvCache all, step;
+    std::vector<float> once(static_cast<size_t>(t * qw)), one(static_cast<size_t>(qw));
+    attention_forward(c, q.data(), k.data(), v.data(), t, all, once.data());
+    for (int64_t r = 0; r < t; ++r) {
+      attention_forward(c, q.data() + r * qw, k.data() + r * kvw, v.data() + r * kvw, 1, step, one.data());
+      for (int64_t i = 0; i < qw; ++i) ASSERT_NEAR(one[static_cast<size_t>(i)], once[static_cast<size_t>(r * qw + i)], 1e-6) << r;
+    }
+  }
+}
+
 // ids -> embedding (int8 rows) -> layer_norm -> linear (per-token int8) -> gelu -> linear -> add
 // -> mean_pool -> l2_normalize: a one-layer encoder's FFN path, with a dynamic token count.
 Graph tiny_encoder(std::mt19937& g) {
