@@ -177,6 +177,7 @@ inline Graph every_text_op_graph() {
   at.attrs["heads"] = Attr::of_int(heads), at.attrs["kv_heads"] = Attr::of_int(kv), at.attrs["head_dim"] = Attr::of_int(hd);
   at.attrs["causal"] = Attr::of_int(1), at.attrs["max_positions"] = Attr::of_int(64), at.attrs["kv_cache"] = Attr::of_int(1);
   at.attrs["rope_theta"] = Attr::of_float(10000.0f);
+  at.attrs["kv_store"] = Attr::of_string("q8_0");
   g.add_node("add", "res1", {e, a}, {r1});
   Node& ln = g.add_node("layer_norm", "norm2", {r1}, {n2});
   ln.attrs["weight"] = Attr::of_tensor(DType::kF32, {d}, f32(d, 0.5f, 1.5f));
