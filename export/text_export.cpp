@@ -283,11 +283,27 @@ nlohmann::json verify_text_graph(TextModel& model, const rt::Graph& graph, const
   };
   nlohmann::json j = {{"samples", inputs.size()}};
   if (!model.causal()) {
+    // The simulation in padded batches (each token's quantization is its own, the pooling masked):
+    // a QAT forward re-quantizes every weight, which dominates at batch 1.
+    std::vector<torch::Tensor> sims;
+    for (size_t b0 = 0; b0 < inputs.size(); b0 += 32) {
+      const size_t b1 = std::min(inputs.size(), b0 + 32);
+      size_t longest = 0;
+      for (size_t i = b0; i < b1; ++i) longest = std::max(longest, inputs[i].size());
+      torch::Tensor ids = torch::zeros({static_cast<int64_t>(b1 - b0), static_cast<int64_t>(longest)}, torch::kLong);
+      torch::Tensor mask = torch::zeros_like(ids);
+      for (size_t i = b0; i < b1; ++i) {
+        const int64_t n = static_cast<int64_t>(inputs[i].size());
+        ids[static_cast<int64_t>(i - b0)].slice(0, 0, n).copy_(tensor(inputs[i])[0]);
+        mask[static_cast<int64_t>(i - b0)].slice(0, 0, n).fill_(1);
+      }
+      const torch::Tensor e = model.embed(ids, mask).to(torch::kFloat64);
+      for (int64_t r = 0; r < e.size(0); ++r) sims.push_back(e[r]);
+    }
     double min_cos = 1.0, sum_cos = 0.0;
     int64_t below = 0, tokens = 0;
     for (size_t i = 0; i < inputs.size(); ++i) {
-      const torch::Tensor ids = tensor(inputs[i]);
-      const torch::Tensor sim = model.embed(ids, torch::ones_like(ids))[0].to(torch::kFloat64);
+      const torch::Tensor& sim = sims[i];
       const rt::Buffer& out = run_sequence(ex, inputs[i]);
       const torch::Tensor got = torch::from_blob(const_cast<float*>(out.data<float>()), {out.numel()}, torch::kFloat32).to(torch::kFloat64);
       const double cos = (sim * got).sum().item<double>() / std::max(1e-30, sim.norm().item<double>() * got.norm().item<double>());
@@ -302,12 +318,21 @@ nlohmann::json verify_text_graph(TextModel& model, const rt::Graph& graph, const
   }
   int64_t positions = 0, agree = 0;
   double nll_rt = 0.0, nll_sim = 0.0, max_diff = 0.0;
+  torch::Tensor batch_sim;  // the simulation of the sequences of equal length from `batch_at` on, batched
+  size_t batch_at = 0;
   for (size_t i = 0; i < inputs.size(); ++i) {
     const std::vector<int32_t>& seq = inputs[i];
     const int64_t t = static_cast<int64_t>(seq.size());
     QD_CHECK(t >= 2, UserError, "export: a held-out sequence of ", t, " tokens; verification needs at least 2");
     const torch::Tensor ids = tensor(seq);
-    const torch::Tensor sim = model.forward_text(ids, torch::ones_like(ids))[0].to(torch::kFloat32).contiguous();  // [T, V]
+    if (!batch_sim.defined() || i >= batch_at + static_cast<size_t>(batch_sim.size(0)) || batch_sim.size(1) != t) {
+      std::vector<torch::Tensor> rows;
+      for (size_t r = i; r < inputs.size() && r < i + 4 && inputs[r].size() == seq.size(); ++r) rows.push_back(tensor(inputs[r]));
+      const torch::Tensor b = torch::cat(rows, 0);
+      batch_sim = model.forward_text(b, torch::ones_like(b)).to(torch::kFloat32);
+      batch_at = i;
+    }
+    const torch::Tensor sim = batch_sim[static_cast<int64_t>(i - batch_at)].contiguous();  // [T, V]
     const rt::Buffer& out = run_sequence(ex, seq);
     const torch::Tensor got = torch::from_blob(const_cast<float*>(out.data<float>()), {out.shape[0], out.shape[1]}, torch::kFloat32).clone();
     agree += (sim.argmax(-1) == got.argmax(-1)).sum().item<int64_t>();
