@@ -29,31 +29,7 @@ import time
 
 import numpy as np
 
-
-def fnv1a64(s: str) -> int:
-    h = 0xCBF29CE484222325
-    for b in s.encode():
-        h ^= b
-        h = (h * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return h
-
-
-def test_definitions(root="/usr/share/wordnet"):
-    """(key, definition) of the test split, in file order (data.noun, verb, adj, adv)."""
-    out = []
-    for pos, name in (("n", "noun"), ("v", "verb"), ("a", "adj"), ("r", "adv")):
-        with open(os.path.join(root, "data." + name), encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("  ") or "|" not in line:
-                    continue
-                offset = line.split(" ", 1)[0]
-                key = pos + offset
-                if fnv1a64(key) % 100 >= 5:
-                    continue
-                gloss = line.split("|", 1)[1].strip()
-                definition = gloss.split('; "')[0].split(';"')[0].strip()
-                out.append((key, definition))
-    return out
+from text_split import test_definitions
 
 
 def teacher_folder():

@@ -23,31 +23,7 @@ import os
 import subprocess
 import sys
 
-
-def fnv1a64(s: str) -> int:
-    h = 0xCBF29CE484222325
-    for b in s.encode():
-        h ^= b
-        h = (h * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return h
-
-
-def test_text(root="/usr/share/games/fortunes", chars=4000):
-    """Fortunes of the test split, joined, the first `chars` characters (the English files)."""
-    skip = {"chinese", "tang300", "song100", "ascii-art"}
-    out = []
-    for name in sorted(os.listdir(root)):
-        p = os.path.join(root, name)
-        if name in skip or "." in name or not os.path.isfile(p):
-            continue
-        with open(p, encoding="utf-8", errors="replace") as f:
-            for doc in f.read().split("\n%\n"):
-                key = " ".join(doc.split())
-                if key and fnv1a64(key) % 100 < 5:
-                    out.append(doc.strip())
-        if sum(map(len, out)) > chars:
-            break
-    return "\n".join(out)[:chars]
+from text_split import test_text
 
 
 def teacher_gguf():

@@ -1,0 +1,53 @@
+"""The engine's fixed text splits (data/text_corpus.h, docs/text_data.md), for the benchmarks:
+a record's key hashed with FNV-1a 64, hash % 100 < 5 is the test split."""
+import os
+
+
+def fnv1a64(s: str) -> int:
+    h = 0xCBF29CE484222325
+    for b in s.encode():
+        h ^= b
+        h = (h * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def test_definitions(root="/usr/share/wordnet"):
+    """(key, definition) of the test split in file order, as data/text_corpus.cpp's load_wordnet reads
+    them: key = ss_type + offset, the gloss before its first quoted example, example-only glosses skipped."""
+    out = []
+    for name in ("noun", "verb", "adj", "adv"):
+        with open(os.path.join(root, "data." + name), encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if not line.strip() or line.startswith(" ") or " | " not in line:
+                    continue
+                head, gloss = line.rstrip("\n").split(" | ", 1)
+                fields = head.split()
+                key = fields[2][:1] + fields[0]
+                gloss = gloss.strip()
+                example = gloss.find('; "')
+                if example >= 0:
+                    gloss = gloss[:example]
+                if gloss.startswith('"'):
+                    continue
+                gloss = gloss.strip()
+                if gloss and fnv1a64(key) % 100 < 5:
+                    out.append((key, gloss))
+    return out
+
+
+def test_text(root="/usr/share/games/fortunes", chars=4000):
+    """Fortunes of the test split, joined, the first `chars` characters (the English files)."""
+    skip = {"chinese", "tang300", "song100", "ascii-art"}
+    out = []
+    for name in sorted(os.listdir(root)):
+        p = os.path.join(root, name)
+        if name in skip or "." in name or not os.path.isfile(p):
+            continue
+        with open(p, encoding="utf-8", errors="replace") as f:
+            for doc in f.read().split("\n%\n"):
+                key = " ".join(doc.split())
+                if key and fnv1a64(key) % 100 < 5:
+                    out.append(doc.strip())
+        if sum(map(len, out)) > chars:
+            break
+    return "\n".join(out)[:chars]
