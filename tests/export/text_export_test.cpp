@@ -378,7 +378,7 @@ TEST(TextExport, LlamaGgufHoldsTheRuntimesWeightsAndLlamaCppAgrees) {
     EXPECT_NEAR(p["sum_sq"].get<double>(), sq, 1e-9 * (1 + sq)) << t.name;
   }
   if (!j["llama"].get<bool>()) {
-    std::printf("[   INFO   ] llama-cpp-python is not installed: llama.cpp's logits are not compared\n");
+    std::printf("[   INFO   ] llama.cpp's logits are not compared: %s\n", j.value("llama_skipped", std::string("?")).c_str());
     return;
   }
   rt::Executor ex(g);
