@@ -9,7 +9,7 @@ synset key "n00001740" modulo 100 below 5, docs/text_data.md) whose all-MiniLM-L
 has 16 to 48 tokens, the first --sentences of them in file order.
 
 Runs, each on every sentence at batch 1, the runs interleaved sentence by sentence:
-  * qdistill-run on each .qdm (`--embed FILE --bench`, one thread: the runtime is single-threaded);
+  * qdistill-run on each .qdm (`--embed FILE --bench --threads N`), at each --threads;
   * ONNX Runtime on the fp32 teacher (all-MiniLM-L6-v2 exported from the installed wheel with
     torch.onnx, mean pooling and L2 normalisation inside the graph), at each --threads;
   * ONNX Runtime on the teacher quantized by onnxruntime.quantization.quantize_dynamic (int8
@@ -131,14 +131,16 @@ def main():
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
         f.write("\n".join(sentences) + "\n")
         lines = f.name
-    for q in a.qdm:
-        out = subprocess.run([a.qdistill_run, q, "--embed", lines, "--bench", "--repeat", str(a.repeat), "--json"],
-                             capture_output=True, text=True)
-        if out.returncode != 0:
-            sys.exit(f"bert_latency: qdistill-run failed on {q}: {out.stderr.strip()}")
-        j = json.loads(out.stdout.strip().splitlines()[-1])
-        results.append({"run": f"qdistill-run {q}", "threads": 1, "median_us": j["latency_us_median"],
-                        "p90_us": j["latency_us_p90"], "file_bytes": os.path.getsize(q)})
+    for th in a.threads:
+        for q in a.qdm:
+            out = subprocess.run([a.qdistill_run, q, "--embed", lines, "--bench", "--repeat", str(a.repeat), "--json",
+                                  "--threads", str(th)], capture_output=True, text=True)
+            if out.returncode != 0:
+                sys.exit(f"bert_latency: qdistill-run failed on {q}: {out.stderr.strip()}")
+            j = json.loads(out.stdout.strip().splitlines()[-1])
+            results.append({"run": f"qdistill-run {q}", "threads": th, "median_us": j["latency_us_median"],
+                            "p90_us": j["latency_us_p90"], "file_bytes": os.path.getsize(q),
+                            "peak_rss_mb": j.get("peak_rss_mb")})
     os.unlink(lines)
 
     base = {r["threads"]: r["median_us"] for r in results if r["run"] == "ORT fp32 teacher"}

@@ -173,17 +173,18 @@ ActQuant act_quant(const Node& n) {
 
 class Linear : public OpKernel {
  public:
-  explicit Linear(const Node& n) : w_(weight_view(n)), quant_(act_quant(n)) {
+  explicit Linear(const Node& n) : w_(weight_view(n)), quant_(act_quant(n)), packed_(pack_linear(w_, quant_)) {
     if (const Attr* b = n.find("bias")) bias_ = b->as<float>();
   }
   void run(const std::vector<const Buffer*>& in, const std::vector<Buffer*>& out) override {
     const int64_t tokens = in[0]->shape.size() == 1 ? 1 : in[0]->shape[0];
-    linear_forward(in[0]->data<float>(), tokens, w_, bias_, quant_, out[0]->data<float>(), scratch_);
+    linear_forward(in[0]->data<float>(), tokens, w_, bias_, quant_, out[0]->data<float>(), scratch_, &packed_);
   }
 
  private:
   QuantWeight w_;
   ActQuant quant_;
+  PackedLinear packed_;  // the weight rearranged for the tiled kernels (a second copy, in the kernels' order)
   const float* bias_ = nullptr;
   LinearScratch scratch_;
 };

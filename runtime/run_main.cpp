@@ -19,6 +19,7 @@
 #include <iostream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -28,6 +29,7 @@
 #include "runtime/executor.h"
 #include "runtime/interpreter.h"
 #include "runtime/qdm.h"
+#include "runtime/thread_pool.h"
 #include "text/bpe.h"
 #include "text/wordpiece.h"
 
@@ -95,7 +97,14 @@ using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 // Peak resident memory of this process so far, in MiB.
+// This process's peak resident memory: VmHWM of /proc/self/status (Linux), which starts afresh at
+// exec. getrusage's ru_maxrss does not: it keeps the launching process's peak (a Python benchmark
+// with torch loaded would read as ~760 MB), so it is only the fallback elsewhere.
 double peak_rss_mb() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::strtod(line.c_str() + 6, nullptr) / 1024.0;  // "VmHWM:   26468 kB"
   struct rusage u {};
   getrusage(RUSAGE_SELF, &u);
   return static_cast<double>(u.ru_maxrss) / 1024.0;
@@ -181,11 +190,11 @@ int run_embed(const std::string& model_path, const std::string& input, bool benc
     const double mean_tokens = lines.empty() ? 0.0 : static_cast<double>(tokens) / static_cast<double>(lines.size());
     if (json)
       std::printf("{\"model\": \"%s\", \"sentences\": %zu, \"mean_tokens\": %.2f, \"latency_us_median\": %.3f, "
-                  "\"latency_us_p90\": %.3f, \"runs\": %zu, \"peak_rss_mb\": %.1f}\n",
-                  model_path.c_str(), lines.size(), mean_tokens, median, p90, us.size(), peak_rss_mb());
+                  "\"latency_us_p90\": %.3f, \"runs\": %zu, \"threads\": %d, \"peak_rss_mb\": %.1f}\n",
+                  model_path.c_str(), lines.size(), mean_tokens, median, p90, us.size(), qd::rt::threads(), peak_rss_mb());
     else
-      std::printf("%s: %zu sentences (%.1f tokens on average), batch-1 latency median %.1f us, p90 %.1f us (%zu runs, 1 thread)\n",
-                  model_path.c_str(), lines.size(), mean_tokens, median, p90, us.size());
+      std::printf("%s: %zu sentences (%.1f tokens on average), batch-1 latency median %.1f us, p90 %.1f us (%zu runs, %d threads)\n",
+                  model_path.c_str(), lines.size(), mean_tokens, median, p90, us.size(), qd::rt::threads());
   }
   return 0;
 }
@@ -254,12 +263,12 @@ int run_generate(const std::string& model_path, const std::string& prompt, int64
                               {"generated_ids", out},           {"text", text},
                               {"prompt_tokens_per_s", prompt_tps}, {"generation_tokens_per_s", gen_tps},
                               {"prompt_seconds", prompt_s},     {"generation_seconds", gen_s},
-                              {"peak_rss_mb", peak_rss_mb()}};
+                              {"threads", qd::rt::threads()},   {"peak_rss_mb", peak_rss_mb()}};
     std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   } else {
     std::printf("%s\n", text.c_str());
-    std::fprintf(stderr, "prompt: %zu tokens, %.1f tokens/s; generation: %zu tokens, %.1f tokens/s (1 thread)\n", ids.size(),
-                 prompt_tps, out.size(), gen_tps);
+    std::fprintf(stderr, "prompt: %zu tokens, %.1f tokens/s; generation: %zu tokens, %.1f tokens/s (%d threads)\n", ids.size(),
+                 prompt_tps, out.size(), gen_tps, qd::rt::threads());
   }
   return 0;
 }
@@ -287,6 +296,7 @@ int run(int argc, char** argv) {
   double top_p = 1.0, temperature = 1.0;
   uint64_t seed = 0;
   bool json = false, bench = false, ignore_eos = false;
+  int threads = 0;
   app.add_option("model", model_path, "the .qdm file written by `qdistill export`")->required();
   app.add_option("--idx", images_path, "IDX images (uint8 [N, H, W] or [N, C, H, W]), .gz or raw");
   app.add_option("--embed", embed_path, "sentence embeddings of a bert student: a text file, one sentence per line (- : stdin)");
@@ -309,6 +319,9 @@ int run(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   app.add_option("--logits", logits_path, "write the logits here as raw little-endian float32 [N, classes]");
   app.add_flag("--json", json, "print one JSON object instead of text");
+  app.add_option("--threads", threads, "with --embed or --prompt: threads for the linear layers and attention (0: one per CPU); "
+                                       "the results are the same bit for bit whatever the count")
+      ->check(CLI::Range(0, 256));
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -321,6 +334,7 @@ int run(int argc, char** argv) {
                          "(generation); see --help\n");
     return 2;
   }
+  qd::rt::set_threads(threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
   if (!embed_path.empty()) return run_embed(model_path, embed_path, bench, repeat, json);
   if (!prompt.empty())
     return run_generate(model_path, prompt, max_tokens, max_prompt_tokens, ignore_eos, top_k, top_p, temperature, seed, json);

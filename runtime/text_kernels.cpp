@@ -7,6 +7,7 @@
 #include "formats/half.h"
 #include "runtime/graph.h"
 #include "runtime/kernels.h"
+#include "runtime/thread_pool.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -32,7 +33,7 @@ namespace {
 int8_t saturate_int8(float v) { return std::isnan(v) ? int8_t{0} : static_cast<int8_t>(std::clamp(v, -127.0f, 127.0f)); }
 }  // namespace
 
-void quantize_row(const float* x, int64_t k, ActQuant q, int8_t* out, float* scales) {
+static void quantize_row_portable(const float* x, int64_t k, ActQuant q, int8_t* out, float* scales) {
   if (q == ActQuant::kPerToken) {
     float amax = 0.0f;
     for (int64_t j = 0; j < k; ++j) amax = std::max(amax, std::fabs(x[j]));
@@ -55,124 +56,405 @@ void quantize_row(const float* x, int64_t k, ActQuant q, int8_t* out, float* sca
 
 namespace {
 
-// sum over blocks b of float(exact int32 dot of block b) * (sx[b / per_x] * sw[b / per_w]), the
-// blocks in order: the same float operations whatever the instruction set (the int32 dots are
-// exact). x and w hold values in [-127, 127] (activations saturate there; weights validate so).
-using BlockDot = float (*)(const int8_t* x, const float* sx, const int8_t* w, const float* sw, int64_t k, int64_t block,
-                           int64_t per_x, int64_t per_w);
+// The exact int32 dot products of `tokens` quantized input rows (row t at x + t * k) with up to 4
+// consecutive weight rows (row r at w + r * ldw), block by block:
+//   out[(t * 4 + r) * blocks + b] = sum over block b of x_t[j] * w_r[j],
+// blocks of `block` values (the last one shorter when block does not divide k). Exact in every
+// instruction set (x and w are in [-127, 127]: activations saturate there, weights validate so), so
+// only the float arithmetic after it (linear_forward, shared) decides the result bits.
+using RowDots = void (*)(const int8_t* x, int64_t tokens, const int8_t* w, int64_t ldw, int64_t k, int64_t block, int rows,
+                         int32_t* out);
 
-float blocks_generic(const int8_t* x, const float* sx, const int8_t* w, const float* sw, int64_t k, int64_t block,
-                     int64_t per_x, int64_t per_w) {
-  float sum = 0.0f;
-  for (int64_t b = 0, b0 = 0; b0 < k; ++b, b0 += block) {
-    int32_t acc = 0;
-    for (int64_t j = b0; j < b0 + block; ++j) acc += static_cast<int32_t>(x[j]) * w[j];
-    sum += static_cast<float>(acc) * (sx[b / per_x] * sw[b / per_w]);
-  }
-  return sum;
+void dots_generic(const int8_t* x, int64_t tokens, const int8_t* w, int64_t ldw, int64_t k, int64_t block, int rows, int32_t* out) {
+  const int64_t blocks = (k + block - 1) / block;
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int r = 0; r < rows; ++r)
+      for (int64_t b = 0; b < blocks; ++b) {
+        int32_t acc = 0;
+        for (int64_t j = b * block; j < std::min(k, (b + 1) * block); ++j) acc += static_cast<int32_t>(x[t * k + j]) * w[r * ldw + j];
+        out[(t * 4 + r) * blocks + b] = acc;
+      }
 }
 
 #if defined(__x86_64__)
-__attribute__((target("avx2"))) inline int32_t hsum_avx2(__m256i v) {
-  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
-  return _mm_cvtsi128_si32(s);
+// Four 8-lane int32 sums reduced to one int32 each, in one vector: [sum a, sum b, sum c, sum d].
+__attribute__((target("avx2"))) inline __m128i hsum4_avx2(__m256i a, __m256i b, __m256i c, __m256i d) {
+  const __m256i ab = _mm256_hadd_epi32(a, b), cd = _mm256_hadd_epi32(c, d);
+  const __m256i abcd = _mm256_hadd_epi32(ab, cd);  // per 128-bit half: [a, b, c, d] partial sums
+  return _mm_add_epi32(_mm256_castsi256_si128(abcd), _mm256_extracti128_si256(abcd, 1));
 }
 
-// 32 products at a time as ggml does: |x| (unsigned) times w with x's sign, pairs summed to int16
-// (|pair| <= 2 * 127 * 127 < 2^15: no saturation), then to int32.
-__attribute__((target("avx2"))) inline __m256i dot32_avx2(__m256i acc, const int8_t* x, const int8_t* w) {
-  const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
-  const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
-  const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(xv, xv), _mm256_sign_epi8(wv, xv));
-  return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+// 32 products at a time as ggml does: |x| (unsigned) times w with x's sign (sw), pairs summed to
+// int16 (|pair| <= 2 * 127 * 127 < 2^15: no saturation), then to int32.
+__attribute__((target("avx2"))) inline __m256i dot32_avx2(__m256i acc, __m256i ax, __m256i sw) {
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sw), _mm256_set1_epi16(1)));
 }
-
-__attribute__((target("avx2"))) float blocks_avx2(const int8_t* x, const float* sx, const int8_t* w, const float* sw,
-                                                  int64_t k, int64_t block, int64_t per_x, int64_t per_w) {
-  float sum = 0.0f;
-  for (int64_t b = 0, b0 = 0; b0 < k; ++b, b0 += block) {
-    __m256i acc = _mm256_setzero_si256();
-    int64_t j = b0;
-    for (; j + 32 <= b0 + block; j += 32) acc = dot32_avx2(acc, x + j, w + j);
-    int32_t a = hsum_avx2(acc);
-    for (; j < b0 + block; ++j) a += static_cast<int32_t>(x[j]) * w[j];
-    sum += static_cast<float>(a) * (sx[b / per_x] * sw[b / per_w]);
-  }
-  return sum;
-}
-
 // AVX-512 VNNI (256-bit form): vpdpbusd sums four u8 x s8 products into each int32 lane at once.
-__attribute__((target("avx2,avx512vl,avx512vnni"))) float blocks_vnni(const int8_t* x, const float* sx, const int8_t* w,
-                                                                     const float* sw, int64_t k, int64_t block,
-                                                                     int64_t per_x, int64_t per_w) {
-  float sum = 0.0f;
-  for (int64_t b = 0, b0 = 0; b0 < k; ++b, b0 += block) {
-    __m256i acc = _mm256_setzero_si256();
-    int64_t j = b0;
-    for (; j + 32 <= b0 + block; j += 32) {
-      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + j));
-      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + j));
-      acc = _mm256_dpbusd_epi32(acc, _mm256_sign_epi8(xv, xv), _mm256_sign_epi8(wv, xv));
-    }
-    int32_t a = hsum_avx2(acc);
-    for (; j < b0 + block; ++j) a += static_cast<int32_t>(x[j]) * w[j];
-    sum += static_cast<float>(a) * (sx[b / per_x] * sw[b / per_w]);
-  }
-  return sum;
+__attribute__((target("avx2,avx512vl,avx512vnni"))) inline __m256i dot32_vnni(__m256i acc, __m256i ax, __m256i sw) {
+  return _mm256_dpbusd_epi32(acc, ax, sw);
 }
+
+// A tile of 4 weight rows x 2 tokens: each 32 weights loaded once for both tokens, each 32 inputs
+// (and their magnitudes) once for the 4 rows; 8 independent accumulators keep the multiply-add
+// units busy. One body, compiled once per instruction set (each function carries its own target:
+// the AVX2 one must not contain AVX-512 encodings).
+#define QD_ROW_DOTS_BODY(DOT32)                                                                                 \
+  const int64_t blocks = (k + block - 1) / block;                                                              \
+  /* rows past the last repeat it, a missing second token repeats the first: their sums are not stored */     \
+  const int8_t* w0 = w;                                                                                        \
+  const int8_t* w1 = w0 + (rows > 1 ? ldw : 0);                                                                \
+  const int8_t* w2 = w0 + (rows > 2 ? 2 * ldw : 0);                                                            \
+  const int8_t* w3 = w0 + (rows > 3 ? 3 * ldw : 0);                                                            \
+  for (int64_t t = 0; t < tokens; t += 2) {                                                                    \
+    const bool pair = t + 1 < tokens;                                                                          \
+    const int8_t* x0 = x + t * k;                                                                              \
+    const int8_t* x1 = pair ? x0 + k : x0;                                                                     \
+    for (int64_t b = 0; b < blocks; ++b) {                                                                     \
+      const int64_t j0 = b * block, j1 = std::min(k, j0 + block);                                              \
+      __m256i a00 = _mm256_setzero_si256(), a01 = a00, a02 = a00, a03 = a00;                                   \
+      __m256i a10 = a00, a11 = a00, a12 = a00, a13 = a00;                                                      \
+      int64_t j = j0;                                                                                          \
+      for (; j + 32 <= j1; j += 32) {                                                                          \
+        const __m256i xv0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x0 + j));                      \
+        const __m256i xv1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x1 + j));                      \
+        const __m256i ax0 = _mm256_sign_epi8(xv0, xv0), ax1 = _mm256_sign_epi8(xv1, xv1);                      \
+        __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0 + j));                             \
+        a00 = DOT32(a00, ax0, _mm256_sign_epi8(wv, xv0));                                                      \
+        a10 = DOT32(a10, ax1, _mm256_sign_epi8(wv, xv1));                                                      \
+        wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w1 + j));                                     \
+        a01 = DOT32(a01, ax0, _mm256_sign_epi8(wv, xv0));                                                      \
+        a11 = DOT32(a11, ax1, _mm256_sign_epi8(wv, xv1));                                                      \
+        wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w2 + j));                                     \
+        a02 = DOT32(a02, ax0, _mm256_sign_epi8(wv, xv0));                                                      \
+        a12 = DOT32(a12, ax1, _mm256_sign_epi8(wv, xv1));                                                      \
+        wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w3 + j));                                     \
+        a03 = DOT32(a03, ax0, _mm256_sign_epi8(wv, xv0));                                                      \
+        a13 = DOT32(a13, ax1, _mm256_sign_epi8(wv, xv1));                                                      \
+      }                                                                                                        \
+      alignas(16) int32_t s0[4], s1[4];                                                                        \
+      _mm_store_si128(reinterpret_cast<__m128i*>(s0), hsum4_avx2(a00, a01, a02, a03));                         \
+      _mm_store_si128(reinterpret_cast<__m128i*>(s1), hsum4_avx2(a10, a11, a12, a13));                         \
+      for (; j < j1; ++j) {                                                                                    \
+        const int32_t p = x0[j], q = x1[j];                                                                    \
+        s0[0] += p * w0[j], s0[1] += p * w1[j], s0[2] += p * w2[j], s0[3] += p * w3[j];                        \
+        s1[0] += q * w0[j], s1[1] += q * w1[j], s1[2] += q * w2[j], s1[3] += q * w3[j];                        \
+      }                                                                                                        \
+      for (int r = 0; r < rows; ++r) out[(t * 4 + r) * blocks + b] = s0[r];                                    \
+      if (pair)                                                                                                \
+        for (int r = 0; r < rows; ++r) out[((t + 1) * 4 + r) * blocks + b] = s1[r];                           \
+    }                                                                                                          \
+  }
+
+__attribute__((target("avx2"))) void dots_avx2(const int8_t* x, int64_t tokens, const int8_t* w, int64_t ldw, int64_t k,
+                                               int64_t block, int rows, int32_t* out) {
+  QD_ROW_DOTS_BODY(dot32_avx2)
+}
+__attribute__((target("avx2,avx512vl,avx512vnni"))) void dots_vnni(const int8_t* x, int64_t tokens, const int8_t* w, int64_t ldw,
+                                                                   int64_t k, int64_t block, int rows, int32_t* out) {
+  QD_ROW_DOTS_BODY(dot32_vnni)
+}
+#undef QD_ROW_DOTS_BODY
 #endif
 
-BlockDot block_dot() {
+// ---- packed (tiled) kernels: 16 weight rows x 4 tokens per step ---------------------------------
+//
+// acc[(t * blocks + b) * 16 + lane] = exact int32 sum over block b of x_t[j] * w[panel * 16 + lane][j],
+// for the `tokens` (1 to 4) input rows xs[0..tokens-1] (quads of int8, or of uint8 x + 128 for VNNI).
+using PanelDots = void (*)(const uint8_t* const* xs, int tokens, const PackedLinear& p, int64_t panel, int32_t* acc);
+
+#if defined(__x86_64__)
+#define QD_PANEL_BODY(PREP, DOT)                                                                                \
+  const int8_t* wp = p.w.data() + panel * p.quads * 64;                                                        \
+  const int64_t per_block = p.blocks == 1 ? p.quads : p.block / 4;                                             \
+  const uint8_t* x0 = xs[0];                                                                                   \
+  const uint8_t* x1 = xs[tokens > 1 ? 1 : 0];                                                                  \
+  const uint8_t* x2 = xs[tokens > 2 ? 2 : 0];                                                                  \
+  const uint8_t* x3 = xs[tokens > 3 ? 3 : 0];                                                                  \
+  for (int64_t b = 0; b < p.blocks; ++b) {                                                                     \
+    __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00,   \
+            a31 = a00;                                                                                         \
+    for (int64_t q = b * per_block, q1 = q + per_block; q < q1; ++q) {                                         \
+      const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + q * 64));                   \
+      const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + q * 64 + 32));              \
+      int32_t v;                                                                                               \
+      std::memcpy(&v, x0 + q * 4, 4);                                                                          \
+      __m256i xb = _mm256_set1_epi32(v);                                                                       \
+      PREP a00 = DOT(a00, xb, w0), a01 = DOT(a01, xb, w1);                                                     \
+      std::memcpy(&v, x1 + q * 4, 4);                                                                          \
+      xb = _mm256_set1_epi32(v);                                                                               \
+      PREP a10 = DOT(a10, xb, w0), a11 = DOT(a11, xb, w1);                                                     \
+      std::memcpy(&v, x2 + q * 4, 4);                                                                          \
+      xb = _mm256_set1_epi32(v);                                                                               \
+      PREP a20 = DOT(a20, xb, w0), a21 = DOT(a21, xb, w1);                                                     \
+      std::memcpy(&v, x3 + q * 4, 4);                                                                          \
+      xb = _mm256_set1_epi32(v);                                                                               \
+      PREP a30 = DOT(a30, xb, w0), a31 = DOT(a31, xb, w1);                                                     \
+    }                                                                                                          \
+    const __m256i c0 = OFFSET(0), c1 = OFFSET(8);                                                              \
+    int32_t* o = acc + b * 16;                                                                                 \
+    const int64_t step = p.blocks * 16;                                                                        \
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm256_sub_epi32(a00, c0));                             \
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 8), _mm256_sub_epi32(a01, c1));                         \
+    if (tokens > 1) {                                                                                          \
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + step), _mm256_sub_epi32(a10, c0));                    \
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + step + 8), _mm256_sub_epi32(a11, c1));                \
+    }                                                                                                          \
+    if (tokens > 2) {                                                                                          \
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 2 * step), _mm256_sub_epi32(a20, c0));                \
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 2 * step + 8), _mm256_sub_epi32(a21, c1));            \
+    }                                                                                                          \
+    if (tokens > 3) {                                                                                          \
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 3 * step), _mm256_sub_epi32(a30, c0));                \
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 3 * step + 8), _mm256_sub_epi32(a31, c1));            \
+    }                                                                                                          \
+  }
+
+// AVX2: signed inputs; |x| (unsigned) times w with x's sign, pairs to int16 (no saturation: |pair|
+// <= 2 * 127 * 127), then to int32: 4 products per lane per step.
+__attribute__((target("avx2"))) inline __m256i panel_dot_avx2(__m256i acc, __m256i xb, __m256i w) {
+  const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(xb, xb), _mm256_sign_epi8(w, xb));
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+}
+// VNNI: unsigned inputs x + 128 straight into vpdpbusd; the offset 128 * sum(w) comes off after.
+__attribute__((target("avx2,avx512vl,avx512vnni"))) inline __m256i panel_dot_vnni(__m256i acc, __m256i xb, __m256i w) {
+  return _mm256_dpbusd_epi32(acc, xb, w);
+}
+
+#define OFFSET(at) _mm256_setzero_si256()
+__attribute__((target("avx2"))) void panel_avx2(const uint8_t* const* xs, int tokens, const PackedLinear& p, int64_t panel,
+                                                int32_t* acc) {
+  QD_PANEL_BODY(, panel_dot_avx2)
+}
+#undef OFFSET
+#define OFFSET(at) _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.offset.data() + (panel * p.blocks + b) * 16 + (at)))
+__attribute__((target("avx2,avx512vl,avx512vnni"))) void panel_vnni(const uint8_t* const* xs, int tokens, const PackedLinear& p,
+                                                                    int64_t panel, int32_t* acc) {
+  QD_PANEL_BODY(, panel_dot_vnni)
+}
+#undef OFFSET
+#undef QD_PANEL_BODY
+#endif
+
+RowDots row_dots() {
 #if defined(__x86_64__)
   switch (active_isa()) {
     case Isa::kAvx512Vnni:
-      return blocks_vnni;
+      return dots_vnni;
     case Isa::kAvx2:
-      return blocks_avx2;
+      return dots_avx2;
     case Isa::kGeneric:
       break;
   }
 #endif
-  return blocks_generic;
+  return dots_generic;
+}
+
+#if defined(__x86_64__)
+// per_token quantization of a row, 8 values at a time: the same IEEE operations as the portable
+// loop (max of magnitudes, x / s correctly rounded, round half to even, clamp, NaN to 0).
+__attribute__((target("avx2"))) void quantize_per_token_avx2(const float* x, int64_t k, int8_t* out, float* scale) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  __m256 m = _mm256_setzero_ps();
+  int64_t j = 0;
+  // maxps returns its second operand when either is NaN: NaN values leave m as it is, as std::max does.
+  for (; j + 8 <= k; j += 8) m = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(x + j), abs_mask), m);
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, m);
+  float amax = 0.0f;
+  for (float v : lanes) amax = std::max(amax, v);
+  for (; j < k; ++j) amax = std::max(amax, std::fabs(x[j]));
+  const float s = amax / 127.0f;
+  const float safe = s > 0.0f ? s : 1.0f;
+  const __m256 sv = _mm256_set1_ps(safe), lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+  for (j = 0; j + 8 <= k; j += 8) {
+    const __m256 v = _mm256_loadu_ps(x + j);
+    __m256 r = _mm256_round_ps(_mm256_div_ps(v, sv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    r = _mm256_and_ps(r, _mm256_cmp_ps(r, r, _CMP_ORD_Q));  // NaN (x NaN, or inf / inf) -> 0
+    r = _mm256_min_ps(_mm256_max_ps(r, lo), hi);
+    const __m256i i32 = _mm256_cvtps_epi32(r);
+    const __m128i i16 = _mm_packs_epi32(_mm256_castsi256_si128(i32), _mm256_extracti128_si256(i32, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(out + j), _mm_packs_epi16(i16, i16));
+  }
+  for (; j < k; ++j) out[j] = saturate_int8(std::nearbyint(x[j] / safe));
+  scale[0] = safe;
+}
+#endif
+
+}  // namespace
+
+void quantize_row(const float* x, int64_t k, ActQuant q, int8_t* out, float* scales) {
+#if defined(__x86_64__)
+  if (q == ActQuant::kPerToken && active_isa() != Isa::kGeneric) return quantize_per_token_avx2(x, k, out, scales);
+#endif
+  quantize_row_portable(x, k, q, out, scales);
+}
+
+PackedLinear pack_linear(const QuantWeight& w, ActQuant q) {
+  PackedLinear p;
+  if (!w.i8 || q == ActQuant::kNone) return p;
+  const int64_t k = w.cols, xb = q == ActQuant::kPerToken ? k : 32, block = std::min(xb, w.group), blocks = k / block;
+  if (blocks > 1 && block % 4 != 0) return p;
+  p.rows = w.rows, p.cols = k, p.quads = (k + 3) / 4, p.panels = (w.rows + 15) / 16, p.block = block, p.blocks = blocks;
+  p.w.assign(static_cast<size_t>(p.panels * p.quads * 64), 0);
+  p.offset.assign(static_cast<size_t>(p.panels * blocks * 16), 0);
+  p.scale.assign(static_cast<size_t>(p.panels * blocks * 16), 0.0f);
+  const int64_t groups = k / w.group;
+  for (int64_t o = 0; o < w.rows; ++o) {
+    const int64_t panel = o / 16, lane = o % 16;
+    const int8_t* row = w.i8 + o * k;
+    for (int64_t j = 0; j < k; ++j) p.w[static_cast<size_t>(((panel * p.quads + j / 4) * 16 + lane) * 4 + j % 4)] = row[j];
+    for (int64_t b = 0; b < blocks; ++b) {
+      int32_t sum = 0;
+      for (int64_t j = b * block; j < (b + 1) * block; ++j) sum += row[j];
+      const size_t at = static_cast<size_t>((panel * blocks + b) * 16 + lane);
+      p.offset[at] = 128 * sum;
+      p.scale[at] = w.scale[o * groups + (b * block) / w.group];
+    }
+  }
+  return p;
+}
+
+namespace {
+
+PanelDots panel_dots() {
+#if defined(__x86_64__)
+  switch (active_isa()) {
+    case Isa::kAvx512Vnni:
+      return panel_vnni;
+    case Isa::kAvx2:
+      return panel_avx2;
+    case Isa::kGeneric:
+      break;
+  }
+#endif
+  return nullptr;
+}
+
+// The packed path: inputs already quantized in s.q / s.scales; the float finish is the one of
+// the unpacked path (the same operations per output, lane by lane).
+void linear_packed(const PackedLinear& p, PanelDots dots, int64_t tokens, const float* bias, ActQuant q, float* y,
+                   LinearScratch& s) {
+  const int64_t k = p.cols, n = p.rows, stride = p.quads * 4;
+  const int64_t x_blocks = q == ActQuant::kPerToken ? 1 : k / 32, per_x = (q == ActQuant::kPerToken ? k : 32) / p.block;
+  const bool offset = active_isa() == Isa::kAvx512Vnni;
+  s.qp.assign(static_cast<size_t>(tokens * stride), offset ? 128 : 0);
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int64_t j = 0; j < k; ++j)
+      s.qp[static_cast<size_t>(t * stride + j)] = static_cast<uint8_t>(offset ? s.q[static_cast<size_t>(t * k + j)] + 128 : s.q[static_cast<size_t>(t * k + j)]);
+  const float* xs = s.scales.data();
+  const uint8_t* xq = s.qp.data();
+  const int64_t blocks = p.blocks;
+  parallel_for(p.panels, 1, [&](int64_t p0, int64_t p1) {
+    std::vector<int32_t> acc(static_cast<size_t>(4 * blocks * 16));
+    for (int64_t panel = p0; panel < p1; ++panel) {
+      const int64_t o0 = panel * 16, lanes = std::min<int64_t>(16, n - o0);
+      const float* sw = p.scale.data() + panel * blocks * 16;
+      for (int64_t t0 = 0; t0 < tokens; t0 += 4) {
+        const int tt = static_cast<int>(std::min<int64_t>(4, tokens - t0));
+        const uint8_t* rows[4];
+        for (int i = 0; i < tt; ++i) rows[i] = xq + (t0 + i) * stride;
+        dots(rows, tt, p, panel, acc.data());
+        for (int i = 0; i < tt; ++i) {
+          const int64_t t = t0 + i;
+          const float* sx = xs + t * x_blocks;
+          const int32_t* a = acc.data() + i * blocks * 16;
+          float* yt = y + t * n + o0;
+          if (blocks == 1) {
+            const float sxt = sx[0];
+            for (int64_t l = 0; l < lanes; ++l) {
+              const float sum = static_cast<float>(a[l]) * (sxt * sw[l]);
+              yt[l] = bias ? sum + bias[o0 + l] : sum;
+            }
+            continue;
+          }
+          for (int64_t l = 0; l < lanes; ++l) {
+            float sum = static_cast<float>(a[l]) * (sx[0] * sw[l]);
+            for (int64_t b = 1; b < blocks; ++b) sum += static_cast<float>(a[b * 16 + l]) * (sx[b / per_x] * sw[b * 16 + l]);
+            yt[l] = bias ? sum + bias[o0 + l] : sum;
+          }
+        }
+      }
+    }
+  });
 }
 
 }  // namespace
 
 void linear_forward(const float* x, int64_t tokens, const QuantWeight& w, const float* bias, ActQuant q, float* y,
-                    LinearScratch& s) {
+                    LinearScratch& s, const PackedLinear* packed) {
   const int64_t k = w.cols, n = w.rows;
   if (q == ActQuant::kNone) {
-    s.row.resize(static_cast<size_t>(k));
-    for (int64_t o = 0; o < n; ++o) {
-      if (!w.f32) dequantize_row(w, o, s.row.data());  // int8 weights, float inputs
-      const float* wr = w.f32 ? w.f32 + o * k : s.row.data();
-      for (int64_t t = 0; t < tokens; ++t) {
-        const float* xr = x + t * k;
-        float acc = 0.0f;
-        for (int64_t j = 0; j < k; ++j) acc += xr[j] * wr[j];
-        y[t * n + o] = bias ? acc + bias[o] : acc;
+    parallel_for(n, 16, [&](int64_t o0, int64_t o1) {
+      std::vector<float> row(static_cast<size_t>(w.f32 ? 0 : k));
+      for (int64_t o = o0; o < o1; ++o) {
+        if (!w.f32) dequantize_row(w, o, row.data());  // int8 weights, float inputs
+        const float* wr = w.f32 ? w.f32 + o * k : row.data();
+        for (int64_t t = 0; t < tokens; ++t) {
+          const float* xr = x + t * k;
+          float acc = 0.0f;
+          for (int64_t j = 0; j < k; ++j) acc += xr[j] * wr[j];
+          y[t * n + o] = bias ? acc + bias[o] : acc;
+        }
       }
-    }
+    });
     return;
   }
+  // Each output: the sum over blocks b of float(exact int32 block sum) * (sx[b / per_x] * sw[b / per_w]),
+  // starting from block 0's product, the blocks in order (the finer of the input's blocks and the weight's groups), plus the bias:
+  // the same float operations whatever the instruction set, thread count or loop order.
   const int64_t xb = q == ActQuant::kPerToken ? k : 32, wg = w.group, block = std::min(xb, wg);
-  const int64_t x_blocks = k / xb, w_groups = k / wg;
+  const int64_t x_blocks = k / xb, w_groups = k / wg, blocks = k / block, per_x = xb / block, per_w = wg / block;
   s.q.resize(static_cast<size_t>(tokens * k));
   s.scales.resize(static_cast<size_t>(tokens * x_blocks));
   for (int64_t t = 0; t < tokens; ++t) quantize_row(x + t * k, k, q, s.q.data() + t * k, s.scales.data() + t * x_blocks);
-  const BlockDot dot = block_dot();
-  // A weight row is read once for all the tokens (prompt processing); each output is the same sum
-  // in the same order whatever the loop order.
-  for (int64_t o = 0; o < n; ++o) {
-    const int8_t* wq = w.i8 + o * k;
-    const float* sw = w.scale + o * w_groups;
-    for (int64_t t = 0; t < tokens; ++t) {
-      const float sum = dot(s.q.data() + t * k, s.scales.data() + t * x_blocks, wq, sw, k, block, xb / block, wg / block);
-      y[t * n + o] = bias ? sum + bias[o] : sum;
-    }
+  if (packed && !packed->empty()) {
+    if (const PanelDots pd = panel_dots()) return linear_packed(*packed, pd, tokens, bias, q, y, s);
   }
+  const RowDots dots = row_dots();
+  constexpr int kRows = 4;  // weight rows per call: read once for all the tokens while they are in L1
+  const int8_t* xq = s.q.data();
+  const float* xs = s.scales.data();
+  // Which input scale and weight scale each block takes (no integer division in the loops).
+  s.block_x.resize(static_cast<size_t>(blocks));
+  s.block_w.resize(static_cast<size_t>(blocks));
+  for (int64_t b = 0; b < blocks; ++b) s.block_x[static_cast<size_t>(b)] = static_cast<int32_t>(b / per_x), s.block_w[static_cast<size_t>(b)] = static_cast<int32_t>(b / per_w);
+  const int32_t* bx = s.block_x.data();
+  const int32_t* bw = s.block_w.data();
+  parallel_for((n + kRows - 1) / kRows, 4, [&](int64_t c0, int64_t c1) {
+    std::vector<int32_t> acc(static_cast<size_t>(tokens * kRows * blocks));
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t o0 = c * kRows;
+      const int rows = static_cast<int>(std::min<int64_t>(kRows, n - o0));
+      const int32_t* a = acc.data();
+      dots(xq, tokens, w.i8 + o0 * k, k, k, block, rows, acc.data());
+      if (blocks == 1) {  // one scale per token and per row (the BERT case): one product per output
+        float sw[kRows], bo[kRows] = {};
+        for (int r = 0; r < rows; ++r) sw[r] = w.scale[(o0 + r) * w_groups], bo[r] = bias ? bias[o0 + r] : 0.0f;
+        for (int64_t t = 0; t < tokens; ++t) {
+          const float sxt = xs[t * x_blocks];
+          float* yt = y + t * n + o0;
+          const int32_t* at = a + t * kRows;
+          for (int r = 0; r < rows; ++r) {
+            const float sum = static_cast<float>(at[r]) * (sxt * sw[r]);
+            yt[r] = bias ? sum + bo[r] : sum;
+          }
+        }
+        continue;
+      }
+      for (int64_t t = 0; t < tokens; ++t) {
+        const float* sx = xs + t * x_blocks;
+        float* yt = y + t * n;
+        for (int r = 0; r < rows; ++r) {
+          const int64_t o = o0 + r;
+          const float* sw = w.scale + o * w_groups;
+          const int32_t* ab = a + (t * kRows + r) * blocks;
+          float sum = static_cast<float>(ab[0]) * (sx[bx[0]] * sw[bw[0]]);
+          for (int64_t b = 1; b < blocks; ++b) sum += static_cast<float>(ab[b]) * (sx[bx[b]] * sw[bw[b]]);
+          yt[o] = bias ? sum + bias[o] : sum;
+        }
+      }
+    }
+  });
 }
 
 void layer_norm_row(const float* x, int64_t d, const float* weight, const float* bias, float eps, float* y) {
@@ -295,31 +577,50 @@ void attention_forward(const AttentionConfig& c, const float* q, const float* k,
   cache.positions = past + tokens;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   const int64_t group = c.heads / c.kv_heads;
-  std::vector<float> p(static_cast<size_t>(past + tokens)), buf(static_cast<size_t>(hd));
-  for (int64_t t = 0; t < tokens; ++t) {
-    const int64_t keys = c.causal ? past + t + 1 : past + tokens;
-    for (int64_t h = 0; h < c.heads; ++h) {
-      const float* qr = qrot.data() + t * qw + h * hd;
+  // Heads are independent: split over the threads, each head computed alike on any of them. Per
+  // head the keys are laid out once as floats [hd, keys] and the values as [keys, hd], so that the
+  // loops below run over contiguous memory (and vectorize) while every sum keeps its order: a
+  // score sums over i = 0 .. hd - 1, an output over the keys in order.
+  const int64_t total = past + tokens;
+  parallel_for(c.heads, 1, [&](int64_t h0, int64_t h1) {
+    std::vector<float> p(static_cast<size_t>(total)), buf(static_cast<size_t>(hd));
+    std::vector<float> kt(static_cast<size_t>(hd * total)), vf(static_cast<size_t>(total * hd));
+    int64_t loaded = -1;
+    for (int64_t h = h0; h < h1; ++h) {
       const int64_t kvh = h / group;
-      float mx = -std::numeric_limits<float>::infinity();
-      for (int64_t j = 0; j < keys; ++j) {
-        const float* kr = kv_load(ks, c.kv, j * c.kv_heads + kvh, hd, buf.data());
-        float dot = 0.0f;
-        for (int64_t i = 0; i < hd; ++i) dot += qr[i] * kr[i];
-        p[static_cast<size_t>(j)] = dot * scale;
-        mx = std::max(mx, p[static_cast<size_t>(j)]);
+      if (kvh != loaded) {
+        for (int64_t j = 0; j < total; ++j) {
+          const float* kr = kv_load(ks, c.kv, j * c.kv_heads + kvh, hd, buf.data());
+          for (int64_t i = 0; i < hd; ++i) kt[static_cast<size_t>(i * total + j)] = kr[i];
+          const float* vr = kv_load(vs, c.kv, j * c.kv_heads + kvh, hd, buf.data());
+          std::copy(vr, vr + hd, vf.begin() + j * hd);
+        }
+        loaded = kvh;
       }
-      float sum = 0.0f;
-      for (int64_t j = 0; j < keys; ++j) sum += (p[static_cast<size_t>(j)] = std::exp(p[static_cast<size_t>(j)] - mx));
-      float* o = out + t * qw + h * hd;
-      std::fill(o, o + hd, 0.0f);
-      for (int64_t j = 0; j < keys; ++j) {
-        const float w = p[static_cast<size_t>(j)] / sum;
-        const float* vr = kv_load(vs, c.kv, j * c.kv_heads + kvh, hd, buf.data());
-        for (int64_t i = 0; i < hd; ++i) o[i] += w * vr[i];
+      for (int64_t t = 0; t < tokens; ++t) {
+        const int64_t keys = c.causal ? past + t + 1 : total;
+        const float* qr = qrot.data() + t * qw + h * hd;
+        float* pj = p.data();
+        std::fill(pj, pj + keys, 0.0f);
+        for (int64_t i = 0; i < hd; ++i) {
+          const float qi = qr[i];
+          const float* ki = kt.data() + i * total;
+          for (int64_t j = 0; j < keys; ++j) pj[j] += qi * ki[j];
+        }
+        float mx = -std::numeric_limits<float>::infinity();
+        for (int64_t j = 0; j < keys; ++j) mx = std::max(mx, pj[j] *= scale);
+        float sum = 0.0f;
+        for (int64_t j = 0; j < keys; ++j) sum += (pj[j] = std::exp(pj[j] - mx));
+        float* o = out + t * qw + h * hd;
+        std::fill(o, o + hd, 0.0f);
+        for (int64_t j = 0; j < keys; ++j) {
+          const float w = pj[j] / sum;
+          const float* vr = vf.data() + j * hd;
+          for (int64_t i = 0; i < hd; ++i) o[i] += w * vr[i];
+        }
       }
     }
-  }
+  });
 }
 
 }  // namespace qd::rt

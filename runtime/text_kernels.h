@@ -34,11 +34,32 @@ struct LinearScratch {
   std::vector<int8_t> q;       // quantized input rows
   std::vector<float> scales;   // their block scales
   std::vector<float> row;      // a dequantized weight row (int8 weights, float inputs)
+  std::vector<int32_t> block_x, block_w;  // per block of the dot products: its input scale, its weight scale
+  std::vector<uint8_t> qp;                // the quantized input rows for the packed kernels, padded to whole quads
 };
+// An int8 weight rearranged once (at model load) for the tiled kernels of linear_forward: panels
+// of 16 rows, in each the rows' weights four input columns at a time (one int32 lane per row), so
+// that one broadcast input quad multiplies 8 rows per instruction and no horizontal sums are
+// needed. With each (panel, block): the block's weight scales in lane order, and 128 x the sum of
+// its weights (AVX-512 VNNI feeds the inputs as unsigned x + 128 and subtracts that back: exact).
+//   w[((panel * quads + q) * 16 + lane) * 4 + e] = weight[panel * 16 + lane][4 q + e] (0 past the edges)
+struct PackedLinear {
+  int64_t rows = 0, cols = 0, quads = 0, panels = 0, block = 0, blocks = 0;
+  std::vector<int8_t> w;
+  std::vector<int32_t> offset;  // [panels, blocks, 16]
+  std::vector<float> scale;     // [panels, blocks, 16]
+  bool empty() const { return rows == 0; }
+};
+// The packed form of `w` for inputs quantized as `q`; empty when the tiled kernels do not apply
+// (float weights or inputs, or blocks that are not whole input quads).
+PackedLinear pack_linear(const QuantWeight& w, ActQuant q);
+
 // y[t, o] = sum_k x[t, k] w[o, k] + bias[o]. Quantized inputs: the exact int32 sum of each block
-// (the finer of the weight's groups and the input's blocks), times both scales, summed in float.
+// (the finer of the weight's groups and the input's blocks), times both scales, summed in float,
+// the same float operations in every kernel (portable, AVX2, AVX-512 VNNI; packed or not) and
+// on any number of threads. `packed`: pack_linear(w, q), used when the CPU has a tiled kernel.
 void linear_forward(const float* x, int64_t tokens, const QuantWeight& w, const float* bias, ActQuant q, float* y,
-                    LinearScratch& scratch);
+                    LinearScratch& scratch, const PackedLinear* packed = nullptr);
 
 void layer_norm_row(const float* x, int64_t d, const float* weight, const float* bias, float eps, float* y);
 void rms_norm_row(const float* x, int64_t d, const float* weight, float eps, float* y);

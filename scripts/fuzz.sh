@@ -24,7 +24,7 @@ bin="$out/${target}_fuzz"
 case "$target" in
   qdm)
     sources=(runtime/qdm.cpp runtime/model.cpp runtime/kernels.cpp runtime/interpreter.cpp runtime/graph.cpp runtime/ops.cpp
-             runtime/ops_image.cpp runtime/ops_text.cpp runtime/text_kernels.cpp runtime/executor.cpp common/atomic_file.cpp
+             runtime/ops_image.cpp runtime/ops_text.cpp runtime/text_kernels.cpp runtime/executor.cpp runtime/thread_pool.cpp common/atomic_file.cpp
              tests/fuzz/qdm_fuzz.cpp)
     watched=(runtime common/atomic_file.cpp tests/fuzz/qdm_fuzz.cpp tests/runtime/model_builders.h)
     corpus="$out/corpus"

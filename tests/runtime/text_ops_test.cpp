@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <limits>
 #include <random>
 
 #include "formats/half.h"
@@ -14,6 +16,7 @@
 #include "runtime/kernels.h"
 #include "runtime/qdm.h"
 #include "runtime/text_kernels.h"
+#include "runtime/thread_pool.h"
 #include "tests/runtime/model_builders.h"
 
 namespace qd::rt {
@@ -193,9 +196,10 @@ TEST(TextOps, EveryInstructionSetComputesTheSameLinearBitForBit) {
     ActQuant q;
     int64_t k, group;
   };
-  for (const Case c : {Case{ActQuant::kPerToken, 384, 384}, Case{ActQuant::kPerToken, 100, 100}, Case{ActQuant::kPerToken, 96, 32},
-                       Case{ActQuant::kQ8_0, 96, 32}, Case{ActQuant::kQ8_0, 256, 256}, Case{ActQuant::kQ8_0, 128, 64}}) {
-    const int64_t t = 7, n = 9;
+  for (const Case c : {Case{ActQuant::kPerToken, 384, 384}, Case{ActQuant::kPerToken, 100, 100}, Case{ActQuant::kPerToken, 102, 102},
+                       Case{ActQuant::kPerToken, 96, 32}, Case{ActQuant::kQ8_0, 96, 32}, Case{ActQuant::kQ8_0, 256, 256},
+                       Case{ActQuant::kQ8_0, 128, 64}}) {
+    const int64_t t = 7, n = 37;  // 3 token tiles of 4 (the last 3 tokens), 3 panels of 16 rows (the last 5 rows)
     std::vector<float> x = randn(static_cast<size_t>(t * c.k), g);
     for (int64_t j = 0; j < c.k; j += 3) x[static_cast<size_t>(j)] = (j % 2 ? 1 : -1) * 1e3f;  // saturate the row at +-127
     TestWeight w = make_weight(n, c.k, c.group, g);
@@ -214,9 +218,123 @@ TEST(TextOps, EveryInstructionSetComputesTheSameLinearBitForBit) {
       linear_forward(x.data(), t, w.view(n, c.k, c.group, false), bias.data(), c.q, got.data(), scratch);
       for (size_t i = 0; i < want.size(); ++i)
         ASSERT_EQ(got[i], want[i]) << "isa " << static_cast<int>(isa) << " k " << c.k << " group " << c.group << " at " << i;
+      // The tiled kernels on the packed weight (16-row panels, 4-token tiles): the same bits.
+      const PackedLinear packed = pack_linear(w.view(n, c.k, c.group, false), c.q);
+      ASSERT_FALSE(packed.empty()) << "k " << c.k << " group " << c.group;
+      std::fill(got.begin(), got.end(), 0.0f);
+      linear_forward(x.data(), t, w.view(n, c.k, c.group, false), bias.data(), c.q, got.data(), scratch, &packed);
+      for (size_t i = 0; i < want.size(); ++i)
+        ASSERT_EQ(got[i], want[i]) << "packed, isa " << static_cast<int>(isa) << " k " << c.k << " group " << c.group << " at " << i;
+      // One token at a time (decoding) through the packed kernels: the same bits as that row of the whole.
+      std::vector<float> one(static_cast<size_t>(n));
+      for (int64_t r = 0; r < t; ++r) {
+        linear_forward(x.data() + r * c.k, 1, w.view(n, c.k, c.group, false), bias.data(), c.q, one.data(), scratch, &packed);
+        for (int64_t o = 0; o < n; ++o) ASSERT_EQ(one[static_cast<size_t>(o)], want[static_cast<size_t>(r * n + o)]) << "token " << r << " output " << o;
+      }
     }
     force_isa(best_isa());
   }
+}
+
+// The per-token quantization picked at run time (8 values at a time) against the portable loop, bit
+// for bit, on the values that trip vector code: NaN (-> 0, not in the row's maximum), infinities
+// (inf / inf is NaN -> 0), all-zero rows (scale 1), signed zeros, exact .5 steps (half to even),
+// and widths with tails past the last 8.
+TEST(TextOps, EveryInstructionSetQuantizesATokenAlike) {
+  std::mt19937 g(21);
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  std::vector<std::vector<float>> rows;
+  for (const int64_t k : {1, 7, 8, 13, 64, 100, 384}) rows.push_back(randn(static_cast<size_t>(k), g));
+  rows.push_back(std::vector<float>(24, 0.0f));
+  rows.push_back({-0.0f, 0.0f, -0.0f, 1e-40f, -1e-40f, 0.0f, 0.0f, 0.0f, 0.0f});
+  std::vector<float> half_steps;  // max 127: then x / s = x exactly, .5 ties round to even
+  for (int i = -40; i <= 40; ++i) half_steps.push_back(static_cast<float>(i) + 0.5f);
+  half_steps.push_back(127.0f);
+  rows.push_back(half_steps);
+  std::vector<float> specials = randn(37, g);
+  specials[3] = nan, specials[17] = -nan, specials[30] = 1e30f;
+  rows.push_back(specials);
+  std::vector<float> infinite = randn(19, g);
+  infinite[9] = inf, infinite[11] = -inf;
+  rows.push_back(infinite);
+  for (const std::vector<float>& x : rows) {
+    const int64_t k = static_cast<int64_t>(x.size());
+    std::vector<int8_t> want(x.size()), got(x.size());
+    float want_s = -1.0f, got_s = -2.0f;
+    force_isa(Isa::kGeneric);
+    quantize_row(x.data(), k, ActQuant::kPerToken, want.data(), &want_s);
+    for (const Isa isa : {Isa::kAvx2, Isa::kAvx512Vnni}) {
+      if (isa > best_isa()) {
+        std::printf("[   INFO   ] instruction set %d not on this CPU: its token quantization is not checked here\n", static_cast<int>(isa));
+        continue;
+      }
+      force_isa(isa);
+      quantize_row(x.data(), k, ActQuant::kPerToken, got.data(), &got_s);
+      ASSERT_EQ(std::memcmp(&got_s, &want_s, sizeof(float)), 0) << "isa " << static_cast<int>(isa) << " k " << k << ": scale " << got_s << " vs " << want_s;
+      for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(got[i], want[i]) << "isa " << static_cast<int>(isa) << " k " << k << " at " << i << " x " << x[i];
+    }
+    force_isa(best_isa());
+  }
+  // The portable loop itself: ties to even, NaN to 0, an all-zero row keeps scale 1.
+  force_isa(Isa::kGeneric);
+  std::vector<int8_t> q(half_steps.size());
+  float sc = 0.0f;
+  quantize_row(half_steps.data(), static_cast<int64_t>(half_steps.size()), ActQuant::kPerToken, q.data(), &sc);
+  EXPECT_EQ(sc, 1.0f);
+  EXPECT_EQ(q[40], 0);   // 0.5 -> 0
+  EXPECT_EQ(q[41], 2);   // 1.5 -> 2
+  EXPECT_EQ(q[38], -2);  // -1.5 -> -2
+  quantize_row(specials.data(), 37, ActQuant::kPerToken, q.data(), &sc);
+  EXPECT_EQ(q[3], 0);
+  EXPECT_EQ(q[30], 127);
+  force_isa(best_isa());
+}
+
+// Linear layers and attention split their outputs over the threads: 1, 2 and 3 threads give the
+// same bits (each output is the same operations on whichever thread), and so does a row count
+// that does not divide into the threads' share.
+TEST(TextOps, ResultsDoNotDependOnTheThreadCount) {
+  std::mt19937 g(22);
+  const int64_t t = 6, n = 45, k = 160;
+  const std::vector<float> x = randn(static_cast<size_t>(t * k), g), bias = randn(static_cast<size_t>(n), g);
+  AttentionConfig c;
+  c.heads = 6, c.kv_heads = 3, c.head_dim = 16, c.causal = true, c.rope_theta = 10000.0f, c.max_positions = 32;
+  const std::vector<float> q = randn(static_cast<size_t>(t * 96), g), kk = randn(static_cast<size_t>(t * 48), g),
+                           v = randn(static_cast<size_t>(t * 48), g);
+  struct Result {
+    std::vector<float> lin[3], att;
+  };
+  auto compute = [&](int threads_n) {
+    set_threads(threads_n);
+    EXPECT_EQ(threads(), threads_n);
+    Result r;
+    int i = 0;
+    for (const ActQuant mode : {ActQuant::kPerToken, ActQuant::kQ8_0, ActQuant::kNone}) {
+      const TestWeight w = make_weight(n, k, mode == ActQuant::kPerToken ? k : 32, g);
+      r.lin[i].resize(static_cast<size_t>(t * n));
+      LinearScratch scratch;
+      const QuantWeight view = w.view(n, k, mode == ActQuant::kPerToken ? k : 32, false);
+      const PackedLinear packed = pack_linear(view, mode);
+      linear_forward(x.data(), t, view, bias.data(), mode, r.lin[i].data(), scratch, &packed);
+      ++i;
+    }
+    KvCache cache;
+    r.att.resize(static_cast<size_t>(t * 96));
+    attention_forward(c, q.data(), kk.data(), v.data(), t, cache, r.att.data());
+    return r;
+  };
+  const std::mt19937 start = g;
+  g = start;
+  const Result one = compute(1);
+  for (const int threads_n : {2, 3}) {
+    g = start;  // the same weights
+    const Result many = compute(threads_n);
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(many.lin[i], one.lin[i]) << threads_n << " threads, linear mode " << i;
+    EXPECT_EQ(many.att, one.att) << threads_n << " threads, attention";
+  }
+  // An error on a worker reaches the caller.
+  EXPECT_THROW(parallel_for(8, 1, [](int64_t b, int64_t) { if (b > 0) throw QdmError("worker"); }), QdmError);
+  set_threads(1);
 }
 
 TEST(TextOps, NormsAndActivationsMatchTheirDefinitions) {
