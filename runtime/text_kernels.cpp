@@ -56,15 +56,12 @@ static void quantize_row_portable(const float* x, int64_t k, ActQuant q, int8_t*
 
 namespace {
 
-// The exact int32 dot products of `tokens` quantized input rows (row t at x + t * k) with up to 4
-// consecutive weight rows (row r at w + r * ldw), block by block:
+// The portable reference: the exact int32 dot products of `tokens` quantized input rows (row t at
+// x + t * k) with up to 4 consecutive weight rows (row r at w + r * ldw), block by block:
 //   out[(t * 4 + r) * blocks + b] = sum over block b of x_t[j] * w_r[j],
-// blocks of `block` values (the last one shorter when block does not divide k). Exact in every
-// instruction set (x and w are in [-127, 127]: activations saturate there, weights validate so), so
-// only the float arithmetic after it (linear_forward, shared) decides the result bits.
-using RowDots = void (*)(const int8_t* x, int64_t tokens, const int8_t* w, int64_t ldw, int64_t k, int64_t block, int rows,
-                         int32_t* out);
-
+// blocks of `block` values. The tiled kernels below compute the same exact sums (x and w are in
+// [-127, 127]: activations saturate there, weights validate so), so only the float arithmetic
+// after them (linear_forward, shared) decides the result bits.
 void dots_generic(const int8_t* x, int64_t tokens, const int8_t* w, int64_t ldw, int64_t k, int64_t block, int rows, int32_t* out) {
   const int64_t blocks = (k + block - 1) / block;
   for (int64_t t = 0; t < tokens; ++t)
@@ -75,86 +72,6 @@ void dots_generic(const int8_t* x, int64_t tokens, const int8_t* w, int64_t ldw,
         out[(t * 4 + r) * blocks + b] = acc;
       }
 }
-
-#if defined(__x86_64__)
-// Four 8-lane int32 sums reduced to one int32 each, in one vector: [sum a, sum b, sum c, sum d].
-__attribute__((target("avx2"))) inline __m128i hsum4_avx2(__m256i a, __m256i b, __m256i c, __m256i d) {
-  const __m256i ab = _mm256_hadd_epi32(a, b), cd = _mm256_hadd_epi32(c, d);
-  const __m256i abcd = _mm256_hadd_epi32(ab, cd);  // per 128-bit half: [a, b, c, d] partial sums
-  return _mm_add_epi32(_mm256_castsi256_si128(abcd), _mm256_extracti128_si256(abcd, 1));
-}
-
-// 32 products at a time as ggml does: |x| (unsigned) times w with x's sign (sw), pairs summed to
-// int16 (|pair| <= 2 * 127 * 127 < 2^15: no saturation), then to int32.
-__attribute__((target("avx2"))) inline __m256i dot32_avx2(__m256i acc, __m256i ax, __m256i sw) {
-  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sw), _mm256_set1_epi16(1)));
-}
-// AVX-512 VNNI (256-bit form): vpdpbusd sums four u8 x s8 products into each int32 lane at once.
-__attribute__((target("avx2,avx512vl,avx512vnni"))) inline __m256i dot32_vnni(__m256i acc, __m256i ax, __m256i sw) {
-  return _mm256_dpbusd_epi32(acc, ax, sw);
-}
-
-// A tile of 4 weight rows x 2 tokens: each 32 weights loaded once for both tokens, each 32 inputs
-// (and their magnitudes) once for the 4 rows; 8 independent accumulators keep the multiply-add
-// units busy. One body, compiled once per instruction set (each function carries its own target:
-// the AVX2 one must not contain AVX-512 encodings).
-#define QD_ROW_DOTS_BODY(DOT32)                                                                                 \
-  const int64_t blocks = (k + block - 1) / block;                                                              \
-  /* rows past the last repeat it, a missing second token repeats the first: their sums are not stored */     \
-  const int8_t* w0 = w;                                                                                        \
-  const int8_t* w1 = w0 + (rows > 1 ? ldw : 0);                                                                \
-  const int8_t* w2 = w0 + (rows > 2 ? 2 * ldw : 0);                                                            \
-  const int8_t* w3 = w0 + (rows > 3 ? 3 * ldw : 0);                                                            \
-  for (int64_t t = 0; t < tokens; t += 2) {                                                                    \
-    const bool pair = t + 1 < tokens;                                                                          \
-    const int8_t* x0 = x + t * k;                                                                              \
-    const int8_t* x1 = pair ? x0 + k : x0;                                                                     \
-    for (int64_t b = 0; b < blocks; ++b) {                                                                     \
-      const int64_t j0 = b * block, j1 = std::min(k, j0 + block);                                              \
-      __m256i a00 = _mm256_setzero_si256(), a01 = a00, a02 = a00, a03 = a00;                                   \
-      __m256i a10 = a00, a11 = a00, a12 = a00, a13 = a00;                                                      \
-      int64_t j = j0;                                                                                          \
-      for (; j + 32 <= j1; j += 32) {                                                                          \
-        const __m256i xv0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x0 + j));                      \
-        const __m256i xv1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x1 + j));                      \
-        const __m256i ax0 = _mm256_sign_epi8(xv0, xv0), ax1 = _mm256_sign_epi8(xv1, xv1);                      \
-        __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0 + j));                             \
-        a00 = DOT32(a00, ax0, _mm256_sign_epi8(wv, xv0));                                                      \
-        a10 = DOT32(a10, ax1, _mm256_sign_epi8(wv, xv1));                                                      \
-        wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w1 + j));                                     \
-        a01 = DOT32(a01, ax0, _mm256_sign_epi8(wv, xv0));                                                      \
-        a11 = DOT32(a11, ax1, _mm256_sign_epi8(wv, xv1));                                                      \
-        wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w2 + j));                                     \
-        a02 = DOT32(a02, ax0, _mm256_sign_epi8(wv, xv0));                                                      \
-        a12 = DOT32(a12, ax1, _mm256_sign_epi8(wv, xv1));                                                      \
-        wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w3 + j));                                     \
-        a03 = DOT32(a03, ax0, _mm256_sign_epi8(wv, xv0));                                                      \
-        a13 = DOT32(a13, ax1, _mm256_sign_epi8(wv, xv1));                                                      \
-      }                                                                                                        \
-      alignas(16) int32_t s0[4], s1[4];                                                                        \
-      _mm_store_si128(reinterpret_cast<__m128i*>(s0), hsum4_avx2(a00, a01, a02, a03));                         \
-      _mm_store_si128(reinterpret_cast<__m128i*>(s1), hsum4_avx2(a10, a11, a12, a13));                         \
-      for (; j < j1; ++j) {                                                                                    \
-        const int32_t p = x0[j], q = x1[j];                                                                    \
-        s0[0] += p * w0[j], s0[1] += p * w1[j], s0[2] += p * w2[j], s0[3] += p * w3[j];                        \
-        s1[0] += q * w0[j], s1[1] += q * w1[j], s1[2] += q * w2[j], s1[3] += q * w3[j];                        \
-      }                                                                                                        \
-      for (int r = 0; r < rows; ++r) out[(t * 4 + r) * blocks + b] = s0[r];                                    \
-      if (pair)                                                                                                \
-        for (int r = 0; r < rows; ++r) out[((t + 1) * 4 + r) * blocks + b] = s1[r];                           \
-    }                                                                                                          \
-  }
-
-__attribute__((target("avx2"))) void dots_avx2(const int8_t* x, int64_t tokens, const int8_t* w, int64_t ldw, int64_t k,
-                                               int64_t block, int rows, int32_t* out) {
-  QD_ROW_DOTS_BODY(dot32_avx2)
-}
-__attribute__((target("avx2,avx512vl,avx512vnni"))) void dots_vnni(const int8_t* x, int64_t tokens, const int8_t* w, int64_t ldw,
-                                                                   int64_t k, int64_t block, int rows, int32_t* out) {
-  QD_ROW_DOTS_BODY(dot32_vnni)
-}
-#undef QD_ROW_DOTS_BODY
-#endif
 
 // ---- packed (tiled) kernels: 16 weight rows x 4 tokens per step ---------------------------------
 //
@@ -235,19 +152,6 @@ __attribute__((target("avx2,avx512vl,avx512vnni"))) void panel_vnni(const uint8_
 #undef QD_PANEL_BODY
 #endif
 
-RowDots row_dots() {
-#if defined(__x86_64__)
-  switch (active_isa()) {
-    case Isa::kAvx512Vnni:
-      return dots_vnni;
-    case Isa::kAvx2:
-      return dots_avx2;
-    case Isa::kGeneric:
-      break;
-  }
-#endif
-  return dots_generic;
-}
 
 #if defined(__x86_64__)
 // per_token quantization of a row, 8 values at a time: the same IEEE operations as the portable
@@ -410,7 +314,7 @@ void linear_forward(const float* x, int64_t tokens, const QuantWeight& w, const 
   if (packed && !packed->empty()) {
     if (const PanelDots pd = panel_dots()) return linear_packed(*packed, pd, tokens, bias, q, y, s);
   }
-  const RowDots dots = row_dots();
+  // The portable path (CPUs without a tiled kernel, and the reference the tests hold them to).
   constexpr int kRows = 4;  // weight rows per call: read once for all the tokens while they are in L1
   const int8_t* xq = s.q.data();
   const float* xs = s.scales.data();
@@ -426,21 +330,7 @@ void linear_forward(const float* x, int64_t tokens, const QuantWeight& w, const 
       const int64_t o0 = c * kRows;
       const int rows = static_cast<int>(std::min<int64_t>(kRows, n - o0));
       const int32_t* a = acc.data();
-      dots(xq, tokens, w.i8 + o0 * k, k, k, block, rows, acc.data());
-      if (blocks == 1) {  // one scale per token and per row (the BERT case): one product per output
-        float sw[kRows], bo[kRows] = {};
-        for (int r = 0; r < rows; ++r) sw[r] = w.scale[(o0 + r) * w_groups], bo[r] = bias ? bias[o0 + r] : 0.0f;
-        for (int64_t t = 0; t < tokens; ++t) {
-          const float sxt = xs[t * x_blocks];
-          float* yt = y + t * n + o0;
-          const int32_t* at = a + t * kRows;
-          for (int r = 0; r < rows; ++r) {
-            const float sum = static_cast<float>(at[r]) * (sxt * sw[r]);
-            yt[r] = bias ? sum + bo[r] : sum;
-          }
-        }
-        continue;
-      }
+      dots_generic(xq, tokens, w.i8 + o0 * k, k, k, block, rows, acc.data());
       for (int64_t t = 0; t < tokens; ++t) {
         const float* sx = xs + t * x_blocks;
         float* yt = y + t * n;

@@ -56,8 +56,9 @@ PackedLinear pack_linear(const QuantWeight& w, ActQuant q);
 
 // y[t, o] = sum_k x[t, k] w[o, k] + bias[o]. Quantized inputs: the exact int32 sum of each block
 // (the finer of the weight's groups and the input's blocks), times both scales, summed in float,
-// the same float operations in every kernel (portable, AVX2, AVX-512 VNNI; packed or not) and
-// on any number of threads. `packed`: pack_linear(w, q), used when the CPU has a tiled kernel.
+// the same float operations in every kernel (the portable one, and the packed AVX2 / AVX-512 VNNI ones) and
+// on any number of threads. `packed`: pack_linear(w, q), used when the CPU has a tiled kernel
+// (without it, or on other CPUs, the portable kernel runs).
 void linear_forward(const float* x, int64_t tokens, const QuantWeight& w, const float* bias, ActQuant q, float* y,
                     LinearScratch& scratch, const PackedLinear* packed = nullptr);
 
