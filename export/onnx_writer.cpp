@@ -1,9 +1,6 @@
 #include "export/onnx_writer.h"
 
-#include <onnx/checker.h>
-#include <onnx/defs/schema.h>
 #include <onnx/onnx_pb.h>
-#include <onnx/shape_inference/implementation.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -20,9 +17,7 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
-
-// TensorProto.raw_data is little-endian by the ONNX spec; the initializers are copied from memory.
-static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the ONNX writer assumes a little-endian host");
+#include "export/onnx_util.h"
 
 namespace qd {
 namespace {
@@ -37,22 +32,7 @@ using rt::TensorInfo;
 constexpr int64_t kOpset = 13;
 constexpr int64_t kIrVersion = 7;
 
-[[noreturn]] void fail(const std::string& msg) { throw std::runtime_error("ONNX export: " + msg); }
-
-template <typename T>
-struct OnnxType;
-template <>
-struct OnnxType<float> {
-  static constexpr int32_t value = onnx::TensorProto_DataType_FLOAT;
-};
-template <>
-struct OnnxType<int8_t> {
-  static constexpr int32_t value = onnx::TensorProto_DataType_INT8;
-};
-template <>
-struct OnnxType<int32_t> {
-  static constexpr int32_t value = onnx::TensorProto_DataType_INT32;
-};
+using onnx_util::fail;
 
 class Builder {
  public:
@@ -227,42 +207,18 @@ class Builder {
 
   template <typename T>
   std::string init(const std::string& name, const std::vector<int64_t>& dims, const std::vector<T>& v) {
-    static_assert(std::is_arithmetic_v<T>);
-    onnx::TensorProto* t = g_->add_initializer();
-    t->set_name(name);
-    t->set_data_type(OnnxType<T>::value);
-    for (int64_t d : dims) t->add_dims(d);
-    std::string raw(v.size() * sizeof(T), '\0');
-    if (!v.empty()) std::memcpy(raw.data(), v.data(), raw.size());
-    t->set_raw_data(std::move(raw));
-    return name;
+    return onnx_util::init<T>(g_, name, dims, v);
   }
   template <typename T>
   std::string scalar(const std::string& name, T v) {
     return init<T>(name, {}, {v});
   }
-
   onnx::NodeProto* node(const std::string& op, const std::string& name, const std::vector<std::string>& inputs,
                         const std::string& output) {
-    onnx::NodeProto* n = g_->add_node();
-    n->set_op_type(op);
-    n->set_name(name);
-    for (const std::string& in : inputs) n->add_input(in);
-    n->add_output(output);
-    return n;
+    return onnx_util::node(g_, op, name, inputs, output);
   }
-  static void attr(onnx::NodeProto* n, const std::string& name, int64_t v) {
-    onnx::AttributeProto* a = n->add_attribute();
-    a->set_name(name);
-    a->set_type(onnx::AttributeProto_AttributeType_INT);
-    a->set_i(v);
-  }
-  static void attr(onnx::NodeProto* n, const std::string& name, const std::vector<int64_t>& v) {
-    onnx::AttributeProto* a = n->add_attribute();
-    a->set_name(name);
-    a->set_type(onnx::AttributeProto_AttributeType_INTS);
-    for (int64_t x : v) a->add_ints(x);
-  }
+  static void attr(onnx::NodeProto* n, const std::string& name, int64_t v) { onnx_util::attr(n, name, v); }
+  static void attr(onnx::NodeProto* n, const std::string& name, const std::vector<int64_t>& v) { onnx_util::attr(n, name, v); }
 
   void add_value_info(onnx::ValueInfoProto* v, const std::string& name, const std::vector<int64_t>& dims) {
     v->set_name(name);
@@ -468,24 +424,6 @@ onnx::ModelProto build_model(const Model& m, OnnxPrecision p, const OnnxMetadata
   return model;
 }
 
-// The checker's full check: the structural check, then shape and type inference in strict mode
-// (node-level inference errors throw, and the inferred logits shape must merge with the declared
-// [N, classes]), on a copy so that the written file carries no inferred value_info.
-void full_check(const onnx::ModelProto& model) {
-  try {
-    onnx::checker::check_model(model);
-  } catch (const std::exception& e) {
-    fail(std::string("ONNX checker rejected the model: ") + e.what());
-  }
-  onnx::ModelProto inferred = model;
-  try {
-    onnx::shape_inference::InferShapes(inferred, onnx::OpSchemaRegistry::Instance(),
-                                       onnx::ShapeInferenceOptions(/*check_type=*/true, /*strict_mode=*/1));
-  } catch (const std::exception& e) {
-    fail(std::string("ONNX shape inference rejected the model: ") + e.what());
-  }
-}
-
 void write_atomic(const std::string& path, const std::string& bytes) {
   try {
     write_file_atomic(path, bytes);
@@ -497,11 +435,7 @@ void write_atomic(const std::string& path, const std::string& bytes) {
 }  // namespace
 
 std::string onnx_model_bytes(const rt::Model& m, OnnxPrecision p, const OnnxMetadata& metadata) {
-  const onnx::ModelProto model = build_model(m, p, metadata);
-  full_check(model);
-  std::string bytes;
-  if (!model.SerializeToString(&bytes)) fail("protobuf serialization failed (model over 2 GiB?)");
-  return bytes;
+  return onnx_util::checked_bytes(build_model(m, p, metadata));
 }
 
 void write_onnx(const rt::Model& m, OnnxPrecision p, const std::string& path, const OnnxMetadata& metadata) {

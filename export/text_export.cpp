@@ -272,7 +272,7 @@ const rt::Buffer& run_sequence(rt::Executor& ex, const std::vector<int32_t>& ids
 }  // namespace
 
 nlohmann::json verify_text_graph(TextModel& model, const rt::Graph& graph, const std::vector<std::vector<int32_t>>& inputs,
-                                 bool progress) {
+                                 bool progress, std::vector<float>* simulation) {
   torch::NoGradGuard no_grad;
   model.eval();
   QD_CHECK(!inputs.empty(), UserError, "export: no held-out text to verify on");
@@ -299,6 +299,10 @@ nlohmann::json verify_text_graph(TextModel& model, const rt::Graph& graph, const
       }
       const torch::Tensor e = model.embed(ids, mask).to(torch::kFloat64);
       for (int64_t r = 0; r < e.size(0); ++r) sims.push_back(e[r]);
+    }
+    if (simulation) {
+      const torch::Tensor all = torch::stack(sims).to(torch::kFloat32).contiguous();
+      simulation->assign(all.data_ptr<float>(), all.data_ptr<float>() + all.numel());
     }
     double min_cos = 1.0, sum_cos = 0.0;
     int64_t below = 0, tokens = 0;

@@ -39,7 +39,9 @@ rt::Graph build_text_graph(TextModel& model);
 //          next tokens, and the KV-cache path (the first sequence fed in chunks) against the whole
 //          sequence at once (max |logit difference|).
 // `progress`: draw a progress bar. The JSON's keys are export/report.json's "verify".
+// `simulation` (encoders): receives the simulation's embeddings, float32 [inputs, dim] row-major,
+// the reference that scripts/onnx_parity.py holds ONNX Runtime to.
 nlohmann::json verify_text_graph(TextModel& model, const rt::Graph& graph, const std::vector<std::vector<int32_t>>& inputs,
-                                 bool progress);
+                                 bool progress, std::vector<float>* simulation = nullptr);
 
 }  // namespace qd

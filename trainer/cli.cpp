@@ -186,9 +186,11 @@ int run_cli(int argc, char** argv) {
   ExportCommand exp;
   CLI::App* export_cmd = app.add_subcommand(
       "export", "write a QAT run's int8 student as ONNX (QDQ) and .qdm (qdistill-run), and verify it against the "
-                "simulation");
+                "simulation. CNN and BERT-class encoders: student.int8.onnx + student.fp32.onnx + student.qdm; "
+                "llama decoders: student.gguf (llama.cpp) + student.qdm. Then `python3 scripts/onnx_parity.py RUN_DIR` "
+                "checks an encoder's ONNX files in ONNX Runtime against the same simulation");
   export_cmd->add_option("run_dir", exp.run_dir, "run directory of a QAT run, e.g. runs/fmnist_student_full")->required();
-  export_cmd->add_option("--format", exp.format, "onnx: student.int8.onnx + student.fp32.onnx; qdm: student.qdm; all")
+  export_cmd->add_option("--format", exp.format, "onnx: student.int8.onnx + student.fp32.onnx (CNN, encoder); qdm: student.qdm (and a decoder's student.gguf); all (default)")
       ->check(CLI::IsMember({"onnx", "qdm", "all"}));
   export_cmd->add_option("--checkpoint", exp.checkpoint, "which checkpoint")->check(CLI::IsMember({"best", "last"}));
   export_cmd->add_flag("!--no-verify", exp.verify, "skip running the runtime next to the simulation on the test set");

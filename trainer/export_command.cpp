@@ -15,6 +15,7 @@
 #include "export/deploy_targets.h"
 #include "export/exporter.h"
 #include "export/gguf_export.h"
+#include "export/onnx_text.h"
 #include "export/onnx_writer.h"
 #include "export/text_export.h"
 #include "models/text_model.h"
@@ -145,27 +146,45 @@ std::vector<std::vector<int32_t>> held_out_inputs(const ExperimentConfig& cfg, c
 // `src`: the run directory, or its pruned/ model.
 int run_text_export(const ExportCommand& cmd, const ExperimentConfig& cfg, const fs::path& src) {
   const fs::path run = cmd.run_dir;
-  QD_CHECK(cmd.format != "onnx", UserError, "--format onnx: the ONNX export of transformer students is not written yet; "
-           "use --format qdm (student.qdm for qdistill-run)");
   set_threads(cfg.trainer.threads);
   const LoadedText t = load_text_model(cfg, src.string(), cmd.checkpoint);
   QD_CHECK(load_qat_flags(*t.model), UserError, "export: ", t.source, " was saved before QAT started (its quantizers "
            "never ran); export a checkpoint from a QAT step (qat.start_step)");
+  QD_CHECK(cmd.format != "onnx" || !t.model->causal(), UserError, "--format onnx: a decoder (", t.model->kind(),
+           ") is exported for llama.cpp (student.gguf) and qdistill-run (student.qdm), not as ONNX; use --format qdm or all");
   t.model->to(torch::kCPU);
   t.model->eval();
   const rt::Graph graph = build_text_graph(*t.model);
   const fs::path out = run / "export";
   fs::create_directories(out);
-  rt::save_graph(graph, (out / "student.qdm").string());
+  nlohmann::json files = nlohmann::json::object();
+  if (cmd.format != "onnx") {
+    rt::save_graph(graph, (out / "student.qdm").string());
+    files["student.qdm"] = file_bytes(out / "student.qdm");
+  }
   int64_t weights = 0;
   for (const rt::Node& n : graph.nodes)
     if (const rt::Attr* w = n.find("weight")) weights += w->numel();
-  nlohmann::json files = {{"student.qdm", file_bytes(out / "student.qdm")}};
   std::printf("exported %s (epoch %lld): %zu nodes, %lld weights\n", t.source.c_str(), static_cast<long long>(t.epoch),
               graph.nodes.size(), static_cast<long long>(weights));
   nlohmann::json report = {{"run_dir", run.string()}, {"checkpoint", t.source}, {"model", t.model->kind()},
                            {"task", graph.metadata.at("task")}, {"nodes", graph.nodes.size()}, {"weights", weights}};
-  if (t.model->causal()) {
+  if (!t.model->causal() && cmd.format != "qdm") {
+    // ONNX Runtime's and TensorRT's files, from the same graph, and the tokenizer they need.
+    try {
+      write_text_onnx(graph, OnnxPrecision::kInt8Qdq, (out / "student.int8.onnx").string(), {{"qdistill.run", cfg.experiment.name}});
+      write_text_onnx(graph, OnnxPrecision::kFloat32, (out / "student.fp32.onnx").string(), {{"qdistill.run", cfg.experiment.name}});
+      files["student.int8.onnx"] = file_bytes(out / "student.int8.onnx");
+      files["student.fp32.onnx"] = file_bytes(out / "student.fp32.onnx");
+    } catch (const UserError& e) {
+      fs::remove(out / "student.int8.onnx"), fs::remove(out / "student.fp32.onnx");
+      report["onnx_skipped"] = e.what();
+      std::printf("no student ONNX files: %s\n", e.what());
+    }
+    write_file_atomic((out / "tokenizer.json").string(), graph.metadata.at("tokenizer.json"));
+    files["tokenizer.json"] = file_bytes(out / "tokenizer.json");
+  }
+  if (t.model->causal() && cmd.format != "onnx") {
     // llama.cpp's file, from the same graph: written when the grid is llama.cpp's, else said why not.
     try {
       gguf_from_graph(graph, cfg.experiment.name).write((out / "student.gguf").string());
@@ -181,7 +200,15 @@ int run_text_export(const ExportCommand& cmd, const ExperimentConfig& cfg, const
   report["files"] = files;
   if (cmd.verify) {
     const std::vector<std::vector<int32_t>> inputs = held_out_inputs(cfg, *t.model, cmd.verify_samples);
-    nlohmann::json v = verify_text_graph(*t.model, graph, inputs, stderr_is_tty());
+    std::vector<float> simulation;
+    nlohmann::json v = verify_text_graph(*t.model, graph, inputs, stderr_is_tty(), &simulation);
+    if (files.contains("student.int8.onnx")) {
+      // What scripts/onnx_parity.py holds ONNX Runtime to: the same sentences, the simulation's embeddings.
+      write_file_atomic((out / "verify_ids.json").string(), nlohmann::json{{"split", "test"}, {"ids", inputs}}.dump() + "\n");
+      write_file_atomic((out / "verify_simulation.f32").string(),
+                        std::string(reinterpret_cast<const char*>(simulation.data()), simulation.size() * sizeof(float)));
+      std::printf("ONNX Runtime against the same simulation: python3 scripts/onnx_parity.py %s\n", run.string().c_str());
+    }
     v["split"] = "test";
     if (t.model->causal())
       std::printf("verified on %lld held-out sequences (%lld tokens): next-token argmax agreement %.2f%%, perplexity "
