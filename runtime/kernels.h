@@ -30,9 +30,11 @@ struct Requant {
   const QuantizedMultiplier* multiplier = nullptr;  // [out_c]: in_scale * w_scale[c] / out_scale
 };
 
-// The instruction sets the convolution kernel can use; the best one the CPU has is picked at
-// run time. Tests force each to check them all against the same reference.
-enum class Isa { kGeneric, kAvx2, kAvx512Vnni };
+// The instruction sets the kernels can use; the best one the CPU has is picked at run time. Tests
+// force each to check them all against the same reference. kAmx (Intel AMX-INT8 tiles, with the
+// operating system's permission to use them) serves the transformer linear layers
+// (runtime/text_kernels.h) and implies AVX-512 VNNI for everything else.
+enum class Isa { kGeneric, kAvx2, kAvx512Vnni, kAmx };
 Isa best_isa();             // what this CPU supports best
 void force_isa(Isa isa);    // for tests: use `isa` (must be <= best_isa()) from now on
 Isa active_isa();

@@ -81,7 +81,7 @@ using PanelDots = void (*)(const uint8_t* const* xs, int tokens, const PackedLin
 
 #if defined(__x86_64__)
 #define QD_PANEL_BODY(PREP, DOT)                                                                                \
-  const int8_t* wp = p.w.data() + panel * p.quads * 64;                                                        \
+  const int8_t* wp = p.w.data() + panel * p.qstride * 64;                                                        \
   const int64_t per_block = p.blocks == 1 ? p.quads : p.block / 4;                                             \
   const uint8_t* x0 = xs[0];                                                                                   \
   const uint8_t* x1 = xs[tokens > 1 ? 1 : 0];                                                                  \
@@ -198,15 +198,16 @@ PackedLinear pack_linear(const QuantWeight& w, ActQuant q) {
   if (!w.i8 || q == ActQuant::kNone) return p;
   const int64_t k = w.cols, xb = q == ActQuant::kPerToken ? k : 32, block = std::min(xb, w.group), blocks = k / block;
   if (blocks > 1 && block % 4 != 0) return p;
-  p.rows = w.rows, p.cols = k, p.quads = (k + 3) / 4, p.panels = (w.rows + 15) / 16, p.block = block, p.blocks = blocks;
-  p.w.assign(static_cast<size_t>(p.panels * p.quads * 64), 0);
+  p.rows = w.rows, p.cols = k, p.quads = (k + 3) / 4, p.qstride = (p.quads + 15) / 16 * 16, p.panels = (w.rows + 15) / 16;
+  p.block = block, p.blocks = blocks;
+  p.w.assign(static_cast<size_t>(p.panels * p.qstride * 64), 0);
   p.offset.assign(static_cast<size_t>(p.panels * blocks * 16), 0);
   p.scale.assign(static_cast<size_t>(p.panels * blocks * 16), 0.0f);
   const int64_t groups = k / w.group;
   for (int64_t o = 0; o < w.rows; ++o) {
     const int64_t panel = o / 16, lane = o % 16;
     const int8_t* row = w.i8 + o * k;
-    for (int64_t j = 0; j < k; ++j) p.w[static_cast<size_t>(((panel * p.quads + j / 4) * 16 + lane) * 4 + j % 4)] = row[j];
+    for (int64_t j = 0; j < k; ++j) p.w[static_cast<size_t>(((panel * p.qstride + j / 4) * 16 + lane) * 4 + j % 4)] = row[j];
     for (int64_t b = 0; b < blocks; ++b) {
       int32_t sum = 0;
       for (int64_t j = b * block; j < (b + 1) * block; ++j) sum += row[j];
@@ -223,6 +224,7 @@ namespace {
 PanelDots panel_dots() {
 #if defined(__x86_64__)
   switch (active_isa()) {
+    case Isa::kAmx:  // shapes the AMX path does not take (blocks within a row)
     case Isa::kAvx512Vnni:
       return panel_vnni;
     case Isa::kAvx2:
@@ -234,13 +236,131 @@ PanelDots panel_dots() {
   return nullptr;
 }
 
+// The float finish of one token's outputs o0 .. o0 + lanes - 1 with one block per row (per-token
+// inputs, per-row weights): the portable path's operations, for every kernel.
+__attribute__((always_inline)) inline void finish_row(const int32_t* a, float sxt, const float* sw, const float* bias, int64_t o0,
+                                                      int64_t lanes, float* yt) {
+  for (int64_t l = 0; l < lanes; ++l) {
+    const float sum = static_cast<float>(a[l]) * (sxt * sw[l]);
+    yt[l] = bias ? sum + bias[o0 + l] : sum;
+  }
+}
+
+#if defined(__x86_64__)
+// ---- AMX: int8 tiles ---------------------------------------------------------------------------
+//
+// tdpbssd C[m][n] += sum_i A[m][4 r + i] * B[r][4 n + i] over 16 rows r of B: with A = up to 16
+// tokens' quantized inputs (64 consecutive values each) and B = 16 quads of a packed panel (its
+// 1 KiB as stored), C[token][lane] is the exact int32 partial sum. Tiles 0-3: the sums of up to
+// four panels for one group of tokens; 4: the inputs; 5, 6, 7: the panels' weights in turn.
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+__attribute__((target("amx-tile,amx-int8"))) void amx_configure(int tokens) {
+  TileConfig c;
+  for (int t = 0; t < 8; ++t) c.colsb[t] = 64, c.rows[t] = static_cast<uint8_t>(t <= 4 ? tokens : 16);
+  // Not _tile_loadconfig: GCC 12's declares only the first 8 bytes as read, and the stores to
+  // the rest of the configuration were dropped (the first tile instruction then faulted).
+  __asm__ volatile("ldtilecfg %0" : : "m"(c));
+}
+__attribute__((target("amx-tile,amx-int8"))) void amx_release() { _tile_release(); }
+
+// acc[(panel * 16 + token) * 16 + lane] for kPanels panels from `w` (panel stride `pstride`
+// bytes), the inputs x (rows `xstride` bytes apart, `chunks` x 64 values each).
+template <int kPanels>
+__attribute__((target("amx-tile,amx-int8"))) void amx_panels(const int8_t* x, int64_t xstride, const int8_t* w, int64_t pstride,
+                                                             int64_t chunks, int32_t* acc) {
+  _tile_zero(0);
+  if (kPanels > 1) _tile_zero(1);
+  if (kPanels > 2) _tile_zero(2);
+  if (kPanels > 3) _tile_zero(3);
+  for (int64_t q = 0; q < chunks; ++q) {
+    _tile_loadd(4, x + q * 64, xstride);
+    _tile_loadd(5, w + q * 1024, 64);
+    _tile_dpbssd(0, 4, 5);
+    if (kPanels > 1) {
+      _tile_loadd(6, w + pstride + q * 1024, 64);
+      _tile_dpbssd(1, 4, 6);
+    }
+    if (kPanels > 2) {
+      _tile_loadd(7, w + 2 * pstride + q * 1024, 64);
+      _tile_dpbssd(2, 4, 7);
+    }
+    if (kPanels > 3) {
+      _tile_loadd(5, w + 3 * pstride + q * 1024, 64);
+      _tile_dpbssd(3, 4, 5);
+    }
+  }
+  _tile_stored(0, acc, 64);
+  if (kPanels > 1) _tile_stored(1, acc + 256, 64);
+  if (kPanels > 2) _tile_stored(2, acc + 512, 64);
+  if (kPanels > 3) _tile_stored(3, acc + 768, 64);
+}
+
+// The float finish of a tile's sums for `panels` panels x m tokens (AVX2 build of finish_row: its
+// loop over lanes is elementwise, so the bits are the portable ones).
+__attribute__((target("avx2"))) void amx_finish(const int32_t* acc, int panels, int m, int64_t panel0, int64_t t0, const PackedLinear& p,
+                                                const float* xs, const float* bias, float* y) {
+  const int64_t n = p.rows;
+  for (int i = 0; i < panels; ++i) {
+    const int64_t o0 = (panel0 + i) * 16, lanes = std::min<int64_t>(16, n - o0);
+    const float* sw = p.scale.data() + (panel0 + i) * 16;
+    for (int tt = 0; tt < m; ++tt) finish_row(acc + (i * 16 + tt) * 16, xs[t0 + tt], sw, bias, o0, lanes, y + (t0 + tt) * n + o0);
+  }
+}
+
+// The packed path on AMX (one block per row): inputs quantized in s.q, copied to rows of whole
+// 64-value chunks (zeros past k, as the panels hold zeros there). Token groups outside, panel
+// groups inside: the tiles are configured once per group size.
+void linear_amx(const PackedLinear& p, int64_t tokens, const float* bias, float* y, LinearScratch& s) {
+  const int64_t k = p.cols, stride = p.qstride * 4, chunks = p.qstride / 16, pstride = p.qstride * 64;
+  s.qp.resize(static_cast<size_t>(tokens * stride));
+  for (int64_t t = 0; t < tokens; ++t) {
+    std::memcpy(s.qp.data() + t * stride, s.q.data() + t * k, static_cast<size_t>(k));
+    std::memset(s.qp.data() + t * stride + k, 0, static_cast<size_t>(stride - k));
+  }
+  const int8_t* xq = reinterpret_cast<const int8_t*>(s.qp.data());
+  const float* xs = s.scales.data();
+  const int64_t groups = (p.panels + 3) / 4;
+  parallel_for(groups, 1, [&](int64_t g0, int64_t g1) {
+    alignas(64) int32_t acc[4 * 16 * 16];
+    int configured = 0;
+    for (int64_t t0 = 0; t0 < tokens; t0 += 16) {
+      const int m = static_cast<int>(std::min<int64_t>(16, tokens - t0));
+      if (m != configured) amx_configure(m), configured = m;
+      const int8_t* x = xq + t0 * stride;
+      for (int64_t g = g0; g < g1; ++g) {
+        const int64_t panel0 = g * 4;
+        const int panels = static_cast<int>(std::min<int64_t>(4, p.panels - panel0));
+        const int8_t* w = p.w.data() + panel0 * pstride;
+        switch (panels) {
+          case 4: amx_panels<4>(x, stride, w, pstride, chunks, acc); break;
+          case 3: amx_panels<3>(x, stride, w, pstride, chunks, acc); break;
+          case 2: amx_panels<2>(x, stride, w, pstride, chunks, acc); break;
+          default: amx_panels<1>(x, stride, w, pstride, chunks, acc); break;
+        }
+        amx_finish(acc, panels, m, panel0, t0, p, xs, bias, y);
+      }
+    }
+    if (configured) amx_release();
+  });
+}
+#endif
+
 // The packed path: inputs already quantized in s.q / s.scales; the float finish is the one of
 // the unpacked path (the same operations per output, lane by lane).
 void linear_packed(const PackedLinear& p, PanelDots dots, int64_t tokens, const float* bias, ActQuant q, float* y,
                    LinearScratch& s) {
-  const int64_t k = p.cols, n = p.rows, stride = p.quads * 4;
+#if defined(__x86_64__)
+  if (active_isa() == Isa::kAmx && p.blocks == 1) return linear_amx(p, tokens, bias, y, s);
+#endif
+  const int64_t k = p.cols, n = p.rows, stride = p.qstride * 4;
   const int64_t x_blocks = q == ActQuant::kPerToken ? 1 : k / 32, per_x = (q == ActQuant::kPerToken ? k : 32) / p.block;
-  const bool offset = active_isa() == Isa::kAvx512Vnni;
+  const bool offset = active_isa() >= Isa::kAvx512Vnni;
   s.qp.assign(static_cast<size_t>(tokens * stride), offset ? 128 : 0);
   for (int64_t t = 0; t < tokens; ++t)
     for (int64_t j = 0; j < k; ++j)
@@ -264,11 +384,7 @@ void linear_packed(const PackedLinear& p, PanelDots dots, int64_t tokens, const 
           const int32_t* a = acc.data() + i * blocks * 16;
           float* yt = y + t * n + o0;
           if (blocks == 1) {
-            const float sxt = sx[0];
-            for (int64_t l = 0; l < lanes; ++l) {
-              const float sum = static_cast<float>(a[l]) * (sxt * sw[l]);
-              yt[l] = bias ? sum + bias[o0 + l] : sum;
-            }
+            finish_row(a, sx[0], sw, bias, o0, lanes, yt);
             continue;
           }
           for (int64_t l = 0; l < lanes; ++l) {
@@ -347,26 +463,163 @@ void linear_forward(const float* x, int64_t tokens, const QuantWeight& w, const 
   });
 }
 
-void layer_norm_row(const float* x, int64_t d, const float* weight, const float* bias, float eps, float* y) {
-  float mean = 0.0f;
-  for (int64_t j = 0; j < d; ++j) mean += x[j];
-  mean /= static_cast<float>(d);
-  float var = 0.0f;
-  for (int64_t j = 0; j < d; ++j) var += (x[j] - mean) * (x[j] - mean);
-  var /= static_cast<float>(d);
+namespace {
+// A sum over j < d in 8 interleaved lanes (lane l takes j = l, l + 8, ...), the lanes then added
+// in a fixed tree: what one 8-wide register computes, written so that every build of it (SSE2,
+// AVX2) performs the same IEEE operations and the result does not depend on the CPU.
+template <class F>
+__attribute__((always_inline)) inline float lane_sum(int64_t d, F f) {
+  float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  int64_t j = 0;
+  for (; j + 8 <= d; j += 8)
+    for (int l = 0; l < 8; ++l) acc[l] += f(j + l);
+  for (int l = 0; j < d; ++j, ++l) acc[l] += f(j);
+  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
+__attribute__((always_inline)) inline void layer_norm_body(const float* x, int64_t d, const float* weight, const float* bias, float eps,
+                                                           float* y) {
+  const float mean = lane_sum(d, [&](int64_t j) { return x[j]; }) / static_cast<float>(d);
+  const float var = lane_sum(d, [&](int64_t j) { return (x[j] - mean) * (x[j] - mean); }) / static_cast<float>(d);
   const float r = 1.0f / std::sqrt(var + eps);
   for (int64_t j = 0; j < d; ++j) y[j] = (x[j] - mean) * r * weight[j] + bias[j];
 }
-
-void rms_norm_row(const float* x, int64_t d, const float* weight, float eps, float* y) {
-  float ss = 0.0f;
-  for (int64_t j = 0; j < d; ++j) ss += x[j] * x[j];
+__attribute__((always_inline)) inline void rms_norm_body(const float* x, int64_t d, const float* weight, float eps, float* y) {
+  const float ss = lane_sum(d, [&](int64_t j) { return x[j] * x[j]; });
   const float r = 1.0f / std::sqrt(ss / static_cast<float>(d) + eps);
   for (int64_t j = 0; j < d; ++j) y[j] = weight[j] * (x[j] * r);
 }
+void layer_norm_generic(const float* x, int64_t d, const float* w, const float* b, float eps, float* y) { layer_norm_body(x, d, w, b, eps, y); }
+void rms_norm_generic(const float* x, int64_t d, const float* w, float eps, float* y) { rms_norm_body(x, d, w, eps, y); }
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) void layer_norm_avx2(const float* x, int64_t d, const float* w, const float* b, float eps, float* y) {
+  layer_norm_body(x, d, w, b, eps, y);
+}
+__attribute__((target("avx2"))) void rms_norm_avx2(const float* x, int64_t d, const float* w, float eps, float* y) {
+  rms_norm_body(x, d, w, eps, y);
+}
+#endif
+}  // namespace
 
-float gelu(float x) { return x * 0.5f * (1.0f + std::erf(x * 0.70710678118654752440f)); }
+void layer_norm_row(const float* x, int64_t d, const float* weight, const float* bias, float eps, float* y) {
+#if defined(__x86_64__)
+  if (active_isa() != Isa::kGeneric) return layer_norm_avx2(x, d, weight, bias, eps, y);
+#endif
+  layer_norm_generic(x, d, weight, bias, eps, y);
+}
+
+void rms_norm_row(const float* x, int64_t d, const float* weight, float eps, float* y) {
+#if defined(__x86_64__)
+  if (active_isa() != Isa::kGeneric) return rms_norm_avx2(x, d, weight, eps, y);
+#endif
+  rms_norm_generic(x, d, weight, eps, y);
+}
+
+// erf as a rational function of our own fit (tested: |error| < 4e-7 against erf in double;
+// float32's spacing at 1 is 6e-8, libm's erff is within one ulp): x P(x^2) / Q(x^2) on x clamped
+// to [-3.95, 3.95], where it gives exactly +-1 (erf(3.95) is 1 - 2e-8: 1 in float32), so that
+// GELU's far negative tail is exactly 0 as in training. Only +, *, / and min/max: the same IEEE
+// operations, in the same order, in the portable loop and the AVX2 one below, so every CPU
+// computes the same bits (vectorized libm erf would not). Coefficients: a least-squares rational
+// fit (Sanathanan-Koerner iterations, P(0) pinned to 2/sqrt(pi)) evaluated in float32.
+namespace {
+constexpr float kErfP[7] = {1.12837923f, 0.184923813f, 0.054323215f, 0.00384381902f, 0.000381275226f, 4.73553746e-06f, -1.34422384e-08f};
+constexpr float kErfQ[6] = {1.0f, 0.497217894f, 0.113881327f, 0.0154563067f, 0.00130863418f, 6.35921169e-05f};
+
+// NaN passes through the clamp (std::max / std::min return their first operand then).
+inline float erf_rational(float x) {
+  const float c = std::min(std::max(x, -3.95f), 3.95f), z = c * c;
+  float p = kErfP[6];
+  for (int i = 5; i >= 0; --i) p = p * z + kErfP[i];
+  float q = kErfQ[5];
+  for (int i = 4; i >= 0; --i) q = q * z + kErfQ[i];
+  return c * p / q;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) void gelu_avx2(const float* x, int64_t n, float* y) {
+  const __m256 lo = _mm256_set1_ps(-3.95f), hi = _mm256_set1_ps(3.95f), r2 = _mm256_set1_ps(0.70710678118654752440f),
+               half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    // max/min return their second operand when one is NaN: NaN passes as in erf_rational.
+    const __m256 c = _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_mul_ps(v, r2))), z = _mm256_mul_ps(c, c);
+    __m256 p = _mm256_set1_ps(kErfP[6]);
+    for (int k = 5; k >= 0; --k) p = _mm256_add_ps(_mm256_mul_ps(p, z), _mm256_set1_ps(kErfP[k]));
+    __m256 q = _mm256_set1_ps(kErfQ[5]);
+    for (int k = 4; k >= 0; --k) q = _mm256_add_ps(_mm256_mul_ps(q, z), _mm256_set1_ps(kErfQ[k]));
+    const __m256 erf = _mm256_div_ps(_mm256_mul_ps(c, p), q);
+    _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_mul_ps(v, half), _mm256_add_ps(one, erf)));
+  }
+  for (; i < n; ++i) y[i] = gelu(x[i]);
+}
+#endif
+}  // namespace
+
+float gelu(float x) { return x * 0.5f * (1.0f + erf_rational(x * 0.70710678118654752440f)); }
+
+void gelu_rows(const float* x, int64_t n, float* y) {
+#if defined(__x86_64__)
+  if (active_isa() != Isa::kGeneric) return gelu_avx2(x, n, y);
+#endif
+  for (int64_t i = 0; i < n; ++i) y[i] = gelu(x[i]);
+}
 float silu(float x) { return x / (1.0f + std::exp(-x)); }
+
+// exp for the softmax, in the classic Cephes form: n = round(x log2 e), r = x - n ln 2 (ln 2 in
+// two parts), e^r by a degree-7 polynomial, times 2^n built in the exponent bits; 0 below -87
+// (where 2^n would leave the normal range; e^-87 is 1.6e-38), NaN passes through. Within 2 ulp
+// of expf (tested); the same IEEE operations in the portable loop and the AVX2 one.
+namespace {
+constexpr float kExpLo = -87.0f, kExpHi = 88.0f, kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+constexpr float kExpC[6] = {5.0000001201e-1f, 1.6666665459e-1f, 4.1665795894e-2f, 8.3334519073e-3f, 1.3981999507e-3f, 1.9875691500e-4f};
+
+inline float exp_poly(float x) {
+  if (std::isnan(x)) return x;
+  if (x < kExpLo) return 0.0f;
+  const float c = std::min(x, kExpHi);
+  const float n = std::nearbyint(c * kLog2e);
+  const float r = (c - n * kLn2Hi) - n * kLn2Lo;
+  float p = kExpC[5];
+  for (int i = 4; i >= 0; --i) p = p * r + kExpC[i];
+  const float e = (p * (r * r) + r) + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return e * scale;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) void exp_shifted_avx2(float* x, int64_t n, float shift) {
+  const __m256 lo = _mm256_set1_ps(kExpLo), hi = _mm256_set1_ps(kExpHi), l2e = _mm256_set1_ps(kLog2e), c1 = _mm256_set1_ps(kLn2Hi),
+               c2 = _mm256_set1_ps(kLn2Lo), one = _mm256_set1_ps(1.0f), sh = _mm256_set1_ps(shift);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 x0 = _mm256_sub_ps(_mm256_loadu_ps(x + i), sh);
+    const __m256 c = _mm256_min_ps(hi, x0);  // NaN lanes are replaced below
+    const __m256 k = _mm256_round_ps(_mm256_mul_ps(c, l2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256 r = _mm256_sub_ps(_mm256_sub_ps(c, _mm256_mul_ps(k, c1)), _mm256_mul_ps(k, c2));
+    __m256 p = _mm256_set1_ps(kExpC[5]);
+    for (int j = 4; j >= 0; --j) p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(kExpC[j]));
+    const __m256 e = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(p, _mm256_mul_ps(r, r)), r), one);
+    const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+    __m256 y = _mm256_mul_ps(e, _mm256_castsi256_ps(bits));
+    y = _mm256_and_ps(y, _mm256_cmp_ps(x0, lo, _CMP_GE_OQ));           // below -87 (and NaN): 0
+    y = _mm256_blendv_ps(y, x0, _mm256_cmp_ps(x0, x0, _CMP_UNORD_Q));  // NaN: itself
+    _mm256_storeu_ps(x + i, y);
+  }
+  for (; i < n; ++i) x[i] = exp_poly(x[i] - shift);
+}
+#endif
+}  // namespace
+
+void exp_shifted(float* x, int64_t n, float shift) {
+#if defined(__x86_64__)
+  if (active_isa() != Isa::kGeneric) return exp_shifted_avx2(x, n, shift);
+#endif
+  for (int64_t i = 0; i < n; ++i) x[i] = exp_poly(x[i] - shift);
+}
 
 namespace {
 
@@ -418,6 +671,60 @@ const float* kv_load(const KvSide& s, KvStore type, int64_t row, int64_t hd, flo
   }
   return buf;
 }
+
+}  // namespace
+
+namespace {
+
+// One head's attention for `tokens` queries (row t at q + t * stride) over keys laid out as kt
+// [hd, total] and values as vf [total, hd]: scores summed over i in order, scaled, softmax (the
+// row maximum subtracted, the exponentials summed in key order), outputs summed over keys in
+// order. Every loop that vectorizes runs over independent elements, so the SSE2 and AVX2 builds
+// of it compute the same bits.
+struct AttendArgs {
+  const float* q;
+  int64_t stride;
+  const float* kt;
+  const float* vf;
+  int64_t total, hd, tokens, past;
+  bool causal;
+  float scale;
+  float* p;    // [total] scratch
+  float* out;  // row t at out + t * stride
+};
+
+__attribute__((always_inline)) inline void attend_body(const AttendArgs& a) {
+  const int64_t hd = a.hd, total = a.total;
+  for (int64_t t = 0; t < a.tokens; ++t) {
+    const int64_t keys = a.causal ? a.past + t + 1 : total;
+    const float* qr = a.q + t * a.stride;
+    float* pj = a.p;
+    std::fill(pj, pj + keys, 0.0f);
+    for (int64_t i = 0; i < hd; ++i) {
+      const float qi = qr[i];
+      const float* ki = a.kt + i * total;
+      for (int64_t j = 0; j < keys; ++j) pj[j] += qi * ki[j];
+    }
+    for (int64_t j = 0; j < keys; ++j) pj[j] *= a.scale;
+    float mx = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < keys; ++j) mx = std::max(mx, pj[j]);
+    exp_shifted(pj, keys, mx);
+    float sum = 0.0f;
+    for (int64_t j = 0; j < keys; ++j) sum += pj[j];
+    for (int64_t j = 0; j < keys; ++j) pj[j] /= sum;
+    float* o = a.out + t * a.stride;
+    std::fill(o, o + hd, 0.0f);
+    for (int64_t j = 0; j < keys; ++j) {
+      const float w = pj[j];
+      const float* vr = a.vf + j * hd;
+      for (int64_t i = 0; i < hd; ++i) o[i] += w * vr[i];
+    }
+  }
+}
+void attend_generic(const AttendArgs& a) { attend_body(a); }
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) void attend_avx2(const AttendArgs& a) { attend_body(a); }
+#endif
 
 }  // namespace
 
@@ -487,28 +794,15 @@ void attention_forward(const AttentionConfig& c, const float* q, const float* k,
         }
         loaded = kvh;
       }
-      for (int64_t t = 0; t < tokens; ++t) {
-        const int64_t keys = c.causal ? past + t + 1 : total;
-        const float* qr = qrot.data() + t * qw + h * hd;
-        float* pj = p.data();
-        std::fill(pj, pj + keys, 0.0f);
-        for (int64_t i = 0; i < hd; ++i) {
-          const float qi = qr[i];
-          const float* ki = kt.data() + i * total;
-          for (int64_t j = 0; j < keys; ++j) pj[j] += qi * ki[j];
-        }
-        float mx = -std::numeric_limits<float>::infinity();
-        for (int64_t j = 0; j < keys; ++j) mx = std::max(mx, pj[j] *= scale);
-        float sum = 0.0f;
-        for (int64_t j = 0; j < keys; ++j) sum += (pj[j] = std::exp(pj[j] - mx));
-        float* o = out + t * qw + h * hd;
-        std::fill(o, o + hd, 0.0f);
-        for (int64_t j = 0; j < keys; ++j) {
-          const float w = pj[j] / sum;
-          const float* vr = vf.data() + j * hd;
-          for (int64_t i = 0; i < hd; ++i) o[i] += w * vr[i];
-        }
+      const AttendArgs a{qrot.data() + h * hd, qw, kt.data(), vf.data(), total, hd, tokens, past, c.causal, scale, p.data(),
+                         out + h * hd};
+#if defined(__x86_64__)
+      if (active_isa() != Isa::kGeneric) {
+        attend_avx2(a);
+        continue;
       }
+#endif
+      attend_generic(a);
     }
   });
 }

@@ -42,9 +42,11 @@ struct LinearScratch {
 // that one broadcast input quad multiplies 8 rows per instruction and no horizontal sums are
 // needed. With each (panel, block): the block's weight scales in lane order, and 128 x the sum of
 // its weights (AVX-512 VNNI feeds the inputs as unsigned x + 128 and subtracts that back: exact).
-//   w[((panel * quads + q) * 16 + lane) * 4 + e] = weight[panel * 16 + lane][4 q + e] (0 past the edges)
+//   w[((panel * qstride + q) * 16 + lane) * 4 + e] = weight[panel * 16 + lane][4 q + e] (0 past the edges)
+// qstride: quads rounded up to 16, so that a panel is whole AMX tiles (16 quads x 16 rows, 1 KiB:
+// the layout of tdpbssd's second operand).
 struct PackedLinear {
-  int64_t rows = 0, cols = 0, quads = 0, panels = 0, block = 0, blocks = 0;
+  int64_t rows = 0, cols = 0, quads = 0, qstride = 0, panels = 0, block = 0, blocks = 0;
   std::vector<int8_t> w;
   std::vector<int32_t> offset;  // [panels, blocks, 16]
   std::vector<float> scale;     // [panels, blocks, 16]
@@ -56,7 +58,8 @@ PackedLinear pack_linear(const QuantWeight& w, ActQuant q);
 
 // y[t, o] = sum_k x[t, k] w[o, k] + bias[o]. Quantized inputs: the exact int32 sum of each block
 // (the finer of the weight's groups and the input's blocks), times both scales, summed in float,
-// the same float operations in every kernel (the portable one, and the packed AVX2 / AVX-512 VNNI ones) and
+// the same float operations in every kernel (the portable one, and the packed AVX2 / AVX-512 VNNI /
+// AMX ones) and
 // on any number of threads. `packed`: pack_linear(w, q), used when the CPU has a tiled kernel
 // (without it, or on other CPUs, the portable kernel runs).
 void linear_forward(const float* x, int64_t tokens, const QuantWeight& w, const float* bias, ActQuant q, float* y,
@@ -64,8 +67,12 @@ void linear_forward(const float* x, int64_t tokens, const QuantWeight& w, const 
 
 void layer_norm_row(const float* x, int64_t d, const float* weight, const float* bias, float eps, float* y);
 void rms_norm_row(const float* x, int64_t d, const float* weight, float eps, float* y);
-float gelu(float x);  // erf form
+float gelu(float x);  // erf form, x * 0.5 * (1 + erf(x / sqrt 2)), erf by a rational fit (|error| < 4e-7)
+void gelu_rows(const float* x, int64_t n, float* y);  // gelu of n values: AVX2 where present, the same bits
 float silu(float x);
+// x[i] = exp(x[i] - shift), the softmax's exponential (Cephes' polynomial, within 2 ulp of expf;
+// 0 below e^-87): AVX2 where present, the same bits.
+void exp_shifted(float* x, int64_t n, float shift);
 
 // How the KV cache keeps keys and values, each row of head_dim values (one position, one kv head):
 //   f32; f16 (IEEE half, round to nearest even: llama.cpp's default cache); per_token (int8, one

@@ -187,9 +187,11 @@ TEST(TextOps, LinearMatchesTheDequantizedProductInEveryMode) {
   }
 }
 
-// The int8 dot products picked at run time (AVX2, AVX-512 VNNI) against the portable one: the
+// The int8 dot products picked at run time (AVX2, AVX-512 VNNI, AMX) against the portable one: the
 // same outputs bit for bit (exact int32 block sums, the same float operations after them), on
-// extreme values too, widths with tails past the last 32, every block arrangement.
+// extreme values too, widths with tails past the last 32 (and past whole 64-value AMX chunks),
+// every block arrangement; 7 tokens x 37 rows (a partial 4-token tile, a partial panel) and 37
+// tokens x 100 rows (AMX: token groups of 16, 16 and 5; panel groups of 4 and 3).
 TEST(TextOps, EveryInstructionSetComputesTheSameLinearBitForBit) {
   std::mt19937 g(12);
   struct Case {
@@ -199,41 +201,125 @@ TEST(TextOps, EveryInstructionSetComputesTheSameLinearBitForBit) {
   for (const Case c : {Case{ActQuant::kPerToken, 384, 384}, Case{ActQuant::kPerToken, 100, 100}, Case{ActQuant::kPerToken, 102, 102},
                        Case{ActQuant::kPerToken, 96, 32}, Case{ActQuant::kQ8_0, 96, 32}, Case{ActQuant::kQ8_0, 256, 256},
                        Case{ActQuant::kQ8_0, 128, 64}}) {
-    const int64_t t = 7, n = 37;  // 3 token tiles of 4 (the last 3 tokens), 3 panels of 16 rows (the last 5 rows)
-    std::vector<float> x = randn(static_cast<size_t>(t * c.k), g);
-    for (int64_t j = 0; j < c.k; j += 3) x[static_cast<size_t>(j)] = (j % 2 ? 1 : -1) * 1e3f;  // saturate the row at +-127
-    TestWeight w = make_weight(n, c.k, c.group, g);
-    for (size_t i = 0; i < w.q.size(); i += 5) w.q[i] = static_cast<int8_t>(i % 2 ? 127 : -127);
-    const std::vector<float> bias = randn(static_cast<size_t>(n), g);
-    std::vector<float> want(static_cast<size_t>(t * n)), got(want.size());
-    LinearScratch scratch;
-    force_isa(Isa::kGeneric);
-    linear_forward(x.data(), t, w.view(n, c.k, c.group, false), bias.data(), c.q, want.data(), scratch);
-    for (const Isa isa : {Isa::kAvx2, Isa::kAvx512Vnni}) {
-      if (isa > best_isa()) {
-        std::printf("[   INFO   ] instruction set %d not on this CPU: its int8 dot product is not checked here\n", static_cast<int>(isa));
-        continue;
+    for (const auto& [t, n] : {std::pair<int64_t, int64_t>{7, 37}, std::pair<int64_t, int64_t>{37, 100}}) {
+      std::vector<float> x = randn(static_cast<size_t>(t * c.k), g);
+      for (int64_t j = 0; j < c.k; j += 3) x[static_cast<size_t>(j)] = (j % 2 ? 1 : -1) * 1e3f;  // saturate the row at +-127
+      TestWeight w = make_weight(n, c.k, c.group, g);
+      for (size_t i = 0; i < w.q.size(); i += 5) w.q[i] = static_cast<int8_t>(i % 2 ? 127 : -127);
+      const std::vector<float> bias = randn(static_cast<size_t>(n), g);
+      std::vector<float> want(static_cast<size_t>(t * n)), got(want.size());
+      LinearScratch scratch;
+      force_isa(Isa::kGeneric);
+      linear_forward(x.data(), t, w.view(n, c.k, c.group, false), bias.data(), c.q, want.data(), scratch);
+      for (const Isa isa : {Isa::kAvx2, Isa::kAvx512Vnni, Isa::kAmx}) {
+        if (isa > best_isa()) {
+          std::printf("[   INFO   ] instruction set %d not on this CPU: its int8 dot product is not checked here\n", static_cast<int>(isa));
+          continue;
+        }
+        force_isa(isa);
+        linear_forward(x.data(), t, w.view(n, c.k, c.group, false), bias.data(), c.q, got.data(), scratch);
+        for (size_t i = 0; i < want.size(); ++i)
+          ASSERT_EQ(got[i], want[i]) << "isa " << static_cast<int>(isa) << " k " << c.k << " group " << c.group << " at " << i;
+        // The tiled kernels on the packed weight (16-row panels, 4-token tiles): the same bits.
+        const PackedLinear packed = pack_linear(w.view(n, c.k, c.group, false), c.q);
+        ASSERT_FALSE(packed.empty()) << "k " << c.k << " group " << c.group;
+        std::fill(got.begin(), got.end(), 0.0f);
+        linear_forward(x.data(), t, w.view(n, c.k, c.group, false), bias.data(), c.q, got.data(), scratch, &packed);
+        for (size_t i = 0; i < want.size(); ++i)
+          ASSERT_EQ(got[i], want[i]) << "packed, isa " << static_cast<int>(isa) << " k " << c.k << " group " << c.group << " at " << i;
+        // One token at a time (decoding) through the packed kernels: the same bits as that row of the whole.
+        std::vector<float> one(static_cast<size_t>(n));
+        for (int64_t r = 0; r < t; ++r) {
+          linear_forward(x.data() + r * c.k, 1, w.view(n, c.k, c.group, false), bias.data(), c.q, one.data(), scratch, &packed);
+          for (int64_t o = 0; o < n; ++o) ASSERT_EQ(one[static_cast<size_t>(o)], want[static_cast<size_t>(r * n + o)]) << "token " << r << " output " << o;
+        }
       }
-      force_isa(isa);
-      linear_forward(x.data(), t, w.view(n, c.k, c.group, false), bias.data(), c.q, got.data(), scratch);
-      for (size_t i = 0; i < want.size(); ++i)
-        ASSERT_EQ(got[i], want[i]) << "isa " << static_cast<int>(isa) << " k " << c.k << " group " << c.group << " at " << i;
-      // The tiled kernels on the packed weight (16-row panels, 4-token tiles): the same bits.
-      const PackedLinear packed = pack_linear(w.view(n, c.k, c.group, false), c.q);
-      ASSERT_FALSE(packed.empty()) << "k " << c.k << " group " << c.group;
-      std::fill(got.begin(), got.end(), 0.0f);
-      linear_forward(x.data(), t, w.view(n, c.k, c.group, false), bias.data(), c.q, got.data(), scratch, &packed);
-      for (size_t i = 0; i < want.size(); ++i)
-        ASSERT_EQ(got[i], want[i]) << "packed, isa " << static_cast<int>(isa) << " k " << c.k << " group " << c.group << " at " << i;
-      // One token at a time (decoding) through the packed kernels: the same bits as that row of the whole.
-      std::vector<float> one(static_cast<size_t>(n));
-      for (int64_t r = 0; r < t; ++r) {
-        linear_forward(x.data() + r * c.k, 1, w.view(n, c.k, c.group, false), bias.data(), c.q, one.data(), scratch, &packed);
-        for (int64_t o = 0; o < n; ++o) ASSERT_EQ(one[static_cast<size_t>(o)], want[static_cast<size_t>(r * n + o)]) << "token " << r << " output " << o;
-      }
+      force_isa(best_isa());
     }
-    force_isa(best_isa());
   }
+}
+
+// GELU's erf (our rational fit, runtime/text_kernels.cpp) against erf in double on a dense grid
+// over the whole float range that matters, and the AVX2 loop against the portable one bit for
+// bit, specials included (NaN stays NaN, +inf stays +inf, -inf gives NaN as x * 0 does).
+TEST(TextOps, GeluIsErfWithinHalfAMillionthOnEveryInstructionSet) {
+  double worst = 0.0;
+  std::vector<float> xs;
+  for (int i = -600000; i <= 600000; ++i) xs.push_back(static_cast<float>(i) * 1e-5f);  // [-6, 6]
+  for (float v : {1e-30f, -1e-30f, 1e-8f, 30.0f, -30.0f, 1e30f, -1e30f}) xs.push_back(v);
+  for (float v : xs) {
+    // gelu = x (1 + erf(x / sqrt 2)) / 2: the erf error is 2 |gelu - exact| / |x|.
+    const double exact = 0.5 * double{v} * (1.0 + std::erf(double{v} / std::sqrt(2.0)));
+    if (v != 0.0f && std::isfinite(v) && std::fabs(v) < 1e6f) worst = std::max(worst, 2.0 * std::fabs(double{gelu(v)} - exact) / std::fabs(double{v}));
+  }
+  EXPECT_LT(worst, 5e-7) << "erf's largest error on [-6, 6], seen through GELU (the fit's 3.7e-7 plus GELU's float32 rounding)";
+  EXPECT_EQ(gelu(0.0f), 0.0f);
+  EXPECT_EQ(gelu(20.0f), 20.0f);
+  EXPECT_EQ(gelu(-20.0f), -0.0f);
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  for (float v : {nan, inf, -inf, -0.0f}) xs.push_back(v);
+  std::vector<float> want(xs.size()), got(xs.size());
+  force_isa(Isa::kGeneric);
+  gelu_rows(xs.data(), static_cast<int64_t>(xs.size()), want.data());
+  EXPECT_TRUE(std::isnan(want[want.size() - 4]));
+  EXPECT_EQ(want[want.size() - 3], inf);
+  EXPECT_TRUE(std::isnan(want[want.size() - 2]));
+  for (const Isa isa : {Isa::kAvx2, Isa::kAvx512Vnni, Isa::kAmx}) {
+    if (isa > best_isa()) {
+      std::printf("[   INFO   ] instruction set %d not on this CPU: its GELU is not checked here\n", static_cast<int>(isa));
+      continue;
+    }
+    force_isa(isa);
+    gelu_rows(xs.data(), static_cast<int64_t>(xs.size()), got.data());
+    ASSERT_EQ(std::memcmp(got.data(), want.data(), want.size() * sizeof(float)), 0) << "isa " << static_cast<int>(isa);
+  }
+  force_isa(best_isa());
+}
+
+// The softmax's exponential against exp in double (within 2 ulp where the result is normal), and
+// every instruction set against the portable loop bit for bit, with a shift and specials.
+TEST(TextOps, SoftmaxExpIsWithinTwoUlpOnEveryInstructionSet) {
+  std::vector<float> xs;
+  for (int i = -900000; i <= 880000; ++i) xs.push_back(static_cast<float>(i) * 1e-4f);  // [-90, 88]
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  for (float v : {0.0f, -0.0f, -1e-30f, 1e-30f, -200.0f, nan, -inf, inf}) xs.push_back(v);
+  std::vector<float> want = xs, got = xs;
+  force_isa(Isa::kGeneric);
+  exp_shifted(want.data(), static_cast<int64_t>(want.size()), 0.0f);
+  double worst_ulp = 0.0;
+  for (size_t i = 0; i + 8 < xs.size(); ++i) {
+    const double e = std::exp(double{xs[i]});
+    if (xs[i] < -87.0f) {
+      ASSERT_EQ(want[i], 0.0f) << xs[i];
+      continue;
+    }
+    const double ulp = std::ldexp(1.0, std::ilogb(e) - 23);
+    worst_ulp = std::max(worst_ulp, std::fabs(double{want[i]} - e) / ulp);
+  }
+  EXPECT_LT(worst_ulp, 2.0) << "largest error, in ulp of the result";
+  const size_t s = xs.size() - 8;
+  EXPECT_EQ(want[s], 1.0f);
+  EXPECT_EQ(want[s + 4], 0.0f);
+  EXPECT_TRUE(std::isnan(want[s + 5]));
+  EXPECT_EQ(want[s + 6], 0.0f);
+  for (const Isa isa : {Isa::kAvx2, Isa::kAvx512Vnni, Isa::kAmx}) {
+    if (isa > best_isa()) {
+      std::printf("[   INFO   ] instruction set %d not on this CPU: its exp is not checked here\n", static_cast<int>(isa));
+      continue;
+    }
+    force_isa(isa);
+    got = xs;
+    exp_shifted(got.data(), static_cast<int64_t>(got.size()), 0.0f);
+    ASSERT_EQ(std::memcmp(got.data(), want.data(), want.size() * sizeof(float)), 0) << "isa " << static_cast<int>(isa);
+    // With a shift (the softmax's row maximum): exp(x - shift) alike too.
+    std::vector<float> a(xs.begin(), xs.begin() + 1000), b = a;
+    force_isa(Isa::kGeneric);
+    exp_shifted(a.data(), 1000, -3.25f);
+    force_isa(isa);
+    exp_shifted(b.data(), 1000, -3.25f);
+    ASSERT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0) << "isa " << static_cast<int>(isa) << " shifted";
+  }
+  force_isa(best_isa());
 }
 
 // The per-token quantization picked at run time (8 values at a time) against the portable loop, bit
@@ -396,6 +482,43 @@ std::vector<double> reference_attention(const AttentionConfig& c, const std::vec
           out[static_cast<size_t>(r * qw + h * hd + i)] += p[static_cast<size_t>(j)] / sum * v[static_cast<size_t>(j * kvw + kvh * hd + i)];
     }
   return out;
+}
+
+// Attention (causal with rotary positions and grouped-query heads, and bidirectional, 37 keys: a
+// vector width's tail) and the norms, on every instruction set: the same bits as the portable build.
+TEST(TextOps, AttentionAndNormsAreTheSameBitsOnEveryInstructionSet) {
+  std::mt19937 g(8);
+  AttentionConfig c;
+  c.heads = 6, c.kv_heads = 2, c.head_dim = 32, c.rope_theta = 10000.0f, c.max_positions = 64;
+  const int64_t t = 37, d = 389;
+  const std::vector<float> q = randn(static_cast<size_t>(t * 192), g), k = randn(static_cast<size_t>(t * 64), g),
+                           v = randn(static_cast<size_t>(t * 64), g), x = randn(static_cast<size_t>(d), g),
+                           w = randn(static_cast<size_t>(d), g), b = randn(static_cast<size_t>(d), g);
+  const auto run = [&](bool causal) {
+    c.causal = causal;
+    KvCache cache;
+    std::vector<float> out(static_cast<size_t>(t * 192)), ln(static_cast<size_t>(d)), rms(static_cast<size_t>(d));
+    attention_forward(c, q.data(), k.data(), v.data(), t, cache, out.data());
+    layer_norm_row(x.data(), d, w.data(), b.data(), 1e-12f, ln.data());
+    rms_norm_row(x.data(), d, w.data(), 1e-5f, rms.data());
+    out.insert(out.end(), ln.begin(), ln.end());
+    out.insert(out.end(), rms.begin(), rms.end());
+    return out;
+  };
+  for (const bool causal : {true, false}) {
+    force_isa(Isa::kGeneric);
+    const std::vector<float> want = run(causal);
+    for (const Isa isa : {Isa::kAvx2, Isa::kAvx512Vnni, Isa::kAmx}) {
+      if (isa > best_isa()) {
+        std::printf("[   INFO   ] instruction set %d not on this CPU: its attention is not checked here\n", static_cast<int>(isa));
+        continue;
+      }
+      force_isa(isa);
+      const std::vector<float> got = run(causal);
+      ASSERT_EQ(std::memcmp(got.data(), want.data(), want.size() * sizeof(float)), 0) << "isa " << static_cast<int>(isa) << " causal " << causal;
+    }
+    force_isa(best_isa());
+  }
 }
 
 TEST(TextOps, GroupedQueryRotaryAttentionAndItsKvCache) {
