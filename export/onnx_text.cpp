@@ -365,27 +365,17 @@ class TextBuilder {
 }  // namespace
 
 std::string text_onnx_bytes(const rt::Graph& g, OnnxPrecision p, const OnnxMetadata& metadata) {
-  onnx::ModelProto model;
-  model.set_ir_version(kIrVersion);
-  model.set_producer_name("qdistill");
-  model.set_producer_version("0.1.0");
-  onnx::OperatorSetIdProto* opset = model.add_opset_import();
-  opset->set_domain("");
-  opset->set_version(kOpset);
   const bool q = p == OnnxPrecision::kInt8Qdq;
-  model.set_doc_string(std::string(q ? "qdistill int8 student encoder: int8 weights and per-token int8 activations in QDQ form"
+  std::vector<std::pair<std::string, std::string>> meta{{"qdistill.format", q ? "int8" : "fp32"},
+                                                        {"qdistill.task", "sentence_embedding"}};
+  if (auto it = g.metadata.find("max_positions"); it != g.metadata.end()) meta.emplace_back("qdistill.max_positions", it->second);
+  for (const auto& kv : metadata) meta.push_back(kv);
+  onnx::ModelProto model = onnx_util::new_model(kIrVersion, kOpset, meta);
+  model.set_doc_string(std::string(q ? "qdistill int8 student encoder: int8 weights, per-token int8 activations (QuantizeLinear), "
+                                       "exact int32 sums (MatMulInteger)"
                                      : "qdistill fp32 student encoder: the trained weights dequantized, float activations") +
                        "; inputs input_ids, attention_mask int64 [batch, sequence]; output embedding float32 [batch, dim], "
                        "L2-normalised");
-  const auto meta = [&](const std::string& k, const std::string& v) {
-    onnx::StringStringEntryProto* e = model.add_metadata_props();
-    e->set_key(k);
-    e->set_value(v);
-  };
-  meta("qdistill.format", q ? "qdq-int8" : "fp32");
-  meta("qdistill.task", "sentence_embedding");
-  if (auto it = g.metadata.find("max_positions"); it != g.metadata.end()) meta("qdistill.max_positions", it->second);
-  for (const auto& [k, v] : metadata) meta(k, v);
   onnx::GraphProto* graph = model.mutable_graph();
   graph->set_name(q ? "qdistill_encoder_int8" : "qdistill_encoder_fp32");
   TextBuilder(g, q, graph).build();

@@ -11,13 +11,14 @@
 // tokens, and every other op works per token, so a sentence in a padded batch has the embedding
 // it has alone (up to float summation order).
 //
-// kInt8Qdq: each quantized linear is MatMul(DequantizeLinear(x_q), DequantizeLinear(W_q^T)): the
-// int8 weight initializer [in, out] with one scale per output (axis 1, zero point 0), and the
-// input quantized per token as the runtime and the training simulation do (scale = max|x| / 127,
-// an all-zero token scale 1, rounding half to even) by ReduceMax / QuantizeLinear(axis 0) on the
-// [tokens, in] view. The word table is an int8 initializer whose rows are gathered, then scaled.
-// Weight groups other than one per row (Q8_0 / Q4_0 blocks, qat.weight.group_size) need opset 21's
-// blocked DequantizeLinear, which ONNX 1.12's checker does not know: UserError.
+// kInt8Qdq (the int8 file): each quantized linear is MatMulInteger of its input, quantized per
+// token as the runtime and the training simulation do (scale = max|x| / 127, an all-zero token
+// scale 1, QuantizeLinear per axis on the [tokens, in] view: round half to even), and its int8
+// weight transposed, both stored as uint8 (value + 128, zero point 128: ONNX Runtime's exact
+// uint8 x uint8 kernel on every CPU), then times x_scale, w_scale, plus the bias: the runtime's
+// exact int32 sums. The word table is an int8 initializer whose rows are gathered, then scaled;
+// the position table a per-row DequantizeLinear. Weight groups other than one per row (Q8_0 /
+// Q4_0 blocks, qat.weight.group_size) have no per-channel form: UserError.
 // kFloat32: the same graph with every weight dequantized (the student's trained weights on their
 // grid) and the activations left float: the fp32 reference for accuracy and speed.
 #pragma once

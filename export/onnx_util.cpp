@@ -43,6 +43,22 @@ void attr(onnx::NodeProto* n, const std::string& name, float v) {
   a->set_f(v);
 }
 
+onnx::ModelProto new_model(int64_t ir_version, int64_t opset, const std::vector<std::pair<std::string, std::string>>& metadata) {
+  onnx::ModelProto model;
+  model.set_ir_version(ir_version);
+  model.set_producer_name("qdistill");
+  model.set_producer_version("0.1.0");
+  onnx::OperatorSetIdProto* o = model.add_opset_import();
+  o->set_domain("");
+  o->set_version(opset);
+  for (const auto& [k, v] : metadata) {
+    onnx::StringStringEntryProto* e = model.add_metadata_props();
+    e->set_key(k);
+    e->set_value(v);
+  }
+  return model;
+}
+
 void full_check(const onnx::ModelProto& model) {
   try {
     onnx::checker::check_model(model);

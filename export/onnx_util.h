@@ -9,6 +9,7 @@
 #include <cstring>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 // TensorProto.raw_data is little-endian by the ONNX spec; the initializers are copied from memory.
@@ -74,6 +75,10 @@ void attr_tensor(onnx::NodeProto* n, const std::string& name, T v) {
   a->set_type(onnx::AttributeProto_AttributeType_TENSOR);
   fill_tensor(a->mutable_t(), "", {1}, &v, 1);
 }
+
+// A model of `ir_version` importing the default domain at `opset`, produced by qdistill, with the
+// metadata_props `metadata` (in order).
+onnx::ModelProto new_model(int64_t ir_version, int64_t opset, const std::vector<std::pair<std::string, std::string>>& metadata);
 
 // onnx::checker::check_model, then strict shape and type inference on a copy (so that the
 // written file carries no inferred value_info); fail() with the checker's verdict.

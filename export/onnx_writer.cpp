@@ -398,26 +398,15 @@ class Builder {
 };
 
 onnx::ModelProto build_model(const Model& m, OnnxPrecision p, const OnnxMetadata& extra) {
-  onnx::ModelProto model;
-  model.set_ir_version(kIrVersion);
-  model.set_producer_name("qdistill");
-  model.set_producer_version("0.1.0");
-  onnx::OperatorSetIdProto* opset = model.add_opset_import();
-  opset->set_domain("");
-  opset->set_version(kOpset);
   const bool q = p == OnnxPrecision::kInt8Qdq;
+  std::vector<std::pair<std::string, std::string>> meta{{"qdistill.format", q ? "qdq-int8" : "fp32"},
+                                                        {"qdistill.num_classes", std::to_string(m.num_classes())}};
+  for (const auto& kv : extra) meta.push_back(kv);
+  onnx::ModelProto model = onnx_util::new_model(kIrVersion, kOpset, meta);
   model.set_doc_string(q ? "qdistill int8 student: QuantizeLinear/DequantizeLinear (QDQ) form of the integer model; "
                            "input float32 pixels in [0, 1], NCHW; output float32 logits"
                          : "qdistill fp32 reference: the student's float (BN-folded) weights, no quantization; "
                            "input float32 pixels in [0, 1], NCHW; output float32 logits");
-  const auto meta = [&](const std::string& k, const std::string& v) {
-    onnx::StringStringEntryProto* e = model.add_metadata_props();
-    e->set_key(k);
-    e->set_value(v);
-  };
-  meta("qdistill.format", q ? "qdq-int8" : "fp32");
-  meta("qdistill.num_classes", std::to_string(m.num_classes()));
-  for (const auto& [k, v] : extra) meta(k, v);
   onnx::GraphProto* g = model.mutable_graph();
   g->set_name(q ? "qdistill_int8" : "qdistill_fp32");
   Builder(m, p, g).build();
