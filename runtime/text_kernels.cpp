@@ -80,13 +80,15 @@ void dots_generic(const int8_t* x, int64_t tokens, const int8_t* w, int64_t ldw,
 using PanelDots = void (*)(const uint8_t* const* xs, int tokens, const PackedLinear& p, int64_t panel, int32_t* acc);
 
 #if defined(__x86_64__)
-#define QD_PANEL_BODY(PREP, DOT)                                                                                \
-  const int8_t* wp = p.w.data() + panel * p.qstride * 64;                                                        \
+// The body of a panel kernel for NT (1 to 4) tokens, a compile-time count: decoding (one token)
+// does a quarter of the 4-token tile's work.
+#define QD_PANEL_BODY(DOT)                                                                                     \
+  const int8_t* wp = p.w.data() + panel * p.qstride * 64;                                                      \
   const int64_t per_block = p.blocks == 1 ? p.quads : p.block / 4;                                             \
   const uint8_t* x0 = xs[0];                                                                                   \
-  const uint8_t* x1 = xs[tokens > 1 ? 1 : 0];                                                                  \
-  const uint8_t* x2 = xs[tokens > 2 ? 2 : 0];                                                                  \
-  const uint8_t* x3 = xs[tokens > 3 ? 3 : 0];                                                                  \
+  const uint8_t* x1 = xs[NT > 1 ? 1 : 0];                                                                      \
+  const uint8_t* x2 = xs[NT > 2 ? 2 : 0];                                                                      \
+  const uint8_t* x3 = xs[NT > 3 ? 3 : 0];                                                                      \
   for (int64_t b = 0; b < p.blocks; ++b) {                                                                     \
     __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00,   \
             a31 = a00;                                                                                         \
@@ -96,31 +98,37 @@ using PanelDots = void (*)(const uint8_t* const* xs, int tokens, const PackedLin
       int32_t v;                                                                                               \
       std::memcpy(&v, x0 + q * 4, 4);                                                                          \
       __m256i xb = _mm256_set1_epi32(v);                                                                       \
-      PREP a00 = DOT(a00, xb, w0), a01 = DOT(a01, xb, w1);                                                     \
-      std::memcpy(&v, x1 + q * 4, 4);                                                                          \
-      xb = _mm256_set1_epi32(v);                                                                               \
-      PREP a10 = DOT(a10, xb, w0), a11 = DOT(a11, xb, w1);                                                     \
-      std::memcpy(&v, x2 + q * 4, 4);                                                                          \
-      xb = _mm256_set1_epi32(v);                                                                               \
-      PREP a20 = DOT(a20, xb, w0), a21 = DOT(a21, xb, w1);                                                     \
-      std::memcpy(&v, x3 + q * 4, 4);                                                                          \
-      xb = _mm256_set1_epi32(v);                                                                               \
-      PREP a30 = DOT(a30, xb, w0), a31 = DOT(a31, xb, w1);                                                     \
+      a00 = DOT(a00, xb, w0), a01 = DOT(a01, xb, w1);                                                          \
+      if (NT > 1) {                                                                                            \
+        std::memcpy(&v, x1 + q * 4, 4);                                                                        \
+        xb = _mm256_set1_epi32(v);                                                                             \
+        a10 = DOT(a10, xb, w0), a11 = DOT(a11, xb, w1);                                                        \
+      }                                                                                                        \
+      if (NT > 2) {                                                                                            \
+        std::memcpy(&v, x2 + q * 4, 4);                                                                        \
+        xb = _mm256_set1_epi32(v);                                                                             \
+        a20 = DOT(a20, xb, w0), a21 = DOT(a21, xb, w1);                                                        \
+      }                                                                                                        \
+      if (NT > 3) {                                                                                            \
+        std::memcpy(&v, x3 + q * 4, 4);                                                                        \
+        xb = _mm256_set1_epi32(v);                                                                             \
+        a30 = DOT(a30, xb, w0), a31 = DOT(a31, xb, w1);                                                        \
+      }                                                                                                        \
     }                                                                                                          \
     const __m256i c0 = OFFSET(0), c1 = OFFSET(8);                                                              \
     int32_t* o = acc + b * 16;                                                                                 \
     const int64_t step = p.blocks * 16;                                                                        \
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm256_sub_epi32(a00, c0));                             \
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 8), _mm256_sub_epi32(a01, c1));                         \
-    if (tokens > 1) {                                                                                          \
+    if (NT > 1) {                                                                                              \
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + step), _mm256_sub_epi32(a10, c0));                    \
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + step + 8), _mm256_sub_epi32(a11, c1));                \
     }                                                                                                          \
-    if (tokens > 2) {                                                                                          \
+    if (NT > 2) {                                                                                              \
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 2 * step), _mm256_sub_epi32(a20, c0));                \
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 2 * step + 8), _mm256_sub_epi32(a21, c1));            \
     }                                                                                                          \
-    if (tokens > 3) {                                                                                          \
+    if (NT > 3) {                                                                                              \
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 3 * step), _mm256_sub_epi32(a30, c0));                \
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 3 * step + 8), _mm256_sub_epi32(a31, c1));            \
     }                                                                                                          \
@@ -138,17 +146,34 @@ __attribute__((target("avx2,avx512vl,avx512vnni"))) inline __m256i panel_dot_vnn
 }
 
 #define OFFSET(at) _mm256_setzero_si256()
-__attribute__((target("avx2"))) void panel_avx2(const uint8_t* const* xs, int tokens, const PackedLinear& p, int64_t panel,
-                                                int32_t* acc) {
-  QD_PANEL_BODY(, panel_dot_avx2)
+template <int NT>
+__attribute__((target("avx2"))) void panel_avx2_n(const uint8_t* const* xs, const PackedLinear& p, int64_t panel, int32_t* acc) {
+  QD_PANEL_BODY(panel_dot_avx2)
 }
 #undef OFFSET
 #define OFFSET(at) _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.offset.data() + (panel * p.blocks + b) * 16 + (at)))
-__attribute__((target("avx2,avx512vl,avx512vnni"))) void panel_vnni(const uint8_t* const* xs, int tokens, const PackedLinear& p,
-                                                                    int64_t panel, int32_t* acc) {
-  QD_PANEL_BODY(, panel_dot_vnni)
+template <int NT>
+__attribute__((target("avx2,avx512vl,avx512vnni"))) void panel_vnni_n(const uint8_t* const* xs, const PackedLinear& p, int64_t panel,
+                                                                      int32_t* acc) {
+  QD_PANEL_BODY(panel_dot_vnni)
 }
 #undef OFFSET
+void panel_avx2(const uint8_t* const* xs, int tokens, const PackedLinear& p, int64_t panel, int32_t* acc) {
+  switch (tokens) {
+    case 1: return panel_avx2_n<1>(xs, p, panel, acc);
+    case 2: return panel_avx2_n<2>(xs, p, panel, acc);
+    case 3: return panel_avx2_n<3>(xs, p, panel, acc);
+    default: return panel_avx2_n<4>(xs, p, panel, acc);
+  }
+}
+void panel_vnni(const uint8_t* const* xs, int tokens, const PackedLinear& p, int64_t panel, int32_t* acc) {
+  switch (tokens) {
+    case 1: return panel_vnni_n<1>(xs, p, panel, acc);
+    case 2: return panel_vnni_n<2>(xs, p, panel, acc);
+    case 3: return panel_vnni_n<3>(xs, p, panel, acc);
+    default: return panel_vnni_n<4>(xs, p, panel, acc);
+  }
+}
 #undef QD_PANEL_BODY
 #endif
 
@@ -245,6 +270,33 @@ __attribute__((always_inline)) inline void finish_row(const int32_t* a, float sx
     yt[l] = bias ? sum + bias[o0 + l] : sum;
   }
 }
+
+// The float finish of one token's 16 lanes with several blocks per row: per lane the sum over
+// blocks b in order of float(exact block sum) * (input scale * weight scale), plus the bias. The
+// lanes are independent (the inner loop runs across them), so the AVX2 build computes the
+// portable bits.
+__attribute__((always_inline)) inline void finish_blocks_body(const int32_t* a, int64_t blocks, int64_t per_x, const float* sx,
+                                                              const float* sw, const float* bias, int64_t o0, int64_t lanes, float* yt) {
+  float sum[16];
+  for (int l = 0; l < 16; ++l) sum[l] = static_cast<float>(a[l]) * (sx[0] * sw[l]);
+  for (int64_t b = 1; b < blocks; ++b) {
+    const float sxb = sx[b / per_x];
+    const int32_t* ab = a + b * 16;
+    const float* swb = sw + b * 16;
+    for (int l = 0; l < 16; ++l) sum[l] += static_cast<float>(ab[l]) * (sxb * swb[l]);
+  }
+  for (int64_t l = 0; l < lanes; ++l) yt[l] = bias ? sum[l] + bias[o0 + l] : sum[l];
+}
+void finish_blocks_generic(const int32_t* a, int64_t blocks, int64_t per_x, const float* sx, const float* sw, const float* bias,
+                           int64_t o0, int64_t lanes, float* yt) {
+  finish_blocks_body(a, blocks, per_x, sx, sw, bias, o0, lanes, yt);
+}
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) void finish_blocks_avx2(const int32_t* a, int64_t blocks, int64_t per_x, const float* sx, const float* sw,
+                                                        const float* bias, int64_t o0, int64_t lanes, float* yt) {
+  finish_blocks_body(a, blocks, per_x, sx, sw, bias, o0, lanes, yt);
+}
+#endif
 
 #if defined(__x86_64__)
 // ---- AMX: int8 tiles ---------------------------------------------------------------------------
@@ -387,11 +439,13 @@ void linear_packed(const PackedLinear& p, PanelDots dots, int64_t tokens, const 
             finish_row(a, sx[0], sw, bias, o0, lanes, yt);
             continue;
           }
-          for (int64_t l = 0; l < lanes; ++l) {
-            float sum = static_cast<float>(a[l]) * (sx[0] * sw[l]);
-            for (int64_t b = 1; b < blocks; ++b) sum += static_cast<float>(a[b * 16 + l]) * (sx[b / per_x] * sw[b * 16 + l]);
-            yt[l] = bias ? sum + bias[o0 + l] : sum;
+#if defined(__x86_64__)
+          if (active_isa() != Isa::kGeneric) {
+            finish_blocks_avx2(a, blocks, per_x, sx, sw, bias, o0, lanes, yt);
+            continue;
           }
+#endif
+          finish_blocks_generic(a, blocks, per_x, sx, sw, bias, o0, lanes, yt);
         }
       }
     }
