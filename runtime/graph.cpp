@@ -147,6 +147,35 @@ const Attr& Node::at(const std::string& key) const {
   return *a;
 }
 
+Graph last_token_output(Graph g) {
+  if (g.outputs.size() != 1) return g;
+  // The producer of each value, by index into g.nodes.
+  std::vector<int> producer(g.values.size(), -1);
+  for (size_t i = 0; i < g.nodes.size(); ++i)
+    for (int32_t o : g.nodes[i].outputs)
+      if (o >= 0 && static_cast<size_t>(o) < producer.size()) producer[static_cast<size_t>(o)] = static_cast<int>(i);
+  const auto made_by = [&](int32_t v) { return v >= 0 && static_cast<size_t>(v) < producer.size() ? producer[static_cast<size_t>(v)] : -1; };
+  const int head = made_by(g.outputs[0]);
+  if (head < 0 || g.nodes[static_cast<size_t>(head)].op != "linear" || g.nodes[static_cast<size_t>(head)].inputs.size() != 1) return g;
+  const int norm = made_by(g.nodes[static_cast<size_t>(head)].inputs[0]);
+  if (norm < 0) return g;
+  Node& nn = g.nodes[static_cast<size_t>(norm)];
+  if ((nn.op != "rms_norm" && nn.op != "layer_norm") || nn.inputs.size() != 1) return g;
+  const int32_t x = nn.inputs[0];
+  const ValueInfo& xv = g.values[static_cast<size_t>(x)];
+  if (xv.dtype != DType::kF32 || xv.shape.size() != 2) return g;
+  const int32_t last = g.add_value({xv.name + ".last", DType::kF32, {1, xv.shape[1]}});
+  g.nodes[static_cast<size_t>(norm)].inputs[0] = last;
+  for (int32_t v : {g.nodes[static_cast<size_t>(norm)].outputs[0], g.outputs[0]}) g.values[static_cast<size_t>(v)].shape[0] = 1;
+  Node n;
+  n.op = "last_row";
+  n.name = xv.name + ".last";
+  n.inputs = {x};
+  n.outputs = {last};
+  g.nodes.insert(g.nodes.begin() + norm, std::move(n));
+  return g;
+}
+
 int32_t Graph::add_value(ValueInfo v) {
   values.push_back(std::move(v));
   return static_cast<int32_t>(values.size() - 1);

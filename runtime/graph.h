@@ -102,6 +102,12 @@ struct Graph {
 // the node and the field.
 std::string validate(const Graph& g);
 
+// For generation: `g` with its output computed for the last token only, where the output is a
+// `linear` (the head) of a per-token norm: a `last_row` node goes in before the norm, so the head
+// multiplies one row instead of every prompt token's (the output becomes [1, vocab]). Any other
+// graph is returned unchanged.
+Graph last_token_output(Graph g);
+
 template <class T>
 Attr Attr::of_tensor(DType t, Shape shape, const std::vector<T>& values) {
   Attr a;

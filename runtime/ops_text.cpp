@@ -463,6 +463,28 @@ OpSpec l2_normalize_op() {
   return op;
 }
 
+// ---- last row ----------------------------------------------------------------------------------
+
+class LastRow : public OpKernel {
+ public:
+  void run(const std::vector<const Buffer*>& in, const std::vector<Buffer*>& out) override {
+    const int64_t t = in[0]->shape[0], d = in[0]->shape[1];
+    if (t < 1) throw QdmError("last_row: no tokens");
+    std::copy(in[0]->data<float>() + (t - 1) * d, in[0]->data<float>() + t * d, out[0]->data<float>());
+  }
+};
+
+OpSpec last_row_op() {
+  OpSpec op;
+  op.name = "last_row";
+  op.doc = "f32 [T, d] -> [1, d]: the last token's row (generation needs the head's logits for the last prompt token only)";
+  op.check = [](const Node&, const std::vector<const ValueInfo*>& in) -> std::string { return expect_rows(in[0], "the input"); };
+  op.infer = [](const Node&, const std::vector<Shape>& in) { return std::vector<Shape>{{1, in[0][1]}}; };
+  op.out_dtypes = f32_out;
+  op.make = make_kernel<LastRow>;
+  return op;
+}
+
 }  // namespace
 
 std::vector<OpSpec> text_ops() {
@@ -476,7 +498,8 @@ std::vector<OpSpec> text_ops() {
           elementwise_op(Elementwise::kAdd),
           attention_op(),
           mean_pool_op(),
-          l2_normalize_op()};
+          l2_normalize_op(),
+          last_row_op()};
 }
 
 }  // namespace qd::rt

@@ -236,7 +236,8 @@ int run_generate(const std::string& model_path, const std::string& prompt, int64
     throw InputError("--prompt: " + std::to_string(ids.size()) + " tokens, but the model has " + std::to_string(positions) +
                      " positions; shorten the prompt");
   max_tokens = std::min<int64_t>(max_tokens, positions - static_cast<int64_t>(ids.size()));
-  qd::rt::Executor ex(std::move(g));
+  // Generation reads the last token's logits only: the head runs on one row, not the prompt's.
+  qd::rt::Executor ex(qd::rt::last_token_output(std::move(g)));
   std::mt19937_64 rng(seed);
   const auto t0 = Clock::now();
   run_ids(ex, ids.data(), static_cast<int64_t>(ids.size()));

@@ -156,7 +156,7 @@ inline Graph every_text_op_graph() {
   };
   const int32_t e0 = rows("word", d), e = rows("embed", d), n1 = rows("norm1", d), q = rows("q", heads * hd), k = rows("k", kv * hd),
                 v = rows("v", kv * hd), a = rows("attn", d), r1 = rows("res1", d), n2 = rows("norm2", d), f1 = rows("ffn_in", d),
-                f2 = rows("act", d), f3 = rows("gated", d), r2 = rows("res2", d);
+                f2 = rows("act", d), f3 = rows("gated", d), r2 = rows("res2", d), last = g.add_value({"last", DType::kF32, {1, d}});
   const int32_t pooled = g.add_value({"pooled", DType::kF32, {d}}), dense = g.add_value({"dense", DType::kF32, {d}}),
                 out = g.add_value({"embedding", DType::kF32, {d}});
   g.inputs = {ids};
@@ -190,7 +190,8 @@ inline Graph every_text_op_graph() {
   g.add_node("gelu", "act", {f1}, {f2});
   g.add_node("silu_mul", "gated", {f1, f2}, {f3});
   g.add_node("add", "res2", {r1, f3}, {r2});
-  g.add_node("mean_pool", "pool", {r2}, {pooled});
+  g.add_node("last_row", "last", {r2}, {last});
+  g.add_node("mean_pool", "pool", {last}, {pooled});
   Node& dn = g.add_node("linear", "dense", {pooled}, {dense});
   weight(dn, d, d, 1);
   dn.attrs["input_quant"] = Attr::of_string("per_token");

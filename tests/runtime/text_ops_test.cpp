@@ -644,6 +644,49 @@ Graph tiny_encoder(std::mt19937& g) {
   return gr;
 }
 
+// Generation's rewrite (qdistill-run --prompt): the head of a norm computes the last token's row
+// only, and that row is the full graph's last row bit for bit; a graph of another shape is left as
+// it is.
+TEST(TextOps, LastTokenOutputIsTheLastRowOfTheWholeOutput) {
+  std::mt19937 g(31);
+  const int64_t vocab = 40, d = 32;
+  Graph gr;
+  const int32_t ids = gr.add_value({"input_ids", DType::kI32, {-1}});
+  const int32_t e = gr.add_value({"embed", DType::kF32, {-1, d}}), n = gr.add_value({"norm", DType::kF32, {-1, d}}),
+                logits = gr.add_value({"logits", DType::kF32, {-1, vocab}});
+  gr.inputs = {ids};
+  gr.outputs = {logits};
+  const TestWeight we = make_weight(vocab, d, 32, g), wh = make_weight(vocab, d, 32, g);
+  Node& emb = gr.add_node("embedding", "embed", {ids}, {e});
+  emb.attrs["weight"] = Attr::of_tensor(DType::kI8, {vocab, d}, we.q);
+  emb.attrs["weight_scale"] = Attr::of_tensor(DType::kF32, {vocab, 1}, we.s);
+  Node& nn = gr.add_node("rms_norm", "norm", {e}, {n});
+  nn.attrs["weight"] = Attr::of_tensor(DType::kF32, {d}, randn(static_cast<size_t>(d), g));
+  nn.attrs["eps"] = Attr::of_float(1e-5f);
+  Node& head = gr.add_node("linear", "lm_head", {n}, {logits});
+  head.attrs["weight"] = Attr::of_tensor(DType::kI8, {vocab, d}, wh.q);
+  head.attrs["weight_scale"] = Attr::of_tensor(DType::kF32, {vocab, 1}, wh.s);
+  head.attrs["input_quant"] = Attr::of_string("q8_0");
+  ASSERT_EQ(validate(gr), "");
+  const Graph last = last_token_output(gr);
+  ASSERT_EQ(validate(last), "");
+  ASSERT_EQ(last.nodes.size(), 4u);
+  EXPECT_EQ(last.nodes[1].op, "last_row");
+  const std::vector<int32_t> tokens = {3, 17, 5, 39, 0, 22, 8};
+  Executor full(gr), one(last);
+  for (Executor* ex : {&full, &one}) {
+    ex->input(0).resize({static_cast<int64_t>(tokens.size())});
+    std::copy(tokens.begin(), tokens.end(), ex->input(0).data<int32_t>());
+    ex->run();
+  }
+  ASSERT_EQ(one.output(0).shape, (Shape{1, vocab}));
+  EXPECT_EQ(std::memcmp(one.output(0).data<float>(), full.output(0).data<float>() + (tokens.size() - 1) * vocab, vocab * sizeof(float)), 0);
+  // An encoder (its output is not a head over a norm) is returned as it was.
+  std::mt19937 g2(3);
+  const Graph enc = tiny_encoder(g2);
+  EXPECT_EQ(last_token_output(enc).nodes.size(), enc.nodes.size());
+}
+
 TEST(TextOps, EncoderGraphRunsAnyTokenCountAndRoundTripsItsFile) {
   std::mt19937 g(6);
   const Graph gr = tiny_encoder(g);
