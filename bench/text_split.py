@@ -51,3 +51,36 @@ def test_text(root="/usr/share/games/fortunes", chars=4000):
         if sum(map(len, out)) > chars:
             break
     return "\n".join(out)[:chars]
+
+
+def synsets(split="test", root="/usr/share/wordnet"):
+    """(definition, lemma list) of a split in file order, as the engine's reverse-dictionary benchmark
+    reads them (docs/transformers.md, "Recall@k"): lemmas with '_' as spaces and their "(a)"-style
+    markers cut, joined by ", "; the same definitions as test_definitions for the test split."""
+    lo, hi = {"test": (0, 5), "validation": (5, 10)}[split]
+    out = []
+    for name in ("noun", "verb", "adj", "adv"):
+        with open(os.path.join(root, "data." + name), encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if not line.strip() or line.startswith(" ") or " | " not in line:
+                    continue
+                head, gloss = line.rstrip("\n").split(" | ", 1)
+                fields = head.split()
+                key = fields[2][:1] + fields[0]
+                gloss = gloss.strip()
+                example = gloss.find('; "')
+                if example >= 0:
+                    gloss = gloss[:example]
+                if gloss.startswith('"'):
+                    continue
+                gloss = gloss.strip()
+                if not gloss or not lo <= fnv1a64(key) % 100 < hi:
+                    continue
+                words = []
+                for i in range(int(fields[3], 16)):
+                    w = fields[4 + 2 * i].replace("_", " ")
+                    if w.endswith(")") and "(" in w:
+                        w = w[: w.index("(")]
+                    words.append(w)
+                out.append((gloss, ", ".join(words)))
+    return out
