@@ -153,7 +153,9 @@ CheckpointMeta load_checkpoint_bytes(const char* data, size_t size, const std::s
     }
     for (const auto& h : hooks) {
       torch::serialize::InputArchive hook_archive;
-      archive.read("hook." + h->name(), hook_archive);
+      QD_CHECK(archive.try_read("hook." + h->name(), hook_archive), Error, "it holds no state of '", h->name(),
+               "': it was written by a run with other settings (trainer.precision, distill, qat or prune); resume with "
+               "the settings of the run's config.resolved.yaml");
       h->load_state(hook_archive);
     }
   } catch (const qd::Error& e) {

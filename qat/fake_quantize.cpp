@@ -237,6 +237,8 @@ torch::Tensor FakeQuantizeImpl::quantize(const torch::Tensor& x) {
 }
 
 torch::Tensor FakeQuantizeImpl::forward(const torch::Tensor& x) {
+  // Observers and rounding in float32 whatever trainer.precision computed x in (trainer/precision.h).
+  if (x.is_floating_point() && x.scalar_type() != torch::kFloat32) return forward(x.to(torch::kFloat32));
   // The ReLU is fused only where clamping to qmin reproduces it exactly.
   const bool fused_relu = opts_.relu && !opts_.spec.symmetric;
   if (opts_.weight) {

@@ -73,8 +73,10 @@ torch::Tensor LayerQatImpl::weight(const torch::Tensor& w) {
   return weight_quant(w.reshape({-1, weight_spec_.group_size})).view(w.sizes());
 }
 
-torch::Tensor LayerQatImpl::input(const torch::Tensor& x) {
-  if (!enabled_) return x;
+torch::Tensor LayerQatImpl::input(const torch::Tensor& x_in) {
+  if (!enabled_) return x_in;
+  // Rounding to the grid in float32 whatever trainer.precision computed x in (trainer/precision.h).
+  const torch::Tensor x = x_in.scalar_type() == torch::kFloat32 ? x_in : x_in.to(torch::kFloat32);
   switch (input_spec_.dynamic) {
     case DynamicQuant::kNone:
       return input_quant(x);

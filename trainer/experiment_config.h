@@ -19,6 +19,8 @@ namespace qd {
 
 enum class Role { kTeacher, kStudent };
 enum class DeviceKind { kCpu, kCuda };
+enum class OnDivergence { kStop, kSkipStep };
+enum class Precision { kFp32, kBf16, kFp16 };
 enum class OptimizerKind { kSgd, kAdamW };
 enum class ScheduleKind { kConstant, kCosine, kStep };
 enum class TaskKind { kImageClassification, kCausalLm, kSentenceEmbedding };
@@ -140,6 +142,10 @@ struct TrainerConfig {
   double checkpoint_every_minutes = 0;  // 0: off
   bool resume = false;
   bool progress = true;
+  Precision precision = Precision::kFp32;            // trainer/precision.h
+  int64_t loss_scale_growth_interval = 2000;         // fp16: good steps before the loss scale doubles
+  OnDivergence on_divergence = OnDivergence::kStop;  // trainer/divergence.h
+  double divergence_factor = 20.0;                   // 0: only non-finite losses and gradients
 
   template <class V>
   void visit(V& v) {
@@ -166,6 +172,23 @@ struct TrainerConfig {
             Range<double>{0.0, 1e6});
     v.field("resume", resume, "continue from checkpoints/last.pt if the run directory has one");
     v.field("progress", progress, "show a progress bar (plain lines when not a terminal)");
+    v.field("precision", precision,
+            "arithmetic of the forward passes (student and teacher): fp32, or bf16 / fp16 autocast (matmuls and "
+            "convolutions in 16 bits, weights, optimizer state and losses in fp32; quantizers round in fp32); fp16 "
+            "scales the loss dynamically (overflowing steps skipped: amp_skipped_steps in metrics)",
+            Choices<Precision>{{{"fp32", Precision::kFp32}, {"bf16", Precision::kBf16}, {"fp16", Precision::kFp16}}});
+    v.field("loss_scale_growth_interval", loss_scale_growth_interval,
+            "precision fp16: steps without overflow after which the loss scale doubles (an overflow halves it)",
+            Range<int64_t>{1, int64_t{1} << 40});
+    v.field("on_divergence", on_divergence,
+            "a step whose loss or gradient norm is not finite, or after which the loss's running average exceeds "
+            "divergence_factor times its lowest so far: stop (exit code 1, the last checkpoint kept as it was) or "
+            "skip_step (no optimizer step, counted as skipped_steps; stops after 25 in a row)",
+            Choices<OnDivergence>{{{"stop", OnDivergence::kStop}, {"skip_step", OnDivergence::kSkipStep}}});
+    v.field("divergence_factor", divergence_factor,
+            "the loss has diverged when its running average (about 10 steps) rises above this many times the "
+            "lowest running average of the run (at least 0.05); 0: only non-finite losses and gradients",
+            Range<double>{0.0, 1e300});
   }
 };
 

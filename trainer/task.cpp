@@ -50,7 +50,8 @@ class ImageTask : public Task {
     st.mask = torch::Tensor();
   }
   torch::Tensor forward_loss(Model& model, TrainState& st) override {
-    st.logits = model.forward(st.inputs);  // [B, classes]
+    // Float logits whatever trainer.precision computed them in: the loss and its softmax stay in float.
+    st.logits = model.forward(st.inputs).to(torch::kFloat32);  // [B, classes]
     return F::cross_entropy(st.logits, st.targets, ce_);
   }
   void accumulate(const TrainState& st, const torch::Tensor& loss, torch::Tensor& sums) const override {
@@ -152,7 +153,7 @@ class CausalLmTask : public Task {
     st.mask = torch::ones({b, len_}, torch::TensorOptions().dtype(torch::kLong).device(st.device));
   }
   torch::Tensor forward_loss(Model& model, TrainState& st) override {
-    st.logits = static_cast<TextModel&>(model).forward_text(st.inputs, st.mask);  // [B, T, V]
+    st.logits = static_cast<TextModel&>(model).forward_text(st.inputs, st.mask).to(torch::kFloat32);  // [B, T, V]
     return causal_lm_loss(st.logits, st.targets);
   }
   void accumulate(const TrainState& st, const torch::Tensor& loss, torch::Tensor& sums) const override {
@@ -317,11 +318,11 @@ class SentenceEmbeddingTask : public Task {
       st.targets = targets_.index_select(0, torch::tensor(which, torch::kLong)).to(st.device);  // [B, D]
   }
   torch::Tensor forward_loss(Model& model, TrainState& st) override {
-    const torch::Tensor e = static_cast<TextModel&>(model).embed(st.inputs, st.mask);  // L2-normalized
+    const torch::Tensor e = static_cast<TextModel&>(model).embed(st.inputs, st.mask).to(torch::kFloat32);  // L2-normalized
     if (contrastive()) {
       const int64_t b = st.targets.size(0);
       st.logits = e.narrow(0, 0, b);                                                   // [B, D] definitions
-      const torch::Tensor sims = torch::matmul(st.logits, e.narrow(0, b, b).t()) * 20.0;  // [B, B]
+      const torch::Tensor sims = torch::matmul(st.logits, e.narrow(0, b, b).t()).to(torch::kFloat32) * 20.0;  // [B, B]
       return torch::nn::functional::cross_entropy(sims, st.targets);
     }
     st.logits = e;  // [B, D]

@@ -1,6 +1,7 @@
 #include "trainer/trainer.h"
 
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 
@@ -11,6 +12,7 @@
 #include "data/augment.h"
 #include "data/sampler.h"
 #include "common/checkpoint.h"
+#include "trainer/precision.h"
 
 namespace qd {
 
@@ -24,6 +26,14 @@ torch::Tensor prepare(torch::Tensor x, torch::Device device, bool channels_last)
 }
 
 torch::Tensor scalar(torch::ScalarType t, torch::Device d) { return torch::zeros({}, torch::TensorOptions().dtype(t).device(d)); }
+
+// The 2-norm of all gradients together, as clip_grad_norm_ computes it (a norm of the norms).
+double gradient_norm(const std::vector<torch::Tensor>& params) {
+  std::vector<torch::Tensor> norms;
+  for (const auto& p : params)
+    if (p.grad().defined()) norms.push_back(torch::linalg_vector_norm(p.grad().detach(), 2));
+  return norms.empty() ? 0.0 : torch::linalg_vector_norm(torch::stack(norms), 2).item<double>();
+}
 }  // namespace
 
 torch::Device select_device(const TrainerConfig& cfg, const LaunchInfo& launch) {
@@ -179,6 +189,12 @@ TrainResult Trainer::fit() {
   state.epochs = cfg_.trainer.epochs;
   state.steps_per_epoch = steps_per_epoch;
 
+  guard_ = DivergenceGuard(cfg_.trainer.divergence_factor);  // a resumed run averages afresh
+  if (cfg_.trainer.precision == Precision::kFp16 && !scaler_) {
+    // Its state is checkpointed with the hooks' (resume_from_checkpoint below reads it back).
+    scaler_ = std::make_shared<LossScaler>(cfg_.trainer.loss_scale_growth_interval);
+    hooks_.push_back(scaler_);
+  }
   for (auto& h : hooks_) h->on_train_begin(state);
   build_optimizer();
   state.optimizer = optimizer_.get();
@@ -223,6 +239,13 @@ TrainResult Trainer::fit() {
     rec["epoch_seconds"] = epoch_seconds;
     rec["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - fit_start_).count();
     rec["world_size"] = comm_->world_size();
+    if (cfg_.trainer.on_divergence == OnDivergence::kSkipStep) rec["skipped_steps"] = skipped_steps_;
+    skipped_steps_ = 0;
+    if (scaler_) {
+      rec["amp_skipped_steps"] = amp_skipped_steps_;
+      rec["loss_scale"] = scaler_->scale();
+    }
+    amp_skipped_steps_ = 0;
     rec["eval_split"] = ev.split;
     for (const auto& [k, v] : state.epoch_metrics) rec[k] = v;
     for (const auto& [k, v] : last_epoch_train_) rec[k] = v;
@@ -246,6 +269,39 @@ TrainResult Trainer::fit() {
   result.train_seconds = train_seconds;
   result.samples_per_second = samples_seen / std::max(1e-9, train_seconds);
   return result;
+}
+
+double Trainer::mean_over_ranks(const TrainState& state, const torch::Tensor& step_loss) {
+  torch::Tensor l = step_loss.detach().to(torch::kFloat64).reshape({1}).clone();
+  if (state.world_size > 1) all_reduce_now(*comm_, l);  // every rank decides alike
+  return l.item<double>() / state.world_size;
+}
+
+bool Trainer::step_is_sound(const TrainState& state, double loss, double grad_norm, double lr) {
+  const std::string why = guard_.check(loss, grad_norm);
+  if (why.empty()) {
+    consecutive_skips_ = 0;
+    return true;
+  }
+  const TrainerConfig& t = cfg_.trainer;
+  const int64_t step = state.global_step + 1;
+  const bool skip = t.on_divergence == OnDivergence::kSkipStep;
+  if (skip && consecutive_skips_ + 1 < DivergenceGuard::kMaxConsecutiveSkips) {
+    ++consecutive_skips_;
+    ++skipped_steps_;
+    log_warn("step ", step, ": ", why, "; skipped (trainer.on_divergence: skip_step)");
+    return false;
+  }
+  std::string saved = "no checkpoint was written";
+  if (!run_dir_.empty() && fs::exists(last_checkpoint()))
+    saved = concat(last_checkpoint(), " is as it was before this step (resume from it with --resume after a change)");
+  throw Error(concat("training diverged at step ", step, " (epoch ", state.epoch + 1, "): ", why,
+                     skip ? concat(", the ", DivergenceGuard::kMaxConsecutiveSkips, "th step in a row") : std::string(),
+                     "; the run stops and ", saved, ". Try a lower optimizer.lr (this step's: ", lr,
+                     "), a gradient clip (trainer.grad_clip_norm: ",
+                     t.grad_clip_norm > 0 ? concat(t.grad_clip_norm) : std::string("off; e.g. 1.0"), ")",
+                     skip ? "" : ", or trainer.on_divergence: skip_step to skip such steps",
+                     " (trainer.divergence_factor: 0 turns off the factor test)"));
 }
 
 void Trainer::train_epoch(TrainState& state, int64_t first_step, double& samples_seen, double& seconds) {
@@ -275,21 +331,29 @@ void Trainer::train_epoch(TrainState& state, int64_t first_step, double& samples
     if (reducer_) reducer_->zero_grad();
     else optimizer_->zero_grad();
 
+    torch::Tensor step_loss;  // summed over this step's micro-batches
     for (int64_t m = 0; m < accum; ++m) {
       const int64_t first = (s * accum + m) * micro;
       state.sample_indices.assign(indices.begin() + first, indices.begin() + first + micro);
       task_->load_batch(state, indices, first, first + micro);
-      for (auto& h : hooks_) h->on_step_begin(state);
-
-      state.loss = task_->forward_loss(*model_, state);
-      state.loss_terms.clear();
-      state.loss_terms["ce"] = state.loss.detach();
-      for (auto& h : hooks_) h->on_loss(state);
+      {
+        // The forward passes (the student's, the teacher's in KD hooks) and the losses under
+        // trainer.precision; backward follows the types the forward chose.
+        AutocastScope autocast(cfg_.trainer.precision, device_);
+        for (auto& h : hooks_) h->on_step_begin(state);
+        state.loss = task_->forward_loss(*model_, state);
+        state.loss_terms.clear();
+        state.loss_terms["ce"] = state.loss.detach();
+        for (auto& h : hooks_) h->on_loss(state);
+      }
 
       if (reducer_) reducer_->prepare(/*sync=*/m == accum - 1);
-      (accum > 1 ? state.loss / static_cast<double>(accum) : state.loss).backward();
+      torch::Tensor to_backward = accum > 1 ? state.loss / static_cast<double>(accum) : state.loss;
+      if (scaler_) to_backward = to_backward * scaler_->scale();  // fp16: gradients above its underflow
+      to_backward.backward();
 
       const torch::Tensor loss = state.loss.detach();
+      step_loss = m == 0 ? loss.to(torch::kFloat64) : step_loss + loss.to(torch::kFloat64);
       task_->accumulate(state, loss, sums);
       window["loss"] = window.count("loss") ? window["loss"] + loss : loss;
       for (const auto& [k, v] : state.loss_terms)
@@ -298,12 +362,24 @@ void Trainer::train_epoch(TrainState& state, int64_t first_step, double& samples
     }
     if (reducer_) reducer_->finalize();
     for (auto& h : hooks_) h->on_after_backward(state);
-    if (cfg_.trainer.grad_clip_norm > 0) {
-      std::vector<torch::Tensor> all;
-      for (auto& g : optimizer_->param_groups()) all.insert(all.end(), g.params().begin(), g.params().end());
-      torch::nn::utils::clip_grad_norm_(all, cfg_.trainer.grad_clip_norm);
+    std::vector<torch::Tensor> all;
+    for (auto& g : optimizer_->param_groups()) all.insert(all.end(), g.params().begin(), g.params().end());
+    const double loss_value = mean_over_ranks(state, step_loss / static_cast<double>(accum));
+    bool take_step = true;
+    // fp16: gradients back to their true size; an overflow skips the step and halves the scale (a
+    // loss that is itself not finite is the divergence guard's, below).
+    if (scaler_ && !scaler_->unscale_and_update(all) && std::isfinite(loss_value)) {
+      ++amp_skipped_steps_;
+      take_step = false;
     }
-    optimizer_->step();
+    if (take_step) {
+      // The global gradient norm (the same on every rank after the all-reduce), before clipping.
+      const double grad_norm = cfg_.trainer.grad_clip_norm > 0
+                                   ? torch::nn::utils::clip_grad_norm_(all, cfg_.trainer.grad_clip_norm)
+                                   : gradient_norm(all);
+      take_step = step_is_sound(state, loss_value, grad_norm, lr);
+    }
+    if (take_step) optimizer_->step();
     ++state.global_step;
     for (auto& h : hooks_) h->on_after_optimizer_step(state);
 

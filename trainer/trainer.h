@@ -18,6 +18,8 @@
 #include "common/train_hook.h"
 #include "data/mnist.h"
 #include "models/model.h"
+#include "trainer/divergence.h"
+#include "trainer/precision.h"
 #include "parallel/communicator.h"
 #include "parallel/grad_reducer.h"
 #include "parallel/launch.h"
@@ -92,6 +94,11 @@ class Trainer {
   void broadcast_parameters(const std::vector<torch::Tensor>& params, const std::vector<torch::Tensor>& buffers);
   void build_optimizer();
   bool is_writer() const { return !run_dir_.empty() && comm_->rank() == 0; }
+  // The divergence guard's verdict on a step (trainer/divergence.h): true to take the optimizer
+  // step, false to skip it; throws Error (exit code 1) when the run must stop.
+  bool step_is_sound(const TrainState& state, double loss, double grad_norm, double lr);
+  // The step's loss averaged over ranks (one small all-reduce when world_size > 1).
+  double mean_over_ranks(const TrainState& state, const torch::Tensor& step_loss);
 
   ExperimentConfig cfg_;
   std::shared_ptr<Model> model_;
@@ -108,6 +115,11 @@ class Trainer {
   std::map<std::string, double> last_epoch_train_;  // train_loss, train_accuracy of the last epoch
   int64_t resume_step_ = 0;                         // steps of the resumed epoch already taken
   std::vector<double> resume_sums_;                 // and their statistics (all ranks)
+  DivergenceGuard guard_{0.0};
+  int64_t skipped_steps_ = 0;      // steps the guard skipped this epoch (trainer.on_divergence: skip_step)
+  int consecutive_skips_ = 0;
+  std::shared_ptr<LossScaler> scaler_;  // trainer.precision: fp16 only (trainer/precision.h)
+  int64_t amp_skipped_steps_ = 0;       // fp16 steps skipped for overflowing gradients, this epoch
   std::chrono::steady_clock::time_point last_save_ = std::chrono::steady_clock::now();
   std::chrono::steady_clock::time_point fit_start_ = std::chrono::steady_clock::now();  // eval records' clock
 };

@@ -126,6 +126,60 @@ TEST(Cli, TrainWritesRunDirThenRefusesToClobberThenResumesAndEvals) {
   EXPECT_EQ(qdistill("eval " + dir.path().string() + "/nope").code, 2);
 }
 
+// The divergence guard from the command line (issue 17's example: a learning rate of 90 ran to
+// the end with losses of 1e13 and wrote a summary): exit code 1, one message naming the step and
+// what to try, the last good checkpoint byte for byte as it was, and no summary.json.
+TEST(Cli, DivergedTrainingStopsWithExitOneAndKeepsTheCheckpoint) {
+  test::TempDir dir;
+  const std::string cfg = write_config(dir,
+                                       "model: {name: mlp, width: 8, depth: 1}\n"
+                                       "data: {train_subset: 4096, test_subset: 100, batch_size: 32}\n"
+                                       "trainer: {epochs: 1, threads: 1}\n");
+  ProcResult r = qdistill("train " + cfg);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const fs::path run = dir.path() / "runs" / "cli";
+  const std::string before = read_file((run / "checkpoints/last.pt").string());
+  r = qdistill("train " + cfg + " --resume --set trainer.epochs=2 --set optimizer.lr=90");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("training diverged at step"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("optimizer.lr"), std::string::npos) << r.output;
+  EXPECT_TRUE(read_file((run / "checkpoints/last.pt").string()) == before) << "the last good checkpoint is untouched";
+  EXPECT_FALSE(fs::exists(run / "summary.json")) << "a diverged run is not a finished run";
+
+  // skip_step: the broken model diverges step after step; the run stops after 25 in a row.
+  r = qdistill("train " + cfg + " --resume --set trainer.epochs=2 --set optimizer.lr=90 --set trainer.on_divergence=skip_step");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("25th step in a row"), std::string::npos) << r.output.substr(0, 4000);
+  EXPECT_NE(r.output.find("skipped (trainer.on_divergence: skip_step)"), std::string::npos);
+  EXPECT_TRUE(read_file((run / "checkpoints/last.pt").string()) == before);
+}
+
+// Mixed precision from the command line; a checkpoint without the fp16 loss scale is refused
+// with the reason, not as "corrupt".
+TEST(Cli, Fp16TrainsAndAResumeInAnotherPrecisionSaysWhyItCannot) {
+  test::TempDir dir;
+  const std::string cfg = write_config(dir, kTiny);
+  ProcResult r = qdistill("train " + cfg + " --set trainer.precision=bf16");
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = qdistill("train " + cfg + " --resume --set trainer.epochs=2 --set trainer.precision=fp16");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("holds no state of 'loss_scaler'"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("config.resolved.yaml"), std::string::npos) << r.output;
+  r = qdistill("train " + cfg + " --set experiment.overwrite=true --set trainer.precision=fp16");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const fs::path run = dir.path() / "runs" / "cli";
+  std::ifstream in((run / "metrics.jsonl").string());
+  bool scaled = false;
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j["type"] == "epoch") scaled = j.contains("loss_scale") && j.contains("amp_skipped_steps");
+  }
+  EXPECT_TRUE(scaled) << "fp16 epochs record the loss scale and the skipped steps";
+  r = qdistill("train " + cfg + " --set trainer.precision=fp8");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.output.find("trainer.precision"), std::string::npos) << r.output;
+}
+
 TEST(Cli, InspectListsAModelFileAndRejectsADamagedOne) {
   test::TempDir dir;
   const std::string good = fmt::test_files::valid_gguf().build();

@@ -6,13 +6,20 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <ATen/autocast_mode.h>
+
+#include <cmath>
 #include <filesystem>
+#include <sstream>
+#include <limits>
 
 #include "common/atomic_file.h"
 #include "common/error.h"
 #include "models/linear.h"
 #include <fstream>
 #include "common/checkpoint.h"
+#include "trainer/divergence.h"
+#include "trainer/precision.h"
 #include "trainer/experiment.h"
 #include "tests/test_hooks.h"
 #include "tests/test_util.h"
@@ -180,6 +187,240 @@ TEST(Trainer, QatAndPruningResumeIsBitIdentical) {
   EXPECT_EQ(kept, 2 + 2);
   const CheckpointMeta best = load_checkpoint(dir.file("straight") + "/checkpoints/best.pt", *model, nullptr, {});
   EXPECT_GE(best.epoch, 2);
+}
+
+TEST(DivergenceGuard, NonFiniteDivergesAndSoDoesARunningAverageFarAboveItsLowest) {
+  const double nan = std::numeric_limits<double>::quiet_NaN(), inf = std::numeric_limits<double>::infinity();
+  DivergenceGuard g(20.0);
+  EXPECT_NE(g.check(nan, 1.0), "");
+  EXPECT_NE(g.check(1.0, inf), "");
+  EXPECT_NE(g.check(-inf, 1.0), "");
+  EXPECT_EQ(g.good_steps(), 0) << "diverged steps do not join the running average";
+  // One noisy batch moves the average a tenth of the way; a blow-up does not pass.
+  DivergenceGuard h(20.0);
+  ASSERT_EQ(h.check(1.0, 1.0), "");
+  ASSERT_EQ(h.check(100.0, 1.0), "");
+  EXPECT_NEAR(h.running_average(), 10.9, 1e-9);
+  const std::string why = h.check(1000.0, 1.0);
+  EXPECT_NE(why.find("divergence_factor: 20"), std::string::npos) << why;
+  EXPECT_NEAR(h.running_average(), 10.9, 1e-9) << "a diverged step does not move the average";
+  // A loss that creeps from chance (2.3) to 65, as the lr-90 Fashion-MNIST run's does, is caught
+  // once its average passes 20 x 2.3, not before.
+  DivergenceGuard creep(20.0);
+  ASSERT_EQ(creep.check(2.3, 1.0), "");
+  int steps = 0;
+  while (creep.check(65.0, 1.0).empty() && steps < 100) ++steps;
+  EXPECT_GE(steps, 10);
+  EXPECT_LE(steps, 30);
+  EXPECT_LE(creep.running_average(), 20 * 2.3);
+  EXPECT_DOUBLE_EQ(creep.lowest_average(), 2.3);
+  // A run that fits its data to ~0 is measured against the floor, 0.05.
+  DivergenceGuard tiny(20.0);
+  ASSERT_EQ(tiny.check(1e-6, 1.0), "");
+  EXPECT_EQ(tiny.check(5.0, 1.0), "");  // average 0.5 < 1.0
+  EXPECT_NE(tiny.check(20.0, 1.0), "");  // average 2.45
+  DivergenceGuard off(0.0);
+  ASSERT_EQ(off.check(1.0, 1.0), "");
+  EXPECT_EQ(off.check(1e30, 1.0), "");
+  EXPECT_NE(off.check(nan, 1.0), "");
+}
+
+// Poisons the loss of one optimizer step with NaN (after the forward, before backward).
+class PoisonLossAtStep : public TrainHook {
+ public:
+  PoisonLossAtStep(int64_t step, std::string checkpoint) : step_(step), checkpoint_(std::move(checkpoint)) {}
+  std::string name() const override { return "poison"; }
+  void on_loss(TrainState& s) override {
+    if (s.global_step != step_) return;
+    s.loss = s.loss * std::numeric_limits<float>::quiet_NaN();
+    if (!checkpoint_.empty() && fs::exists(checkpoint_)) saved = read_file(checkpoint_);
+  }
+  std::string saved;  // last.pt's bytes when the step was poisoned
+
+ private:
+  int64_t step_;
+  std::string checkpoint_;
+};
+
+TEST(Trainer, DivergenceStopsTheRunAndKeepsTheLastCheckpoint) {
+  test::TempDir dir;
+  ExperimentConfig c = small_config(dir.path().string());  // 8 steps per epoch
+  const DataBundle& data = fmnist(c.data.train_subset, c.data.test_subset);
+  auto model = build_model(c, data);
+  const std::string run = dir.file("run");
+  Trainer t(c, model, data, run);
+  auto poison = std::make_shared<PoisonLossAtStep>(11, run + "/checkpoints/last.pt");  // in epoch 2
+  t.add_hook(poison);
+  try {
+    t.fit();
+    FAIL() << "a NaN loss must stop the run";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_EQ(exit_code_for(e), 1);
+    EXPECT_NE(m.find("training diverged at step 12 (epoch 2): the "), std::string::npos) << m;
+    EXPECT_NE(m.find("optimizer.lr"), std::string::npos) << m;
+    EXPECT_NE(m.find("is as it was"), std::string::npos) << m;
+  }
+  ASSERT_FALSE(poison->saved.empty()) << "epoch 1 wrote last.pt";
+  EXPECT_EQ(read_file(run + "/checkpoints/last.pt"), poison->saved);
+  for (auto& p : model->parameters()) EXPECT_TRUE(torch::isfinite(p).all().item<bool>()) << "no NaN step was taken";
+}
+
+TEST(Trainer, SkipStepSkipsThePoisonedStepAndCountsIt) {
+  test::TempDir dir;
+  ExperimentConfig c = small_config(dir.path().string());
+  c.trainer.on_divergence = OnDivergence::kSkipStep;
+  const DataBundle& data = fmnist(c.data.train_subset, c.data.test_subset);
+  auto model = build_model(c, data);
+  const std::string run = dir.file("run");
+  Trainer t(c, model, data, run);
+  t.add_hook(std::make_shared<PoisonLossAtStep>(11, ""));
+  const TrainResult r = t.fit();
+  EXPECT_EQ(r.epochs_completed, 2);
+  for (auto& p : model->parameters()) EXPECT_TRUE(torch::isfinite(p).all().item<bool>());
+  std::ifstream in(run + "/metrics.jsonl");
+  std::vector<int64_t> skipped;
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j["type"] == "epoch") skipped.push_back(j["skipped_steps"].get<int64_t>());
+  }
+  EXPECT_EQ(skipped, (std::vector<int64_t>{0, 1}));
+}
+
+TEST(LossScaler, OverflowSkipsAndHalvesAndGoodStepsDoubleAfterTheInterval) {
+  LossScaler s(/*growth_interval=*/3, /*initial=*/1024.0);
+  s.update(false);
+  s.update(false);
+  EXPECT_EQ(s.scale(), 1024.0);
+  EXPECT_EQ(s.growth_count(), 2);
+  s.update(false);
+  EXPECT_EQ(s.scale(), 2048.0) << "the third good step in a row doubles";
+  EXPECT_EQ(s.growth_count(), 0);
+  s.update(false);
+  s.update(true);
+  EXPECT_EQ(s.scale(), 1024.0) << "an overflow halves";
+  EXPECT_EQ(s.growth_count(), 0) << "and starts the count again";
+  EXPECT_EQ(s.overflow_steps(), 1);
+
+  // Unscaling: the gradients divided by the scale; an inf or a NaN anywhere means skip.
+  torch::Tensor a = torch::zeros({2}, torch::requires_grad()), b = torch::zeros({3}, torch::requires_grad());
+  a.mutable_grad() = torch::tensor({2048.0f, -4096.0f});
+  b.mutable_grad() = torch::tensor({1024.0f, 0.0f, 512.0f});
+  EXPECT_TRUE(s.unscale_and_update({a, b}));
+  EXPECT_TRUE(torch::equal(a.grad(), torch::tensor({2.0f, -4.0f})));
+  EXPECT_TRUE(torch::equal(b.grad(), torch::tensor({1.0f, 0.0f, 0.5f})));
+  EXPECT_EQ(s.growth_count(), 1);
+  b.mutable_grad() = torch::tensor({1.0f, std::numeric_limits<float>::infinity(), 0.0f});
+  EXPECT_FALSE(s.unscale_and_update({a, b}));
+  EXPECT_EQ(s.scale(), 512.0);
+  b.mutable_grad() = torch::tensor({1.0f, std::numeric_limits<float>::quiet_NaN(), 0.0f});
+  EXPECT_FALSE(s.unscale_and_update({a, b}));
+  EXPECT_EQ(s.scale(), 256.0);
+
+  // Its state survives a checkpoint.
+  torch::serialize::OutputArchive out;
+  s.save_state(out);
+  std::ostringstream bytes;
+  out.save_to(bytes);
+  std::istringstream in_bytes(bytes.str());
+  torch::serialize::InputArchive in;
+  in.load_from(in_bytes);
+  LossScaler t;
+  t.load_state(in);
+  EXPECT_EQ(t.scale(), 256.0);
+  EXPECT_EQ(t.overflow_steps(), 3);
+}
+
+// Records, inside the training step's forward, whether autocast is on and what a matmul yields.
+class AutocastProbe : public TrainHook {
+ public:
+  std::string name() const override { return "probe"; }
+  void on_step_begin(TrainState&) override {
+    enabled = at::autocast::is_autocast_enabled(c10::DeviceType::CPU);
+    matmul = torch::matmul(torch::ones({2, 2}), torch::ones({2, 2})).scalar_type();
+  }
+  bool enabled = false;
+  torch::ScalarType matmul = torch::kFloat32;
+};
+
+// Mixed precision on CPU: autocast is on in the forward (16-bit matmuls), off outside it; the
+// weights stay float32; the student learns about as well as in float32. bf16 on a convnet (conv,
+// BatchNorm), fp16 on an MLP (LibTorch's CPU convolutions have no fp16 kernels: 25 samples/s).
+TEST(Trainer, MixedPrecisionAutocastsTheForwardAndLearns) {
+  auto config = [](const std::string& model, int64_t train) {
+    ExperimentConfig c = parse_experiment_config("experiment: {name: t}\nmodel: " + model + "\n", "test.yaml");
+    c.data.train_subset = train;
+    c.data.test_subset = 500;
+    c.trainer.epochs = 2;
+    c.trainer.progress = false;
+    c.trainer.threads = 2;
+    return c;
+  };
+  auto fit = [&](ExperimentConfig cfg, Precision p, AutocastProbe* probe) {
+    cfg.trainer.precision = p;
+    set_threads(cfg.trainer.threads);
+    const DataBundle& data = fmnist(cfg.data.train_subset, cfg.data.test_subset);
+    auto model = build_model(cfg, data);
+    Trainer t(cfg, model, data, "");
+    if (probe) t.add_hook(std::shared_ptr<AutocastProbe>(probe, [](AutocastProbe*) {}));
+    const TrainResult r = t.fit();
+    for (auto& w : model->parameters()) EXPECT_EQ(w.scalar_type(), torch::kFloat32) << "master weights stay float32";
+    return r.final_accuracy;
+  };
+  const ExperimentConfig cnn = config("{name: convnet, width: 16, depth: 4}", 2048);
+  const ExperimentConfig mlp = config("{name: mlp, width: 32, depth: 1}", 1024);
+  AutocastProbe bf16_probe, fp16_probe;
+  const double cnn32 = fit(cnn, Precision::kFp32, nullptr), cnn16 = fit(cnn, Precision::kBf16, &bf16_probe);
+  EXPECT_TRUE(bf16_probe.enabled);
+  EXPECT_EQ(bf16_probe.matmul, torch::kBFloat16);
+  EXPECT_FALSE(at::autocast::is_autocast_enabled(c10::DeviceType::CPU)) << "autocast ends with the forward";
+  const double mlp32 = fit(mlp, Precision::kFp32, nullptr), mlp16 = fit(mlp, Precision::kFp16, &fp16_probe);
+  EXPECT_EQ(fp16_probe.matmul, torch::kHalf);
+  std::printf("test accuracy after 2 epochs: convnet fp32 %.1f%%, bf16 %.1f%%; mlp fp32 %.1f%%, fp16 %.1f%%\n", cnn32,
+              cnn16, mlp32, mlp16);
+  EXPECT_GT(cnn32, 30.0);
+  EXPECT_GT(mlp32, 50.0);
+  EXPECT_GT(cnn16, cnn32 - 8.0);
+  EXPECT_GT(mlp16, mlp32 - 8.0);
+}
+
+// fp16's loss scale is part of the checkpoint: a killed and resumed run ends with the scale of the
+// uninterrupted one (the weights alone could not tell: scaling by powers of 2 is exact) and with
+// the same weights.
+TEST(Trainer, Fp16LossScaleIsCheckpointedAndResumed) {
+  test::TempDir dir;
+  ExperimentConfig c = small_config(dir.path().string());
+  c.trainer.precision = Precision::kFp16;
+  c.trainer.loss_scale_growth_interval = 3;  // the scale moves within an epoch of 8 steps
+  const auto straight = train_fresh(c, dir.file("straight"));
+  const DataBundle& data = fmnist(c.data.train_subset, c.data.test_subset);
+  {
+    auto model = build_model(c, data);
+    Trainer t(c, model, data, dir.file("resumed"));
+    t.add_hook(std::make_shared<test::KillAtEpoch>(1));
+    EXPECT_THROW(t.fit(), std::runtime_error);
+  }
+  ExperimentConfig r = c;
+  r.trainer.resume = true;
+  auto model = build_model(r, data);
+  Trainer t(r, model, data, dir.file("resumed"));
+  t.fit();
+  expect_bit_identical(straight, state_of(*model));
+  auto epochs = [&](const std::string& run) {
+    std::ifstream in(run + "/metrics.jsonl");
+    std::vector<nlohmann::json> out;
+    for (std::string line; std::getline(in, line);) {
+      const auto j = nlohmann::json::parse(line);
+      if (j["type"] == "epoch") out.push_back(j);
+    }
+    return out;
+  };
+  const auto a = epochs(dir.file("straight")), b = epochs(dir.file("resumed"));
+  ASSERT_EQ(a.size(), 2u);
+  ASSERT_EQ(b.size(), 2u);
+  ASSERT_TRUE(a[0].contains("loss_scale")) << a[0].dump();
+  EXPECT_NE(a[0]["loss_scale"].get<double>(), 65536.0) << "the scale moved in the first epoch";
+  EXPECT_EQ(a[1]["loss_scale"], b[1]["loss_scale"]) << "the resumed run went on from the checkpoint's scale";
 }
 
 TEST(Checkpoint, InterruptedWriteLeavesPreviousLoadable) {
