@@ -4,6 +4,9 @@
 scaled_dot_product_attention with a causal mask, SwiGLU, tied embeddings), the same step
 (forward, cross-entropy, backward, clip_grad_norm_, AdamW) on random tokens, timed after warm-up.
 Prints one JSON line. Usage: transformer_step.py [--steps N] [--warmup N] [--batch B] [--seq T] [--threads N]
+                                                [--device cpu|cuda] [--precision fp32|bf16|fp16]
+--precision: the forward under torch.autocast, fp16 with torch.amp.GradScaler (as the engine's
+trainer.precision does).
 """
 import argparse
 import json
@@ -86,7 +89,15 @@ def main():
     for a, d in (("--steps", 20), ("--warmup", 3), ("--batch", 16), ("--seq", 128), ("--threads", 2)):
         p.add_argument(a, type=int, default=d)
     p.add_argument("--fused", action="store_true", help="AdamW(fused=True) (the default is PyTorch's default, unfused)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     args = p.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("transformer_step.py: --device cuda, but no CUDA device is visible")
+    dev = torch.device(args.device)
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
+    scaler = torch.amp.GradScaler(args.device) if args.precision == "fp16" else None
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = Llama()
@@ -94,25 +105,36 @@ def main():
         for prm in model.parameters():
             if prm.dim() >= 2:
                 prm.normal_(0.0, 0.02)
+    model.to(dev)
     decay = [q for q in model.parameters() if q.dim() >= 2]
     no_decay = [q for q in model.parameters() if q.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-3, weight_decay=0.1,
                             betas=(0.9, 0.95), fused=args.fused or None)
-    mask = torch.ones(args.batch, args.seq, dtype=torch.long)
+    mask = torch.ones(args.batch, args.seq, dtype=torch.long, device=dev)
     start = None
     for s in range(args.warmup + args.steps):
         if s == args.warmup:
+            sync()
             start = time.perf_counter()
-        tokens = torch.randint(0, V, (args.batch, args.seq + 1))
+        tokens = torch.randint(0, V, (args.batch, args.seq + 1)).to(dev)
         ids, targets = tokens[:, :-1], tokens[:, 1:]
         opt.zero_grad()
-        logits = model(ids, mask)
-        loss = F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), ignore_index=-100)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        with torch.autocast(args.device, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = model(ids, mask).float()
+            loss = F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), ignore_index=-100)
+        if scaler:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+    sync()
     total = time.perf_counter() - start
-    print(json.dumps({"impl": "python" + (" fused adamw" if args.fused else ""), "tokens_per_second": round(args.steps * args.batch * args.seq / total, 1),
+    print(json.dumps({"impl": "python" + (" fused adamw" if args.fused else ""), "device": args.device, "precision": args.precision, "tokens_per_second": round(args.steps * args.batch * args.seq / total, 1),
                       "ms_per_step": round(1e3 * total / args.steps, 2),
                       "params": sum(p.numel() for p in model.parameters()), "threads": args.threads,
                       "torch": torch.__version__}))
