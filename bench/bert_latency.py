@@ -68,6 +68,20 @@ def export_teacher(folder, path):
                       opset_version=17, dynamo=False)
 
 
+def teacher_onnx_files(folder, work):
+    """(fp32, dynamic int8) ONNX files of the teacher in `work`, made on first use: the fp32 export
+    and onnxruntime.quantization.quantize_dynamic of it (QInt8 weights: the post-training peer)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    os.makedirs(work, exist_ok=True)
+    fp32 = os.path.join(work, "teacher.fp32.onnx")
+    dyn = os.path.join(work, "teacher.dynamic_int8.onnx")
+    if not os.path.exists(fp32):
+        export_teacher(folder, fp32)
+    if not os.path.exists(dyn):
+        quantize_dynamic(fp32, dyn, weight_type=QuantType.QInt8)
+    return fp32, dyn
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--qdm", action="append", default=[], help="a student.qdm (sentence_embedding) to time with qdistill-run")
@@ -82,7 +96,6 @@ def main():
     a = ap.parse_args()
 
     import onnxruntime as ort
-    from onnxruntime.quantization import QuantType, quantize_dynamic
     from tokenizers import Tokenizer
 
     folder = teacher_folder()
@@ -96,13 +109,7 @@ def main():
             sentences.append(d)
         if len(sentences) == a.sentences:
             break
-    os.makedirs(a.work, exist_ok=True)
-    fp32 = os.path.join(a.work, "teacher.fp32.onnx")
-    dyn = os.path.join(a.work, "teacher.dynamic_int8.onnx")
-    if not os.path.exists(fp32):
-        export_teacher(folder, fp32)
-    if not os.path.exists(dyn):
-        quantize_dynamic(fp32, dyn, weight_type=QuantType.QInt8)
+    fp32, dyn = teacher_onnx_files(folder, a.work)
     encoded = [tok.encode(s).ids for s in sentences]
     tokens = [len(e) for e in encoded]
     ort_models = [("ORT fp32 teacher", fp32, encoded), ("ORT dynamic-int8 teacher (quantize_dynamic)", dyn, encoded)]

@@ -32,7 +32,7 @@ import tempfile
 
 import numpy as np
 
-from bert_latency import export_teacher, teacher_folder
+from bert_latency import teacher_folder, teacher_onnx_files
 from text_split import synsets
 
 
@@ -59,7 +59,6 @@ def main():
     a = ap.parse_args()
 
     import onnxruntime as ort
-    from onnxruntime.quantization import QuantType, quantize_dynamic
     from tokenizers import Tokenizer
 
     data = synsets(a.split)
@@ -74,13 +73,7 @@ def main():
     nq = len(data)
 
     folder = teacher_folder()
-    os.makedirs(a.work, exist_ok=True)
-    fp32 = os.path.join(a.work, "teacher.fp32.onnx")
-    dyn = os.path.join(a.work, "teacher.dynamic_int8.onnx")
-    if not os.path.exists(fp32):
-        export_teacher(folder, fp32)
-    if not os.path.exists(dyn):
-        quantize_dynamic(fp32, dyn, weight_type=QuantType.QInt8)
+    fp32, dyn = teacher_onnx_files(folder, a.work)
     runs = [("ORT fp32 teacher", fp32, os.path.join(folder, "tokenizer.json")),
             ("ORT teacher, quantize_dynamic int8 (PTQ peer)", dyn, os.path.join(folder, "tokenizer.json"))]
     for p in a.onnx:

@@ -11,10 +11,10 @@ def fnv1a64(s: str) -> int:
     return h
 
 
-def test_definitions(root="/usr/share/wordnet"):
-    """(key, definition) of the test split in file order, as data/text_corpus.cpp's load_wordnet reads
-    them: key = ss_type + offset, the gloss before its first quoted example, example-only glosses skipped."""
-    out = []
+def _glosses(root):
+    """(key, gloss, synset fields) of every WordNet synset in file order, as data/text_corpus.cpp's
+    load_wordnet reads them: key = ss_type + offset, the gloss before its first quoted example,
+    example-only glosses skipped."""
     for name in ("noun", "verb", "adj", "adv"):
         with open(os.path.join(root, "data." + name), encoding="utf-8", errors="replace") as f:
             for line in f:
@@ -22,7 +22,6 @@ def test_definitions(root="/usr/share/wordnet"):
                     continue
                 head, gloss = line.rstrip("\n").split(" | ", 1)
                 fields = head.split()
-                key = fields[2][:1] + fields[0]
                 gloss = gloss.strip()
                 example = gloss.find('; "')
                 if example >= 0:
@@ -30,9 +29,13 @@ def test_definitions(root="/usr/share/wordnet"):
                 if gloss.startswith('"'):
                     continue
                 gloss = gloss.strip()
-                if gloss and fnv1a64(key) % 100 < 5:
-                    out.append((key, gloss))
-    return out
+                if gloss:
+                    yield fields[2][:1] + fields[0], gloss, fields
+
+
+def test_definitions(root="/usr/share/wordnet"):
+    """(key, definition) of the test split in file order."""
+    return [(key, gloss) for key, gloss, _ in _glosses(root) if fnv1a64(key) % 100 < 5]
 
 
 def test_text(root="/usr/share/games/fortunes", chars=4000):
@@ -56,31 +59,17 @@ def test_text(root="/usr/share/games/fortunes", chars=4000):
 def synsets(split="test", root="/usr/share/wordnet"):
     """(definition, lemma list) of a split in file order, as the engine's reverse-dictionary benchmark
     reads them (docs/transformers.md, "Recall@k"): lemmas with '_' as spaces and their "(a)"-style
-    markers cut, joined by ", "; the same definitions as test_definitions for the test split."""
+    markers cut, joined by ", "."""
     lo, hi = {"test": (0, 5), "validation": (5, 10)}[split]
     out = []
-    for name in ("noun", "verb", "adj", "adv"):
-        with open(os.path.join(root, "data." + name), encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if not line.strip() or line.startswith(" ") or " | " not in line:
-                    continue
-                head, gloss = line.rstrip("\n").split(" | ", 1)
-                fields = head.split()
-                key = fields[2][:1] + fields[0]
-                gloss = gloss.strip()
-                example = gloss.find('; "')
-                if example >= 0:
-                    gloss = gloss[:example]
-                if gloss.startswith('"'):
-                    continue
-                gloss = gloss.strip()
-                if not gloss or not lo <= fnv1a64(key) % 100 < hi:
-                    continue
-                words = []
-                for i in range(int(fields[3], 16)):
-                    w = fields[4 + 2 * i].replace("_", " ")
-                    if w.endswith(")") and "(" in w:
-                        w = w[: w.index("(")]
-                    words.append(w)
-                out.append((gloss, ", ".join(words)))
+    for key, gloss, fields in _glosses(root):
+        if not lo <= fnv1a64(key) % 100 < hi:
+            continue
+        words = []
+        for i in range(int(fields[3], 16)):
+            w = fields[4 + 2 * i].replace("_", " ")
+            if w.endswith(")") and "(" in w:
+                w = w[: w.index("(")]
+            words.append(w)
+        out.append((gloss, ", ".join(words)))
     return out
