@@ -88,6 +88,15 @@ std::vector<torch::Tensor> train_fresh(const ExperimentConfig& c, const std::str
   return state_of(*model);
 }
 
+// Trains `c` into run_dir until a kill at the start of epoch 2 (after epoch 1's checkpoint).
+void train_until_killed(const ExperimentConfig& c, const std::string& run_dir) {
+  const DataBundle& data = fmnist(c.data.train_subset, c.data.test_subset);
+  auto model = build_model(c, data);
+  Trainer t(c, model, data, run_dir);
+  t.add_hook(std::make_shared<test::KillAtEpoch>(1));
+  EXPECT_THROW(t.fit(), std::runtime_error);
+}
+
 TEST(Trainer, OverfitsATinySubset) {
   ExperimentConfig c = parse_experiment_config(
       "experiment: {name: t}\nmodel: {name: convnet, width: 16, depth: 2, head: flatten}\n", "test.yaml");
@@ -123,12 +132,7 @@ TEST(Trainer, ResumeIsBitIdentical) {
   const auto straight = train_fresh(c, dir.file("straight"));
 
   const DataBundle& data = fmnist(c.data.train_subset, c.data.test_subset);
-  {
-    auto model = build_model(c, data);
-    Trainer t(c, model, data, dir.file("resumed"));
-    t.add_hook(std::make_shared<test::KillAtEpoch>(1));
-    EXPECT_THROW(t.fit(), std::runtime_error);
-  }
+  train_until_killed(c, dir.file("resumed"));
   torch::manual_seed(12345);  // disturb the global RNG: the checkpoint must restore it
   ExperimentConfig r = c;
   r.trainer.resume = true;
@@ -394,12 +398,7 @@ TEST(Trainer, Fp16LossScaleIsCheckpointedAndResumed) {
   c.trainer.loss_scale_growth_interval = 3;  // the scale moves within an epoch of 8 steps
   const auto straight = train_fresh(c, dir.file("straight"));
   const DataBundle& data = fmnist(c.data.train_subset, c.data.test_subset);
-  {
-    auto model = build_model(c, data);
-    Trainer t(c, model, data, dir.file("resumed"));
-    t.add_hook(std::make_shared<test::KillAtEpoch>(1));
-    EXPECT_THROW(t.fit(), std::runtime_error);
-  }
+  train_until_killed(c, dir.file("resumed"));
   ExperimentConfig r = c;
   r.trainer.resume = true;
   auto model = build_model(r, data);
