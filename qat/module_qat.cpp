@@ -76,7 +76,7 @@ torch::Tensor LayerQatImpl::weight(const torch::Tensor& w) {
 torch::Tensor LayerQatImpl::input(const torch::Tensor& x_in) {
   if (!enabled_) return x_in;
   // Rounding to the grid in float32 whatever trainer.precision computed x in (trainer/precision.h).
-  const torch::Tensor x = x_in.scalar_type() == torch::kFloat32 ? x_in : x_in.to(torch::kFloat32);
+  const torch::Tensor x = x_in.to(torch::kFloat32);  // no copy when it already is
   switch (input_spec_.dynamic) {
     case DynamicQuant::kNone:
       return input_quant(x);

@@ -6,15 +6,6 @@
 
 namespace qd {
 
-std::string precision_name(Precision p) {
-  switch (p) {
-    case Precision::kFp32: return "fp32";
-    case Precision::kBf16: return "bf16";
-    case Precision::kFp16: return "fp16";
-  }
-  return "?";
-}
-
 AutocastScope::AutocastScope(Precision p, torch::Device device) {
   if (p == Precision::kFp32) return;
   type_ = device.type();

@@ -28,8 +28,6 @@
 
 namespace qd {
 
-std::string precision_name(Precision p);
-
 // Autocast on `device`'s type for the scope's lifetime (nothing for fp32). Nests; restores the
 // previous state on exit and clears the cast cache when the outermost scope ends.
 class AutocastScope {

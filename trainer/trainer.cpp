@@ -27,12 +27,21 @@ torch::Tensor prepare(torch::Tensor x, torch::Device device, bool channels_last)
 
 torch::Tensor scalar(torch::ScalarType t, torch::Device d) { return torch::zeros({}, torch::TensorOptions().dtype(t).device(d)); }
 
-// The 2-norm of all gradients together, as clip_grad_norm_ computes it (a norm of the norms).
-double gradient_norm(const std::vector<torch::Tensor>& params) {
+// The 2-norm of all gradients together, computed as clip_grad_norm_ does, left on their device.
+torch::Tensor gradient_norm(const std::vector<torch::Tensor>& params) {
   std::vector<torch::Tensor> norms;
   for (const auto& p : params)
-    if (p.grad().defined()) norms.push_back(torch::linalg_vector_norm(p.grad().detach(), 2));
-  return norms.empty() ? 0.0 : torch::linalg_vector_norm(torch::stack(norms), 2).item<double>();
+    if (p.grad().defined()) norms.push_back(p.grad().detach().norm(2));
+  if (norms.empty()) return torch::zeros({}, torch::kFloat32);
+  return norms.size() == 1 ? norms[0] : torch::stack(norms).norm(2);
+}
+
+// clip_grad_norm_'s scaling, given the norm above: the same bits, without its host sync.
+void clip_gradients(const std::vector<torch::Tensor>& params, const torch::Tensor& norm, double max_norm) {
+  torch::NoGradGuard no_grad;
+  const torch::Tensor coef = torch::clamp(max_norm / (norm + 1e-6), std::nullopt, 1.0);
+  for (const auto& p : params)
+    if (p.grad().defined()) p.grad().mul_(coef);
 }
 }  // namespace
 
@@ -271,10 +280,10 @@ TrainResult Trainer::fit() {
   return result;
 }
 
-double Trainer::mean_over_ranks(const TrainState& state, const torch::Tensor& step_loss) {
+torch::Tensor Trainer::mean_over_ranks(const TrainState& state, const torch::Tensor& step_loss) {
   torch::Tensor l = step_loss.detach().to(torch::kFloat64).reshape({1}).clone();
   if (state.world_size > 1) all_reduce_now(*comm_, l);  // every rank decides alike
-  return l.item<double>() / state.world_size;
+  return l / static_cast<double>(state.world_size);
 }
 
 bool Trainer::step_is_sound(const TrainState& state, double loss, double grad_norm, double lr) {
@@ -364,21 +373,23 @@ void Trainer::train_epoch(TrainState& state, int64_t first_step, double& samples
     for (auto& h : hooks_) h->on_after_backward(state);
     std::vector<torch::Tensor> all;
     for (auto& g : optimizer_->param_groups()) all.insert(all.end(), g.params().begin(), g.params().end());
-    const double loss_value = mean_over_ranks(state, step_loss / static_cast<double>(accum));
-    bool take_step = true;
+    const torch::Tensor mean_loss = mean_over_ranks(state, step_loss / static_cast<double>(accum));
     // fp16: gradients back to their true size; an overflow skips the step and halves the scale (a
     // loss that is itself not finite is the divergence guard's, below).
-    if (scaler_ && !scaler_->unscale_and_update(all) && std::isfinite(loss_value)) {
+    const bool overflow = scaler_ && !scaler_->unscale_and_update(all);
+    // The global gradient norm (the same on every rank after the all-reduce), before clipping; it
+    // and the loss reach the host in one copy, the step's only sync in fp32 and bf16.
+    const torch::Tensor norm = gradient_norm(all);
+    const torch::Tensor health = torch::cat({mean_loss, norm.to(torch::kFloat64).reshape({1})}).cpu();
+    const double loss_value = health[0].item<double>(), grad_norm = health[1].item<double>();
+    bool take_step = true;
+    if (overflow && std::isfinite(loss_value)) {
       ++amp_skipped_steps_;
       take_step = false;
-    }
-    if (take_step) {
-      // The global gradient norm (the same on every rank after the all-reduce), before clipping.
-      const double grad_norm = cfg_.trainer.grad_clip_norm > 0
-                                   ? torch::nn::utils::clip_grad_norm_(all, cfg_.trainer.grad_clip_norm)
-                                   : gradient_norm(all);
+    } else {
       take_step = step_is_sound(state, loss_value, grad_norm, lr);
     }
+    if (take_step && cfg_.trainer.grad_clip_norm > 0) clip_gradients(all, norm, cfg_.trainer.grad_clip_norm);
     if (take_step) optimizer_->step();
     ++state.global_step;
     for (auto& h : hooks_) h->on_after_optimizer_step(state);

@@ -97,8 +97,8 @@ class Trainer {
   // The divergence guard's verdict on a step (trainer/divergence.h): true to take the optimizer
   // step, false to skip it; throws Error (exit code 1) when the run must stop.
   bool step_is_sound(const TrainState& state, double loss, double grad_norm, double lr);
-  // The step's loss averaged over ranks (one small all-reduce when world_size > 1).
-  double mean_over_ranks(const TrainState& state, const torch::Tensor& step_loss);
+  // The step's loss averaged over ranks (one small all-reduce when world_size > 1), on the device.
+  torch::Tensor mean_over_ranks(const TrainState& state, const torch::Tensor& step_loss);
 
   ExperimentConfig cfg_;
   std::shared_ptr<Model> model_;
