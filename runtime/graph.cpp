@@ -162,11 +162,11 @@ Graph last_token_output(Graph g) {
   Node& nn = g.nodes[static_cast<size_t>(norm)];
   if ((nn.op != "rms_norm" && nn.op != "layer_norm") || nn.inputs.size() != 1) return g;
   const int32_t x = nn.inputs[0];
-  const ValueInfo& xv = g.values[static_cast<size_t>(x)];
+  const ValueInfo xv = g.values[static_cast<size_t>(x)];  // a copy: add_value below may move the values
   if (xv.dtype != DType::kF32 || xv.shape.size() != 2) return g;
   const int32_t last = g.add_value({xv.name + ".last", DType::kF32, {1, xv.shape[1]}});
-  g.nodes[static_cast<size_t>(norm)].inputs[0] = last;
-  for (int32_t v : {g.nodes[static_cast<size_t>(norm)].outputs[0], g.outputs[0]}) g.values[static_cast<size_t>(v)].shape[0] = 1;
+  nn.inputs[0] = last;
+  for (int32_t v : {nn.outputs[0], g.outputs[0]}) g.values[static_cast<size_t>(v)].shape[0] = 1;
   Node n;
   n.op = "last_row";
   n.name = xv.name + ".last";
